@@ -1,0 +1,95 @@
+//! Errors of the model crate: every variant says what was wrong and what was expected.
+
+use thiserror::Error;
+
+/// Everything that can go wrong while building, loading or importing a model.
+#[derive(Debug, Error)]
+pub enum ModelError {
+    /// The bytes are not a valid safetensors file (truncated, corrupt header, bad offsets).
+    #[error("not a valid safetensors file: {reason}")]
+    Safetensors {
+        /// What the safetensors parser reported.
+        reason: String,
+    },
+    /// A safetensors file without the dinoscope config in its metadata and no way to infer one.
+    #[error(
+        "the file has no dinoscope model config in its metadata (key `{key}`); import it first with `dino import <file> -o <out.safetensors>`"
+    )]
+    MissingConfig {
+        /// The metadata key that was looked for.
+        key: String,
+    },
+    /// The JSON config in the metadata could not be parsed.
+    #[error("the model config in the checkpoint metadata is not valid: {reason}")]
+    BadConfig {
+        /// What the JSON parser reported.
+        reason: String,
+    },
+    /// A configuration that cannot describe a working model.
+    #[error("invalid model configuration: {reason}")]
+    InvalidConfig {
+        /// Which constraint was broken.
+        reason: String,
+    },
+    /// A tensor that the model needs is absent.
+    #[error("tensor `{name}` is missing (expected shape {expected:?})")]
+    MissingTensor {
+        /// Official key of the tensor.
+        name: String,
+        /// The shape the model expects.
+        expected: Vec<usize>,
+    },
+    /// A tensor exists but has the wrong shape.
+    #[error("tensor `{name}` has shape {found:?}, expected {expected:?}")]
+    ShapeMismatch {
+        /// Official key of the tensor.
+        name: String,
+        /// The shape the model expects.
+        expected: Vec<usize>,
+        /// The shape in the file.
+        found: Vec<usize>,
+    },
+    /// A tensor's element type cannot be converted to f32.
+    #[error("tensor `{name}` has unsupported dtype {dtype}; expected F32, F16, BF16 or F64")]
+    UnsupportedDtype {
+        /// Official key of the tensor.
+        name: String,
+        /// The dtype found in the file.
+        dtype: String,
+    },
+    /// A tensor contains NaN or infinite values.
+    #[error(
+        "tensor `{name}` contains non-finite values (NaN or infinity); the checkpoint is corrupt or training diverged"
+    )]
+    NonFinite {
+        /// Official key of the tensor.
+        name: String,
+    },
+    /// A PyTorch `.pth` file that our restricted reader refuses or cannot parse.
+    #[error("cannot read PyTorch checkpoint: {reason}")]
+    Pth {
+        /// What was wrong, in words.
+        reason: String,
+    },
+    /// The file is of a kind that we do not know how to import.
+    #[error("unrecognised weight file: {reason}")]
+    UnknownFormat {
+        /// What was found instead.
+        reason: String,
+    },
+    /// The shapes of the weights do not correspond to any Vision Transformer we can build.
+    #[error("cannot infer the architecture from the weights: {reason}")]
+    Infer {
+        /// Which tensor or dimension did not fit.
+        reason: String,
+    },
+    /// An image that cannot be decoded or is unusable.
+    #[error("image: {reason}")]
+    Image {
+        /// What was wrong, in words.
+        reason: String,
+    },
+}
+
+/// Result alias of the model crate.
+pub type Result<T> = std::result::Result<T, ModelError>;

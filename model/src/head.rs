@@ -1,0 +1,106 @@
+//! The DINO projection head (`DINOHead` in `vision_transformer.py`).
+
+use burn::module::{Module, Param};
+use burn::nn::{Linear, LinearConfig};
+use burn::tensor::activation::gelu;
+use burn::tensor::{Device, Tensor};
+
+use crate::config::HeadConfig;
+use crate::error::Result;
+use crate::vit::trunc_normal;
+
+/// MLP → L2 normalisation → weight-normalised linear layer to `out_dim` prototypes.
+#[derive(Module, Debug)]
+pub struct DinoHead {
+    /// The MLP layers (`head.mlp.0`, `head.mlp.2`, `head.mlp.4` in the official keys; GELU between).
+    pub mlp: Vec<Linear>,
+    /// Direction of the last layer (`head.last_layer.weight_v`), stored as `[bottleneck, out_dim]`.
+    pub last_layer_v: Param<Tensor<2>>,
+    /// Gain of the last layer (`head.last_layer.weight_g`), `[out_dim]`; frozen at 1 when
+    /// `norm_last_layer` is set.
+    pub last_layer_g: Param<Tensor<1>>,
+}
+
+impl HeadConfig {
+    /// Builds the head with the official initialisation (truncated normal, zero biases, gain 1).
+    pub fn init(&self, device: &Device) -> Result<DinoHead> {
+        self.validate()?;
+        let linear = |d_in: usize, d_out: usize| {
+            let mut l = LinearConfig::new(d_in, d_out).init(device);
+            l.weight = Param::from_tensor(trunc_normal([d_in, d_out], device));
+            l.bias = Some(Param::from_tensor(Tensor::zeros([d_out], device)));
+            l
+        };
+        let mlp = if self.nlayers == 1 {
+            vec![linear(self.in_dim, self.bottleneck_dim)]
+        } else {
+            let mut layers = vec![linear(self.in_dim, self.hidden_dim)];
+            for _ in 0..self.nlayers - 2 {
+                layers.push(linear(self.hidden_dim, self.hidden_dim));
+            }
+            layers.push(linear(self.hidden_dim, self.bottleneck_dim));
+            layers
+        };
+        // weight_norm wraps an nn.Linear whose default init is Kaiming-uniform with a = sqrt(5):
+        // U(-1/sqrt(fan_in), 1/sqrt(fan_in)); only the direction matters once normalised.
+        let bound = 1.0 / (self.bottleneck_dim as f64).sqrt();
+        let v = Tensor::random(
+            [self.bottleneck_dim, self.out_dim],
+            burn::tensor::Distribution::Uniform(-bound, bound),
+            device,
+        );
+        let mut g = Param::from_tensor(Tensor::ones([self.out_dim], device));
+        if self.norm_last_layer {
+            g = g.set_require_grad(false);
+        }
+        Ok(DinoHead {
+            mlp,
+            last_layer_v: Param::from_tensor(v),
+            last_layer_g: g,
+        })
+    }
+}
+
+impl DinoHead {
+    /// Number of prototypes.
+    pub fn out_dim(&self) -> usize {
+        self.last_layer_g.dims()[0]
+    }
+
+    /// The effective last-layer weight `g · v / ‖v‖`, normalised per output prototype
+    /// (PyTorch's `weight_norm` with `dim=0` on the `[out, in]` weight).
+    ///
+    /// # Shapes
+    /// → `[bottleneck, out_dim]`.
+    pub fn last_layer_weight(&self) -> Tensor<2> {
+        let v = self.last_layer_v.val();
+        let norm = v.clone().square().sum_dim(0).sqrt();
+        v / norm * self.last_layer_g.val().unsqueeze::<2>()
+    }
+
+    /// The L2-normalised bottleneck output before the last layer.
+    ///
+    /// # Shapes
+    /// `[batch, in_dim]` → `[batch, bottleneck]`.
+    pub fn bottleneck(&self, x: Tensor<2>) -> Tensor<2> {
+        let last = self.mlp.len() - 1;
+        let mut x = x;
+        for (i, layer) in self.mlp.iter().enumerate() {
+            x = layer.forward(x);
+            if i < last {
+                x = gelu(x);
+            }
+        }
+        // F.normalize(p=2, eps=1e-12): x / max(‖x‖, eps).
+        let norm = x.clone().square().sum_dim(1).sqrt().clamp_min(1e-12);
+        x / norm
+    }
+
+    /// Prototype logits.
+    ///
+    /// # Shapes
+    /// `[batch, in_dim]` → `[batch, out_dim]`.
+    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        self.bottleneck(x).matmul(self.last_layer_weight())
+    }
+}

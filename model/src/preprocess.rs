@@ -1,0 +1,154 @@
+//! Image decoding and inference preprocessing: resize, crop to a multiple of the patch size,
+//! ImageNet normalisation.
+
+use image::{DynamicImage, ImageReader, Limits, RgbImage, imageops::FilterType};
+
+use crate::error::{ModelError, Result};
+
+/// ImageNet channel means (torchvision `Normalize` in the official code).
+pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+/// ImageNet channel standard deviations.
+pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+/// Largest accepted image side in pixels: a guard against decompression bombs.
+pub const MAX_IMAGE_SIDE: u32 = 16_384;
+/// Largest decoder allocation in bytes.
+pub const MAX_DECODE_BYTES: u64 = 512 * 1024 * 1024;
+
+/// Decodes an image (PNG, JPEG, WebP, BMP) from bytes with size limits, to 8-bit RGB.
+/// Grayscale, alpha and 16-bit images are converted; alpha is dropped.
+pub fn decode_image(bytes: &[u8]) -> Result<RgbImage> {
+    let mut reader = ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| ModelError::Image {
+            reason: format!("cannot read image: {e}"),
+        })?;
+    if reader.format().is_none() {
+        return Err(ModelError::Image {
+            reason: "not a recognised image (expected PNG, JPEG, WebP or BMP)".into(),
+        });
+    }
+    let mut limits = Limits::default();
+    limits.max_image_width = Some(MAX_IMAGE_SIDE);
+    limits.max_image_height = Some(MAX_IMAGE_SIDE);
+    limits.max_alloc = Some(MAX_DECODE_BYTES);
+    reader.limits(limits);
+    let img: DynamicImage = reader.decode().map_err(|e| ModelError::Image {
+        reason: format!("cannot decode image: {e}"),
+    })?;
+    Ok(img.to_rgb8())
+}
+
+/// How to bring an image to the network's input size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resize {
+    /// Resize to `n × n` (the official `--image_size 480` default, which is `(480, 480)`).
+    Square(u32),
+    /// Resize so the shorter side is `n`, keeping the aspect ratio (torchvision `Resize(n)`).
+    ShortSide(u32),
+    /// Keep the size.
+    None,
+}
+
+/// A network-ready image.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// Normalised pixels, `[3, height, width]` row-major.
+    pub chw: Vec<f32>,
+    /// Height in pixels (a multiple of the patch size).
+    pub height: usize,
+    /// Width in pixels (a multiple of the patch size).
+    pub width: usize,
+    /// The resized and cropped RGB image the maps align with.
+    pub display: RgbImage,
+}
+
+/// Resizes, crops to a multiple of `patch` (dropping the right/bottom remainder, as the
+/// official script does) and normalises.
+pub fn prepare(img: &RgbImage, resize: Resize, patch: usize) -> Result<Prepared> {
+    let (w, h) = img.dimensions();
+    let (tw, th) = match resize {
+        Resize::Square(n) => (n, n),
+        Resize::ShortSide(n) => {
+            if w <= h {
+                (n, ((h as u64 * n as u64) / w.max(1) as u64) as u32)
+            } else {
+                (((w as u64 * n as u64) / h.max(1) as u64) as u32, n)
+            }
+        }
+        Resize::None => (w, h),
+    };
+    let p = patch as u32;
+    if tw < p || th < p || w == 0 || h == 0 {
+        return Err(ModelError::Image {
+            reason: format!(
+                "image of {w}x{h} pixels (resized to {tw}x{th}) is smaller than one {p}x{p} patch"
+            ),
+        });
+    }
+    let resized = if (tw, th) == (w, h) {
+        img.clone()
+    } else {
+        image::imageops::resize(img, tw, th, FilterType::Triangle)
+    };
+    let (cw, ch) = (tw - tw % p, th - th % p);
+    let display = image::imageops::crop_imm(&resized, 0, 0, cw, ch).to_image();
+    Ok(Prepared {
+        chw: normalize_chw(&display),
+        height: ch as usize,
+        width: cw as usize,
+        display,
+    })
+}
+
+/// ImageNet-normalised `[3, h, w]` values of an RGB image.
+pub fn normalize_chw(img: &RgbImage) -> Vec<f32> {
+    let (w, h) = img.dimensions();
+    let plane = (w * h) as usize;
+    let mut out = vec![0.0f32; 3 * plane];
+    for (i, px) in img.pixels().enumerate() {
+        for c in 0..3 {
+            out[c * plane + i] = (px[c] as f32 / 255.0 - IMAGENET_MEAN[c]) / IMAGENET_STD[c];
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crops_to_patch_multiples() {
+        let img = RgbImage::from_pixel(50, 37, image::Rgb([255, 0, 0]));
+        let p = prepare(&img, Resize::None, 16).unwrap();
+        assert_eq!((p.width, p.height), (48, 32));
+        assert_eq!(p.chw.len(), 3 * 48 * 32);
+        assert!((p.chw[0] - (1.0 - 0.485) / 0.229).abs() < 1e-5);
+        let p = prepare(&img, Resize::Square(64), 16).unwrap();
+        assert_eq!((p.width, p.height), (64, 64));
+    }
+
+    #[test]
+    fn too_small_and_garbage_are_errors() {
+        let img = RgbImage::new(8, 8);
+        assert!(
+            prepare(&img, Resize::None, 16)
+                .unwrap_err()
+                .to_string()
+                .contains("smaller than one")
+        );
+        assert!(decode_image(b"definitely not an image").is_err());
+        assert!(decode_image(&[]).is_err());
+    }
+
+    #[test]
+    fn decodes_gray_and_alpha_pngs() {
+        let mut buf = Vec::new();
+        let gray = image::GrayAlphaImage::from_pixel(3, 2, image::LumaA([100, 7]));
+        gray.write_to(&mut std::io::Cursor::new(&mut buf), image::ImageFormat::Png)
+            .unwrap();
+        let rgb = decode_image(&buf).unwrap();
+        assert_eq!(rgb.dimensions(), (3, 2));
+        assert_eq!(rgb.get_pixel(0, 0).0, [100, 100, 100]);
+    }
+}

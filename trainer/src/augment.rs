@@ -1,0 +1,378 @@
+//! Multi-crop augmentation exactly as `DataAugmentationDINO` in `main_dino.py`, with
+//! torchvision's sampling rules: 2 global crops + N local crops per image.
+
+use image::{RgbImage, imageops::FilterType};
+use rand::Rng;
+use rand::seq::SliceRandom;
+
+use dino_model::preprocess::{IMAGENET_MEAN, IMAGENET_STD};
+
+/// Parameters of the multi-crop augmentation (official defaults in [`Default`]).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AugmentConfig {
+    /// Side of the global crops (224).
+    pub global_size: u32,
+    /// Side of the local crops (96).
+    pub local_size: u32,
+    /// Number of local crops (8).
+    pub local_crops: usize,
+    /// Area range of the global crops (0.4, 1.0).
+    pub global_scale: (f64, f64),
+    /// Area range of the local crops (0.05, 0.4).
+    pub local_scale: (f64, f64),
+}
+
+impl Default for AugmentConfig {
+    fn default() -> Self {
+        Self {
+            global_size: 224,
+            local_size: 96,
+            local_crops: 8,
+            global_scale: (0.4, 1.0),
+            local_scale: (0.05, 0.4),
+        }
+    }
+}
+
+/// One augmented view: `[3, size, size]` ImageNet-normalised values.
+#[derive(Debug, Clone)]
+pub struct Crop {
+    /// Side in pixels.
+    pub size: u32,
+    /// Normalised CHW values.
+    pub chw: Vec<f32>,
+}
+
+/// torchvision `RandomResizedCrop.get_params`: returns `(top, left, height, width)`.
+pub fn random_resized_crop_params<R: Rng>(
+    rng: &mut R,
+    width: u32,
+    height: u32,
+    scale: (f64, f64),
+) -> (u32, u32, u32, u32) {
+    let ratio: (f64, f64) = (3.0 / 4.0, 4.0 / 3.0);
+    let (w_img, h_img) = (width as f64, height as f64);
+    let area = w_img * h_img;
+    let log_ratio = (ratio.0.ln(), ratio.1.ln());
+    for _ in 0..10 {
+        let target_area = area * rng.random_range(scale.0..=scale.1);
+        let aspect = rng.random_range(log_ratio.0..=log_ratio.1).exp();
+        let w = (target_area * aspect).sqrt().round();
+        let h = (target_area / aspect).sqrt().round();
+        if w > 0.0 && w <= w_img && h > 0.0 && h <= h_img {
+            let (w, h) = (w as u32, h as u32);
+            let top = rng.random_range(0..=height - h);
+            let left = rng.random_range(0..=width - w);
+            return (top, left, h, w);
+        }
+    }
+    // Fallback: the central crop with the aspect ratio clamped into range.
+    let in_ratio = w_img / h_img;
+    let (w, h) = if in_ratio < ratio.0 {
+        (width, (w_img / ratio.0).round() as u32)
+    } else if in_ratio > ratio.1 {
+        ((h_img * ratio.1).round() as u32, height)
+    } else {
+        (width, height)
+    };
+    ((height - h) / 2, (width - w) / 2, h, w)
+}
+
+/// An image as planar f32 RGB in `[0, 1]`.
+struct Planes {
+    w: usize,
+    h: usize,
+    px: Vec<[f32; 3]>,
+}
+
+impl Planes {
+    fn from_rgb(img: &RgbImage) -> Self {
+        let (w, h) = img.dimensions();
+        Self {
+            w: w as usize,
+            h: h as usize,
+            px: img
+                .pixels()
+                .map(|p| p.0.map(|c| c as f32 / 255.0))
+                .collect(),
+        }
+    }
+
+    fn gray(p: [f32; 3]) -> f32 {
+        // PIL's convert("L") weights (ITU-R 601-2), as torchvision's rgb_to_grayscale.
+        0.299 * p[0] + 0.587 * p[1] + 0.114 * p[2]
+    }
+
+    fn map(&mut self, f: impl Fn([f32; 3]) -> [f32; 3]) {
+        for p in &mut self.px {
+            *p = f(*p).map(|c| c.clamp(0.0, 1.0));
+        }
+    }
+
+    fn brightness(&mut self, f: f32) {
+        self.map(|p| p.map(|c| c * f));
+    }
+
+    fn contrast(&mut self, f: f32) {
+        let mean =
+            self.px.iter().map(|&p| Self::gray(p)).sum::<f32>() / self.px.len().max(1) as f32;
+        self.map(|p| p.map(|c| mean + (c - mean) * f));
+    }
+
+    fn saturation(&mut self, f: f32) {
+        self.map(|p| {
+            let g = Self::gray(p);
+            p.map(|c| g + (c - g) * f)
+        });
+    }
+
+    fn hue(&mut self, shift: f32) {
+        self.map(|p| {
+            let (h, s, v) = rgb_to_hsv(p);
+            hsv_to_rgb(((h + shift) % 1.0 + 1.0) % 1.0, s, v)
+        });
+    }
+
+    fn grayscale(&mut self) {
+        self.map(|p| [Self::gray(p); 3]);
+    }
+
+    fn solarize(&mut self) {
+        // ImageOps.solarize(threshold=128): invert every value >= 128/255.
+        self.map(|p| p.map(|c| if c >= 128.0 / 255.0 { 1.0 - c } else { c }));
+    }
+
+    fn gaussian_blur(&mut self, sigma: f32) {
+        let radius = (3.0 * sigma).ceil() as isize;
+        let kernel: Vec<f32> = (-radius..=radius)
+            .map(|x| (-(x * x) as f32 / (2.0 * sigma * sigma)).exp())
+            .collect();
+        let sum: f32 = kernel.iter().sum();
+        let kernel: Vec<f32> = kernel.iter().map(|k| k / sum).collect();
+        let (w, h) = (self.w as isize, self.h as isize);
+        let mut tmp = vec![[0.0f32; 3]; self.px.len()];
+        for y in 0..h {
+            for x in 0..w {
+                let mut acc = [0.0f32; 3];
+                for (k, kv) in kernel.iter().enumerate() {
+                    let xx = (x + k as isize - radius).clamp(0, w - 1);
+                    let p = self.px[(y * w + xx) as usize];
+                    for c in 0..3 {
+                        acc[c] += kv * p[c];
+                    }
+                }
+                tmp[(y * w + x) as usize] = acc;
+            }
+        }
+        for y in 0..h {
+            for x in 0..w {
+                let mut acc = [0.0f32; 3];
+                for (k, kv) in kernel.iter().enumerate() {
+                    let yy = (y + k as isize - radius).clamp(0, h - 1);
+                    let p = tmp[(yy * w + x) as usize];
+                    for c in 0..3 {
+                        acc[c] += kv * p[c];
+                    }
+                }
+                self.px[(y * w + x) as usize] = acc;
+            }
+        }
+    }
+
+    fn normalized_chw(&self) -> Vec<f32> {
+        let plane = self.w * self.h;
+        let mut out = vec![0.0f32; 3 * plane];
+        for (i, p) in self.px.iter().enumerate() {
+            for c in 0..3 {
+                out[c * plane + i] = (p[c] - IMAGENET_MEAN[c]) / IMAGENET_STD[c];
+            }
+        }
+        out
+    }
+}
+
+fn rgb_to_hsv(p: [f32; 3]) -> (f32, f32, f32) {
+    let max = p[0].max(p[1]).max(p[2]);
+    let min = p[0].min(p[1]).min(p[2]);
+    let d = max - min;
+    let h = if d == 0.0 {
+        0.0
+    } else if max == p[0] {
+        ((p[1] - p[2]) / d).rem_euclid(6.0) / 6.0
+    } else if max == p[1] {
+        ((p[2] - p[0]) / d + 2.0) / 6.0
+    } else {
+        ((p[0] - p[1]) / d + 4.0) / 6.0
+    };
+    let s = if max == 0.0 { 0.0 } else { d / max };
+    (h, s, max)
+}
+
+fn hsv_to_rgb(h: f32, s: f32, v: f32) -> [f32; 3] {
+    let i = (h * 6.0).floor();
+    let f = h * 6.0 - i;
+    let (p, q, t) = (v * (1.0 - s), v * (1.0 - s * f), v * (1.0 - s * (1.0 - f)));
+    match (i as i32).rem_euclid(6) {
+        0 => [v, t, p],
+        1 => [q, v, p],
+        2 => [p, v, t],
+        3 => [p, q, v],
+        4 => [t, p, v],
+        _ => [v, p, q],
+    }
+}
+
+/// `flip_and_color_jitter`: flip p 0.5, ColorJitter(0.4, 0.4, 0.2, 0.1) p 0.8 in a random
+/// order of its four parts (as torchvision), grayscale p 0.2.
+fn flip_and_color_jitter<R: Rng>(rng: &mut R, img: RgbImage) -> Planes {
+    let img = if rng.random_bool(0.5) {
+        image::imageops::flip_horizontal(&img)
+    } else {
+        img
+    };
+    let mut planes = Planes::from_rgb(&img);
+    if rng.random_bool(0.8) {
+        let mut order = [0usize, 1, 2, 3];
+        order.shuffle(rng);
+        let b = rng.random_range(0.6f32..=1.4);
+        let c = rng.random_range(0.6f32..=1.4);
+        let s = rng.random_range(0.8f32..=1.2);
+        let h = rng.random_range(-0.1f32..=0.1);
+        for o in order {
+            match o {
+                0 => planes.brightness(b),
+                1 => planes.contrast(c),
+                2 => planes.saturation(s),
+                _ => planes.hue(h),
+            }
+        }
+    }
+    if rng.random_bool(0.2) {
+        planes.grayscale();
+    }
+    planes
+}
+
+fn crop_resize(img: &RgbImage, params: (u32, u32, u32, u32), size: u32) -> RgbImage {
+    let (top, left, h, w) = params;
+    let crop = image::imageops::crop_imm(img, left, top, w, h).to_image();
+    image::imageops::resize(&crop, size, size, FilterType::CatmullRom)
+}
+
+fn view<R: Rng>(
+    rng: &mut R,
+    img: &RgbImage,
+    size: u32,
+    scale: (f64, f64),
+    blur_p: f64,
+    solarize_p: f64,
+) -> Crop {
+    let params = random_resized_crop_params(rng, img.width(), img.height(), scale);
+    let mut planes = flip_and_color_jitter(rng, crop_resize(img, params, size));
+    if blur_p > 0.0 && rng.random_bool(blur_p) {
+        let sigma = rng.random_range(0.1f32..=2.0);
+        planes.gaussian_blur(sigma);
+    }
+    if solarize_p > 0.0 && rng.random_bool(solarize_p) {
+        planes.solarize();
+    }
+    Crop {
+        size,
+        chw: planes.normalized_chw(),
+    }
+}
+
+/// All views of one image: global 1 (blur p 1.0), global 2 (blur p 0.1, solarise p 0.2),
+/// then the local crops (blur p 0.5).
+pub fn multi_crop<R: Rng>(rng: &mut R, img: &RgbImage, cfg: &AugmentConfig) -> Vec<Crop> {
+    let mut crops = Vec::with_capacity(2 + cfg.local_crops);
+    crops.push(view(rng, img, cfg.global_size, cfg.global_scale, 1.0, 0.0));
+    crops.push(view(rng, img, cfg.global_size, cfg.global_scale, 0.1, 0.2));
+    for _ in 0..cfg.local_crops {
+        crops.push(view(rng, img, cfg.local_size, cfg.local_scale, 0.5, 0.0));
+    }
+    crops
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    fn test_image() -> RgbImage {
+        RgbImage::from_fn(120, 80, |x, y| {
+            image::Rgb([(x * 2) as u8, (y * 3) as u8, ((x + y) % 256) as u8])
+        })
+    }
+
+    #[test]
+    fn crop_params_respect_scale_and_ratio() {
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        for scale in [(0.4, 1.0), (0.05, 0.4)] {
+            for _ in 0..2000 {
+                let (top, left, h, w) = random_resized_crop_params(&mut rng, 120, 80, scale);
+                assert!(top + h <= 80 && left + w <= 120 && h > 0 && w > 0);
+                let frac = (h * w) as f64 / (120.0 * 80.0);
+                // Rounding of w and h moves the area slightly; the fallback is the full image.
+                let fallback = (h, w) == (80, 107) || (h, w) == (80, 120);
+                assert!(
+                    fallback || (frac > scale.0 * 0.85 && frac < scale.1 * 1.15),
+                    "area {frac} outside {scale:?}"
+                );
+                let ratio = w as f64 / h as f64;
+                assert!(fallback || (ratio > 0.7 && ratio < 1.45), "ratio {ratio}");
+            }
+        }
+    }
+
+    #[test]
+    fn multi_crop_sizes_and_normalisation() {
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let cfg = AugmentConfig {
+            global_size: 32,
+            local_size: 16,
+            local_crops: 3,
+            ..Default::default()
+        };
+        let crops = multi_crop(&mut rng, &test_image(), &cfg);
+        assert_eq!(crops.len(), 5);
+        assert_eq!(
+            crops.iter().map(|c| c.size).collect::<Vec<_>>(),
+            vec![32, 32, 16, 16, 16]
+        );
+        for c in &crops {
+            assert_eq!(c.chw.len(), (3 * c.size * c.size) as usize);
+            let lo = (0.0 - 0.485) / 0.229 - 1e-4;
+            let hi = (1.0 - 0.406) / 0.225 + 1e-4;
+            assert!(c.chw.iter().all(|v| *v >= lo && *v <= hi));
+        }
+    }
+
+    #[test]
+    fn same_seed_same_crops() {
+        let cfg = AugmentConfig {
+            global_size: 24,
+            local_size: 8,
+            local_crops: 2,
+            ..Default::default()
+        };
+        let a = multi_crop(&mut ChaCha8Rng::seed_from_u64(3), &test_image(), &cfg);
+        let b = multi_crop(&mut ChaCha8Rng::seed_from_u64(3), &test_image(), &cfg);
+        let c = multi_crop(&mut ChaCha8Rng::seed_from_u64(4), &test_image(), &cfg);
+        assert!(a.iter().zip(&b).all(|(x, y)| x.chw == y.chw));
+        assert!(a.iter().zip(&c).any(|(x, y)| x.chw != y.chw));
+    }
+
+    #[test]
+    fn hsv_round_trip() {
+        for p in [[0.2f32, 0.5, 0.9], [1.0, 0.0, 0.0], [0.3, 0.3, 0.3]] {
+            let (h, s, v) = rgb_to_hsv(p);
+            let q = hsv_to_rgb(h, s, v);
+            assert!(
+                p.iter().zip(&q).all(|(a, b)| (a - b).abs() < 1e-5),
+                "{p:?} -> {q:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! Backend selection: `--device auto|wgpu|vulkan|cpu`, decided at run time.
+
+use anyhow::{Result, bail};
+use burn::tensor::{Device, Tensor};
+use clap::ValueEnum;
+
+/// Where tensors live.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceChoice {
+    /// The best wgpu adapter when one works, else the CPU.
+    #[default]
+    Auto,
+    /// burn's wgpu backend on the default adapter (Vulkan, Metal or DX12).
+    Wgpu,
+    /// burn's wgpu backend pinned to Vulkan with the SPIR-V compiler (build feature `vulkan`).
+    Vulkan,
+    /// burn's pure-Rust CPU backend (flex).
+    Cpu,
+}
+
+/// A ready device and a human-readable name for logs and progress bars.
+pub struct Selected {
+    /// The burn device.
+    pub device: Device,
+    /// What it is, e.g. "wgpu (default adapter)" or "cpu (flex)".
+    pub name: String,
+}
+
+#[cfg(feature = "wgpu")]
+fn probe(device: &Device) -> bool {
+    // Adapter creation panics inside burn when no adapter exists; probe once, quietly.
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let d = device.clone();
+    let ok = std::panic::catch_unwind(move || Tensor::<1>::zeros([1], &d).into_data()).is_ok();
+    std::panic::set_hook(hook);
+    ok
+}
+
+/// Resolves the user's choice to a working device, or explains why it cannot.
+pub fn select(choice: DeviceChoice) -> Result<Selected> {
+    let cpu = || Selected {
+        device: Device::flex(),
+        name: "cpu (flex)".into(),
+    };
+    match choice {
+        DeviceChoice::Cpu => Ok(cpu()),
+        #[cfg(feature = "wgpu")]
+        DeviceChoice::Wgpu | DeviceChoice::Auto => {
+            let device = Device::wgpu(burn::tensor::DeviceKind::DefaultDevice);
+            if probe(&device) {
+                Ok(Selected {
+                    device,
+                    name: "wgpu (default adapter)".into(),
+                })
+            } else if choice == DeviceChoice::Auto {
+                log::warn!("no usable wgpu adapter; falling back to the CPU backend");
+                Ok(cpu())
+            } else {
+                bail!(
+                    "no usable wgpu adapter was found; install a Vulkan/Metal/DX12 driver or use --device cpu"
+                )
+            }
+        }
+        #[cfg(not(feature = "wgpu"))]
+        DeviceChoice::Auto => Ok(cpu()),
+        #[cfg(not(feature = "wgpu"))]
+        DeviceChoice::Wgpu => bail!(
+            "this build has no wgpu backend; rebuild with --features wgpu or use --device cpu"
+        ),
+        #[cfg(feature = "vulkan")]
+        DeviceChoice::Vulkan => {
+            let device = Device::vulkan(burn::tensor::DeviceKind::DefaultDevice);
+            if probe(&device) {
+                Ok(Selected {
+                    device,
+                    name: "vulkan (SPIR-V)".into(),
+                })
+            } else {
+                bail!("no usable Vulkan adapter was found; use --device wgpu or --device cpu")
+            }
+        }
+        #[cfg(not(feature = "vulkan"))]
+        DeviceChoice::Vulkan => {
+            bail!(
+                "this build has no SPIR-V Vulkan backend; rebuild with `--features vulkan` or use --device wgpu"
+            )
+        }
+    }
+}

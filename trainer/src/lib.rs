@@ -1,0 +1,14 @@
+//! dino-trainer: the DINO training loop, data pipeline, evaluation and the commands behind
+//! the `dino` binary. A library so that end-to-end tests can drive it directly.
+
+pub mod augment;
+pub mod commands;
+pub mod data;
+pub mod device;
+pub mod io;
+pub mod loss;
+pub mod optim;
+pub mod pipeline;
+pub mod render;
+pub mod schedule;
+pub mod synth;

@@ -1,0 +1,294 @@
+//! AdamW with DINO's parameter groups and per-parameter gradient clipping, and the EMA
+//! teacher update, written against burn's module mapper so that every rule of
+//! `main_dino.py` / `utils.py` is explicit:
+//!
+//! - weight decay only on weights with 2 or more dimensions that are not biases
+//!   (`utils.get_params_groups`); the official `last_layer.weight_g` is `[out, 1]`, so it
+//!   counts as 2-D even though we store it as a vector;
+//! - each gradient is rescaled to norm ≤ `clip` on its own (`utils.clip_gradients`);
+//! - while `epoch < freeze_last_layer` the last layer gets no gradient at all, so AdamW
+//!   skips it, weight decay included (`utils.cancel_gradients_last_layer`);
+//! - AdamW is PyTorch's: decoupled decay `p ← p(1 − lr·wd)`, bias-corrected moments, a
+//!   step count per parameter.
+
+use std::collections::{BTreeMap, HashMap};
+
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::optim::GradientsParams;
+use burn::tensor::{Device, Tensor, TensorData};
+use dino_model::{DinoModel, RawTensor};
+
+/// Adam β₁ (PyTorch default).
+pub const BETA1: f64 = 0.9;
+/// Adam β₂ (PyTorch default).
+pub const BETA2: f64 = 0.999;
+/// Adam ε (PyTorch default).
+pub const EPS: f64 = 1e-8;
+
+/// AdamW state for every parameter, keyed by the parameter's module path.
+#[derive(Debug, Clone, Default)]
+pub struct AdamW {
+    moments: HashMap<String, (Tensor<1>, Tensor<1>, u64, Vec<usize>)>,
+}
+
+/// The hyperparameters of one optimiser step.
+#[derive(Debug, Clone, Copy)]
+pub struct StepParams {
+    /// Learning rate of this iteration.
+    pub lr: f64,
+    /// Weight decay of this iteration (regularised group only).
+    pub weight_decay: f64,
+    /// Per-parameter gradient-norm limit; 0 disables clipping.
+    pub clip_grad: f64,
+    /// Whether the last layer is still frozen this epoch.
+    pub freeze_last_layer: bool,
+}
+
+/// Whether the official code puts this parameter in the regularised group.
+pub fn is_regularized(path: &str, rank: usize) -> bool {
+    if path.ends_with("last_layer_g") {
+        return true;
+    }
+    let bias = path.ends_with(".bias") || path.ends_with(".beta") || path.ends_with("patch_bias");
+    rank >= 2 && !bias
+}
+
+/// Whether the parameter belongs to the head's last layer.
+pub fn is_last_layer(path: &str) -> bool {
+    path.contains("last_layer")
+}
+
+struct PathTracker {
+    stack: Vec<String>,
+}
+
+impl PathTracker {
+    fn enter(&mut self, name: &str) {
+        self.stack.push(name.to_string());
+    }
+    fn exit(&mut self) {
+        self.stack.pop();
+    }
+    fn path(&self) -> String {
+        self.stack.join(".")
+    }
+}
+
+struct StepMapper<'a> {
+    grads: &'a mut GradientsParams,
+    state: &'a mut AdamW,
+    params: StepParams,
+    path: PathTracker,
+}
+
+impl ModuleMapper for StepMapper<'_> {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.enter(name);
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.exit();
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let (id, tensor, mapper) = param.consume();
+        let Some(grad) = self.grads.remove::<D>(id) else {
+            return Param::from_mapped_value(id, tensor, mapper);
+        };
+        let path = self.path.path();
+        if self.params.freeze_last_layer && is_last_layer(&path) {
+            return Param::from_mapped_value(id, tensor, mapper);
+        }
+        let require_grad = tensor.is_require_grad();
+        let shape = tensor.dims().to_vec();
+        let n: usize = shape.iter().product();
+        let p = tensor.inner().reshape([n]);
+        let mut g = grad.reshape([n]);
+        if self.params.clip_grad > 0.0 {
+            // clip_coef = clip / (‖g‖ + 1e-6), applied only when < 1; kept on the device (no sync).
+            let norm = g.clone().square().sum().sqrt();
+            let coef = norm
+                .add_scalar(1e-6)
+                .recip()
+                .mul_scalar(self.params.clip_grad)
+                .clamp_max(1.0);
+            g = g * coef;
+        }
+        let device = p.device();
+        let (m, v, step) = match self.state.moments.remove(&path) {
+            Some((m, v, step, _)) => (m, v, step),
+            None => (Tensor::zeros([n], &device), Tensor::zeros([n], &device), 0),
+        };
+        let step = step + 1;
+        let StepParams {
+            lr, weight_decay, ..
+        } = self.params;
+        let wd = if is_regularized(&path, shape.len()) {
+            weight_decay
+        } else {
+            0.0
+        };
+        let p = if wd != 0.0 {
+            p.mul_scalar(1.0 - lr * wd)
+        } else {
+            p
+        };
+        let m = m.mul_scalar(BETA1) + g.clone().mul_scalar(1.0 - BETA1);
+        let v = v.mul_scalar(BETA2) + g.square().mul_scalar(1.0 - BETA2);
+        let bc1 = 1.0 - BETA1.powi(step as i32);
+        let bc2 = 1.0 - BETA2.powi(step as i32);
+        let denom = v.clone().sqrt().div_scalar(bc2.sqrt()).add_scalar(EPS);
+        let p = p - (m.clone() / denom).mul_scalar(lr / bc1);
+        self.state.moments.insert(path, (m, v, step, shape.clone()));
+        let mut out: Tensor<D> = Tensor::from_inner(p.reshape(to_array::<D>(&shape)));
+        if require_grad {
+            out = out.require_grad();
+        }
+        Param::from_mapped_value(id, out, mapper)
+    }
+}
+
+fn to_array<const D: usize>(shape: &[usize]) -> [usize; D] {
+    let mut a = [0usize; D];
+    a.copy_from_slice(shape);
+    a
+}
+
+impl AdamW {
+    /// Applies one AdamW step with DINO's rules to every parameter that has a gradient.
+    pub fn step(
+        &mut self,
+        model: DinoModel,
+        grads: &mut GradientsParams,
+        params: StepParams,
+    ) -> DinoModel {
+        let mut mapper = StepMapper {
+            grads,
+            state: self,
+            params,
+            path: PathTracker { stack: Vec::new() },
+        };
+        model.map(&mut mapper)
+    }
+
+    /// The state as named host tensors (`<path>.exp_avg`, `<path>.exp_avg_sq`) and step counts.
+    pub fn export(&self) -> (BTreeMap<String, RawTensor>, BTreeMap<String, u64>) {
+        let mut tensors = BTreeMap::new();
+        let mut steps = BTreeMap::new();
+        for (path, (m, v, step, shape)) in &self.moments {
+            let to_raw = |t: &Tensor<1>| {
+                RawTensor::new(
+                    shape.clone(),
+                    t.clone()
+                        .into_data()
+                        .convert::<f32>()
+                        .try_into_vec::<f32>()
+                        .expect("f32 state"),
+                )
+            };
+            tensors.insert(format!("{path}.exp_avg"), to_raw(m));
+            tensors.insert(format!("{path}.exp_avg_sq"), to_raw(v));
+            steps.insert(path.clone(), *step);
+        }
+        (tensors, steps)
+    }
+
+    /// Rebuilds the state from [`AdamW::export`]'s output.
+    pub fn import(
+        tensors: &BTreeMap<String, RawTensor>,
+        steps: &BTreeMap<String, u64>,
+        device: &Device,
+    ) -> anyhow::Result<Self> {
+        let mut moments = HashMap::new();
+        for (path, step) in steps {
+            let get = |suffix: &str| {
+                tensors.get(&format!("{path}.{suffix}")).ok_or_else(|| {
+                    anyhow::anyhow!("optimizer state `{path}.{suffix}` missing from the checkpoint")
+                })
+            };
+            let (m, v) = (get("exp_avg")?, get("exp_avg_sq")?);
+            let n = m.numel();
+            let t = |r: &RawTensor| {
+                Tensor::<1>::from_data(TensorData::new(r.data.clone(), [n]), device)
+            };
+            moments.insert(path.clone(), (t(m), t(v), *step, m.shape.clone()));
+        }
+        Ok(Self { moments })
+    }
+}
+
+struct Collect {
+    path: PathTracker,
+    values: HashMap<String, Tensor<1>>,
+}
+
+impl ModuleVisitor for Collect {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.enter(name);
+    }
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.exit();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let t = param.val().inner();
+        let n = t.dims().iter().product::<usize>();
+        self.values.insert(self.path.path(), t.reshape([n]));
+    }
+}
+
+struct Ema {
+    path: PathTracker,
+    student: HashMap<String, Tensor<1>>,
+    momentum: f64,
+}
+
+impl ModuleMapper for Ema {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.enter(name);
+    }
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.exit();
+    }
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let (id, tensor, mapper) = param.consume();
+        let Some(s) = self.student.remove(&self.path.path()) else {
+            return Param::from_mapped_value(id, tensor, mapper);
+        };
+        let shape = tensor.dims();
+        let updated =
+            tensor.mul_scalar(self.momentum) + s.reshape(shape).mul_scalar(1.0 - self.momentum);
+        Param::from_mapped_value(id, updated, mapper)
+    }
+}
+
+/// The teacher update `θ_t ← m·θ_t + (1 − m)·θ_s`, over every parameter the two share.
+pub fn ema_update(teacher: DinoModel, student: &DinoModel, momentum: f64) -> DinoModel {
+    let mut collect = Collect {
+        path: PathTracker { stack: Vec::new() },
+        values: HashMap::new(),
+    };
+    student.visit(&mut collect);
+    let mut ema = Ema {
+        path: PathTracker { stack: Vec::new() },
+        student: collect.values,
+        momentum,
+    };
+    teacher.map(&mut ema)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameter_groups_follow_the_official_rule() {
+        assert!(is_regularized("backbone.blocks.0.attn.qkv.weight", 2));
+        assert!(!is_regularized("backbone.blocks.0.attn.qkv.bias", 1));
+        assert!(!is_regularized("backbone.blocks.0.norm1.gamma", 1));
+        assert!(is_regularized("backbone.pos_embed", 3));
+        assert!(is_regularized("backbone.cls_token", 3));
+        assert!(!is_regularized("backbone.patch_bias", 1));
+        assert!(is_regularized("head.last_layer_g", 1));
+        assert!(is_last_layer("head.last_layer_v"));
+    }
+}

@@ -1,0 +1,156 @@
+//! Schedules of `main_dino.py` / `utils.py`: learning rate, weight decay, teacher momentum
+//! (per iteration, `cosine_scheduler`) and teacher temperature (per epoch).
+
+/// `utils.cosine_scheduler`: linear warm-up from `start_warmup_value` to `base_value` over
+/// `warmup_epochs`, then a half cosine from `base_value` to `final_value`; one value per
+/// iteration, `epochs * iters_per_epoch` in all.
+pub fn cosine_scheduler(
+    base_value: f64,
+    final_value: f64,
+    epochs: usize,
+    iters_per_epoch: usize,
+    warmup_epochs: usize,
+    start_warmup_value: f64,
+) -> Vec<f64> {
+    let total = epochs * iters_per_epoch;
+    let warmup_iters = (warmup_epochs * iters_per_epoch).min(total);
+    let mut out = Vec::with_capacity(total);
+    // np.linspace(start, base, n): n points, both ends included.
+    for i in 0..warmup_iters {
+        out.push(if warmup_iters == 1 {
+            start_warmup_value
+        } else {
+            start_warmup_value
+                + (base_value - start_warmup_value) * i as f64 / (warmup_iters - 1) as f64
+        });
+    }
+    let rest = total - warmup_iters;
+    for i in 0..rest {
+        let cos = (std::f64::consts::PI * i as f64 / rest as f64).cos();
+        out.push(final_value + 0.5 * (base_value - final_value) * (1.0 + cos));
+    }
+    out
+}
+
+/// The teacher temperature of each epoch: `linspace(warmup, final, warmup_epochs)` then `final`.
+pub fn teacher_temp_schedule(
+    warmup_temp: f64,
+    temp: f64,
+    warmup_epochs: usize,
+    epochs: usize,
+) -> Vec<f64> {
+    let warm = warmup_epochs.min(epochs);
+    let mut out = Vec::with_capacity(epochs);
+    for i in 0..warm {
+        out.push(if warm == 1 {
+            warmup_temp
+        } else {
+            warmup_temp + (temp - warmup_temp) * i as f64 / (warm - 1) as f64
+        });
+    }
+    out.extend(std::iter::repeat_n(temp, epochs - warm));
+    out
+}
+
+/// Every schedule of one run, indexed by global iteration (or epoch for the temperature).
+#[derive(Debug, Clone)]
+pub struct Schedules {
+    /// Learning rate per iteration (`lr × batch / 256` warm-up then cosine to `min_lr`).
+    pub lr: Vec<f64>,
+    /// Weight decay per iteration (cosine `weight_decay → weight_decay_end`).
+    pub wd: Vec<f64>,
+    /// Teacher EMA momentum per iteration (cosine `momentum_teacher → 1`).
+    pub momentum: Vec<f64>,
+    /// Teacher temperature per epoch.
+    pub teacher_temp: Vec<f64>,
+}
+
+/// The hyperparameters the schedules are built from.
+#[derive(Debug, Clone)]
+pub struct ScheduleParams {
+    /// Base learning rate (before the batch/256 scaling).
+    pub lr: f64,
+    /// Final learning rate.
+    pub min_lr: f64,
+    /// Linear warm-up epochs of the learning rate.
+    pub warmup_epochs: usize,
+    /// Initial weight decay.
+    pub weight_decay: f64,
+    /// Final weight decay.
+    pub weight_decay_end: f64,
+    /// Initial teacher momentum.
+    pub momentum_teacher: f64,
+    /// Teacher temperature at the start of its warm-up.
+    pub warmup_teacher_temp: f64,
+    /// Teacher temperature after its warm-up.
+    pub teacher_temp: f64,
+    /// Epochs of teacher-temperature warm-up.
+    pub warmup_teacher_temp_epochs: usize,
+    /// Total epochs.
+    pub epochs: usize,
+    /// Iterations per epoch.
+    pub iters_per_epoch: usize,
+    /// Images per step.
+    pub batch_size: usize,
+}
+
+impl Schedules {
+    /// Builds all schedules exactly as `main_dino.py` does.
+    pub fn new(p: &ScheduleParams) -> Self {
+        Self {
+            lr: cosine_scheduler(
+                p.lr * p.batch_size as f64 / 256.0,
+                p.min_lr,
+                p.epochs,
+                p.iters_per_epoch,
+                p.warmup_epochs,
+                0.0,
+            ),
+            wd: cosine_scheduler(
+                p.weight_decay,
+                p.weight_decay_end,
+                p.epochs,
+                p.iters_per_epoch,
+                0,
+                0.0,
+            ),
+            momentum: cosine_scheduler(
+                p.momentum_teacher,
+                1.0,
+                p.epochs,
+                p.iters_per_epoch,
+                0,
+                0.0,
+            ),
+            teacher_temp: teacher_temp_schedule(
+                p.warmup_teacher_temp,
+                p.teacher_temp,
+                p.warmup_teacher_temp_epochs,
+                p.epochs,
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cosine_has_the_official_shape() {
+        let s = cosine_scheduler(1.0, 0.0, 4, 5, 1, 0.0);
+        assert_eq!(s.len(), 20);
+        assert_eq!(s[0], 0.0);
+        assert_eq!(s[4], 1.0);
+        assert_eq!(s[5], 1.0);
+        assert!(s[19] > 0.0 && s[19] < 0.02);
+        assert!(s[5..].windows(2).all(|w| w[1] <= w[0]));
+    }
+
+    #[test]
+    fn teacher_temperature_warms_up_then_holds() {
+        let t = teacher_temp_schedule(0.04, 0.07, 3, 5);
+        assert_eq!(t.len(), 5);
+        assert!((t[0] - 0.04).abs() < 1e-12 && (t[2] - 0.07).abs() < 1e-12 && t[4] == 0.07);
+    }
+}
