@@ -214,3 +214,175 @@ pub fn attention(args: &AttentionArgs) -> Result<()> {
     );
     Ok(())
 }
+
+/// `dino train`.
+pub fn train(args: &crate::cli_train::TrainArgs) -> Result<()> {
+    use crate::train::{RunDir, RunOptions, load_run_config, train};
+    let (run, cfg, resume) = match &args.resume {
+        Some(dir) => {
+            let run = RunDir { root: dir.clone() };
+            let saved = load_run_config(&run)?;
+            let cfg = args.for_resume(saved)?;
+            (run, cfg, true)
+        }
+        None => {
+            let run = RunDir {
+                root: args.output.clone(),
+            };
+            if run.last().exists() {
+                bail!(
+                    "{} already holds a run; continue it with `dino train --resume {}` or choose another -o",
+                    run.root.display(),
+                    run.root.display()
+                );
+            }
+            (
+                run,
+                args.apply(crate::train::TrainConfig::default()).0,
+                false,
+            )
+        }
+    };
+    let selected = select(args.device)?;
+    let workers = args
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let opts = RunOptions {
+        max_steps: args.max_steps,
+        checkpoint_every: args.checkpoint_every,
+        eval_every: args.eval_every,
+        workers,
+        quiet: args.quiet,
+        device_name: selected.name.clone(),
+    };
+    let summary = train(cfg, &run, resume, &opts, &selected.device)?;
+    println!(
+        "trained to step {} on {}: loss {:.4} -> {:.4}, {:.1} img/s, teacher {}; checkpoint {}, viewer model {}, metrics {}",
+        summary.steps,
+        selected.name,
+        summary.first_loss,
+        summary.last_loss,
+        summary.images_per_sec,
+        summary.collapse,
+        run.last().display(),
+        run.teacher().display(),
+        run.metrics().display()
+    );
+    Ok(())
+}
+
+/// `dino synth`.
+pub fn synth(output: &Path, n: usize, size: u32, seed: u64) -> Result<()> {
+    if size < 16 {
+        bail!("--size must be at least 16 pixels");
+    }
+    let bar = indicatif::ProgressBar::new(n as u64);
+    for i in 0..n {
+        let scene = crate::synth::scene(seed, i as u64, size);
+        let dir = output.join(crate::synth::CLASSES[scene.label]);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let save =
+            |img: &dyn Fn(&mut Vec<u8>) -> image::ImageResult<()>, name: String| -> Result<()> {
+                let mut bytes = Vec::new();
+                img(&mut bytes).with_context(|| format!("encoding {name}"))?;
+                crate::io::write_atomic(&dir.join(&name), &bytes)
+            };
+        save(
+            &|b| {
+                scene
+                    .image
+                    .write_to(&mut std::io::Cursor::new(b), image::ImageFormat::Png)
+            },
+            format!("{i:06}.png"),
+        )?;
+        save(
+            &|b| {
+                scene
+                    .mask
+                    .write_to(&mut std::io::Cursor::new(b), image::ImageFormat::Png)
+            },
+            format!("{i:06}_mask.png"),
+        )?;
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    println!(
+        "wrote {n} scenes ({} classes, {size}px, seed {seed}) with masks to {}",
+        crate::synth::CLASSES.len(),
+        output.display()
+    );
+    Ok(())
+}
+
+fn open_source(spec: &str) -> Result<Box<dyn crate::data::Source>> {
+    crate::data::open(spec, 600, 128, 1).with_context(|| format!("opening {spec}"))
+}
+
+/// `dino knn`.
+#[allow(clippy::too_many_arguments)]
+pub fn knn(
+    checkpoint: &Path,
+    train: &str,
+    val: &str,
+    k: usize,
+    temperature: f64,
+    image_size: Option<u32>,
+    limit: usize,
+    device: DeviceChoice,
+) -> Result<()> {
+    let selected = select(device)?;
+    let imported = load_weights(checkpoint, Which::Teacher)?;
+    let model = build_model(&imported, checkpoint, &selected.device)?;
+    let size = image_size.unwrap_or(imported.config.vit.img_size as u32);
+    let (train_src, val_src) = (open_source(train)?, open_source(val)?);
+    let classes = train_src.classes().len().max(val_src.classes().len());
+    let (ti, tl) = crate::eval::labelled(train_src.as_ref(), limit)?;
+    let (vi, vl) = crate::eval::labelled(val_src.as_ref(), limit)?;
+    let ft = crate::eval::features(&model.backbone, &ti, size, &selected.device)?;
+    let fv = crate::eval::features(&model.backbone, &vi, size, &selected.device)?;
+    let r = crate::eval::knn(&ft, &tl, &fv, &vl, k, temperature, classes);
+    println!(
+        "{{\"knn_top1\": {:.2}, \"knn_top5\": {:.2}, \"chance\": {:.2}, \"k\": {k}, \"temperature\": {temperature}, \"train\": {}, \"val\": {}, \"classes\": {classes}}}",
+        r.top1,
+        r.top5,
+        r.chance,
+        ti.len(),
+        vi.len()
+    );
+    Ok(())
+}
+
+/// `dino eval-seg`.
+pub fn eval_seg(
+    checkpoint: &Path,
+    data: &str,
+    threshold: f32,
+    image_size: Option<u32>,
+    limit: usize,
+    device: DeviceChoice,
+) -> Result<()> {
+    if !(threshold > 0.0 && threshold <= 1.0) {
+        bail!("--threshold must be in (0, 1], got {threshold}");
+    }
+    let selected = select(device)?;
+    let imported = load_weights(checkpoint, Which::Teacher)?;
+    let model = build_model(&imported, checkpoint, &selected.device)?;
+    let size = image_size.unwrap_or(imported.config.vit.img_size as u32);
+    let source = open_source(data)?;
+    let r = crate::eval::segmentation(
+        &model.backbone,
+        source.as_ref(),
+        limit,
+        size,
+        threshold,
+        &selected.device,
+    )?;
+    println!(
+        "{}",
+        serde_json::to_string(&serde_json::json!({
+            "jaccard_best_head": r.best_head, "jaccard_mean_heads": r.mean_heads, "jaccard_head_mean_map": r.head_mean_map,
+            "per_head": r.per_head, "images": r.images, "threshold": threshold,
+        }))?
+    );
+    Ok(())
+}

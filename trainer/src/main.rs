@@ -20,6 +20,71 @@ struct Cli {
 /// The subcommands.
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Train a ViT with DINO (defaults: the official main_dino.py on the synthetic objects set).
+    Train(Box<dino_trainer::cli_train::TrainArgs>),
+    /// Write the synthetic objects set to a folder: <class>/<n>.png with <n>_mask.png beside.
+    Synth {
+        /// Output folder.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Number of scenes.
+        #[arg(long, default_value_t = 600)]
+        n: usize,
+        /// Side of each scene in pixels.
+        #[arg(long, default_value_t = 128)]
+        size: u32,
+        /// Seed; different seeds give different scenes.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Weighted k-NN classification with L2-normalised CLS features (eval_knn.py).
+    Knn {
+        /// Checkpoint to evaluate.
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Labelled training images (folder with class subfolders, CIFAR-10/STL-10 binaries, or `synthetic`).
+        #[arg(long)]
+        train: String,
+        /// Labelled validation images.
+        #[arg(long)]
+        val: String,
+        /// Neighbours.
+        #[arg(long, default_value_t = 20)]
+        k: usize,
+        /// Temperature of the neighbour weights exp(sim / T).
+        #[arg(long, default_value_t = 0.07)]
+        temperature: f64,
+        /// Images are resized to this square size (default: the checkpoint's training size).
+        #[arg(long)]
+        image_size: Option<u32>,
+        /// Use at most this many images of each set.
+        #[arg(long, default_value_t = 10000)]
+        limit: usize,
+        /// Compute device.
+        #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+        device: DeviceChoice,
+    },
+    /// Jaccard between the 60 %-mass CLS-attention masks and ground-truth masks (<image>_mask.png).
+    EvalSeg {
+        /// Checkpoint to evaluate.
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Folder written by `dino synth` (or any images with <name>_mask.png beside them).
+        #[arg(long)]
+        data: String,
+        /// Share of the attention mass the masks keep.
+        #[arg(long, default_value_t = 0.6)]
+        threshold: f32,
+        /// Images are resized to this square size (default: the checkpoint's training size).
+        #[arg(long)]
+        image_size: Option<u32>,
+        /// Use at most this many images.
+        #[arg(long, default_value_t = 10000)]
+        limit: usize,
+        /// Compute device.
+        #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+        device: DeviceChoice,
+    },
     /// Convert official DINO .pth files or Hugging Face ViT safetensors into a dinoscope checkpoint.
     Import {
         /// The weight file: dino_*_pretrain.pth, an official checkpoint.pth, HF model.safetensors, …
@@ -77,6 +142,40 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Train(args) => commands::train(&args),
+        Command::Synth {
+            output,
+            n,
+            size,
+            seed,
+        } => commands::synth(&output, n, size, seed),
+        Command::Knn {
+            checkpoint,
+            train,
+            val,
+            k,
+            temperature,
+            image_size,
+            limit,
+            device,
+        } => commands::knn(
+            &checkpoint,
+            &train,
+            &val,
+            k,
+            temperature,
+            image_size,
+            limit,
+            device,
+        ),
+        Command::EvalSeg {
+            checkpoint,
+            data,
+            threshold,
+            image_size,
+            limit,
+            device,
+        } => commands::eval_seg(&checkpoint, &data, threshold, image_size, limit, device),
         Command::Import {
             file,
             output,

@@ -1,0 +1,710 @@
+//! The DINO training loop (`main_dino.py`): student on every crop, teacher on the two global
+//! crops, DINO loss with centring and sharpening, AdamW with the official schedules and
+//! parameter groups, EMA teacher; run directory, checkpoints, metrics, resume, live
+//! attention pictures and periodic evaluation.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use burn::optim::GradientsParams;
+use burn::tensor::{Device, Tensor, TensorData};
+use dino_model::checkpoint::{KIND_TRAINING, read_checkpoint, write_checkpoint};
+use dino_model::{DinoModel, HeadConfig, ModelConfig, RawTensor, TensorMap, VitConfig};
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::augment::AugmentConfig;
+use crate::data::{self, Source};
+use crate::loss::{DinoLoss, collapse_indicator};
+use crate::optim::{AdamW, StepParams, ema_update};
+use crate::pipeline::{Batch, Loader, derive_seed};
+use crate::schedule::{ScheduleParams, Schedules};
+
+/// Everything that defines a run; saved as `config.json` and inside every checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// Backbone preset (`vit_tiny`, `vit_small`, `vit_base`).
+    pub arch: String,
+    /// Patch side in pixels.
+    pub patch_size: usize,
+    /// Override of the number of blocks (small demos and tests); `None` keeps the preset's 12.
+    pub depth: Option<usize>,
+    /// Prototypes of the DINO head.
+    pub out_dim: usize,
+    /// Hidden width of the head MLP.
+    pub head_hidden_dim: usize,
+    /// Bottleneck width of the head.
+    pub head_bottleneck_dim: usize,
+    /// Freeze the last layer's weight-norm gain at 1.
+    pub norm_last_layer: bool,
+    /// Stochastic depth rate of the student.
+    pub drop_path_rate: f64,
+    /// Images per step.
+    pub batch_size: usize,
+    /// Epochs the schedules span.
+    pub epochs: usize,
+    /// Base learning rate (scaled by batch / 256).
+    pub lr: f64,
+    /// Final learning rate.
+    pub min_lr: f64,
+    /// Learning-rate warm-up epochs.
+    pub warmup_epochs: usize,
+    /// Initial weight decay.
+    pub weight_decay: f64,
+    /// Final weight decay.
+    pub weight_decay_end: f64,
+    /// Per-parameter gradient-norm clip (0 = off).
+    pub clip_grad: f64,
+    /// Epochs during which the head's last layer is frozen.
+    pub freeze_last_layer: usize,
+    /// Initial teacher EMA momentum.
+    pub momentum_teacher: f64,
+    /// Teacher temperature at the start of its warm-up.
+    pub warmup_teacher_temp: f64,
+    /// Teacher temperature after warm-up.
+    pub teacher_temp: f64,
+    /// Teacher-temperature warm-up epochs.
+    pub warmup_teacher_temp_epochs: usize,
+    /// Student temperature.
+    pub student_temp: f64,
+    /// Centre EMA momentum.
+    pub center_momentum: f64,
+    /// Multi-crop augmentation.
+    pub augment: AugmentConfig,
+    /// `--data`: `synthetic`, an image folder, CIFAR-10 or STL-10 binaries.
+    pub data: String,
+    /// Scenes in the synthetic set.
+    pub synthetic_count: usize,
+    /// Side of synthetic scenes.
+    pub synthetic_size: u32,
+    /// Seed of initialisation, data order, augmentation and stochastic depth.
+    pub seed: u64,
+}
+
+impl Default for TrainConfig {
+    /// The official `main_dino.py` defaults, on the synthetic set.
+    fn default() -> Self {
+        Self {
+            arch: "vit_small".into(),
+            patch_size: 16,
+            depth: None,
+            out_dim: 65536,
+            head_hidden_dim: 2048,
+            head_bottleneck_dim: 256,
+            norm_last_layer: true,
+            drop_path_rate: 0.1,
+            batch_size: 64,
+            epochs: 100,
+            lr: 0.0005,
+            min_lr: 1e-6,
+            warmup_epochs: 10,
+            weight_decay: 0.04,
+            weight_decay_end: 0.4,
+            clip_grad: 3.0,
+            freeze_last_layer: 1,
+            momentum_teacher: 0.996,
+            warmup_teacher_temp: 0.04,
+            teacher_temp: 0.04,
+            warmup_teacher_temp_epochs: 0,
+            student_temp: 0.1,
+            center_momentum: 0.9,
+            augment: AugmentConfig::default(),
+            data: "synthetic".into(),
+            synthetic_count: 2048,
+            synthetic_size: 128,
+            seed: 0,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// The model this run trains.
+    pub fn model_config(&self) -> Result<ModelConfig> {
+        let mut vit = VitConfig::by_name(&self.arch, self.patch_size)?;
+        if let Some(d) = self.depth {
+            vit.depth = d;
+        }
+        vit.img_size = self.augment.global_size as usize;
+        vit.drop_path_rate = self.drop_path_rate;
+        if vit.img_size % self.patch_size != 0
+            || self.augment.local_size as usize % self.patch_size != 0
+        {
+            bail!(
+                "--image-size {} and --local-size {} must be multiples of --patch-size {}",
+                self.augment.global_size,
+                self.augment.local_size,
+                self.patch_size
+            );
+        }
+        let head = HeadConfig {
+            hidden_dim: self.head_hidden_dim,
+            bottleneck_dim: self.head_bottleneck_dim,
+            norm_last_layer: self.norm_last_layer,
+            ..HeadConfig::dino(vit.embed_dim, self.out_dim)
+        };
+        let c = ModelConfig {
+            vit,
+            head: Some(head),
+        };
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Number of crops per image.
+    pub fn ncrops(&self) -> usize {
+        2 + self.augment.local_crops
+    }
+}
+
+/// Where a run stands; saved in every training checkpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainState {
+    /// The next step to run (= steps done).
+    pub step: u64,
+    /// AdamW step count per parameter.
+    pub optimizer_steps: BTreeMap<String, u64>,
+}
+
+/// Options that do not change the result of a run (and may differ on resume).
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Stop after this many steps in total (across resumes).
+    pub max_steps: Option<u64>,
+    /// Save `last.safetensors` every N steps (and at each epoch end).
+    pub checkpoint_every: u64,
+    /// Write attention pictures and run evaluations every N steps (0 = each epoch end).
+    pub eval_every: u64,
+    /// Loader threads.
+    pub workers: usize,
+    /// No progress bar; one log line per `log_every` steps instead.
+    pub quiet: bool,
+    /// Human-readable name of the device, for logs.
+    pub device_name: String,
+}
+
+/// Paths inside a run directory.
+pub struct RunDir {
+    /// The root.
+    pub root: PathBuf,
+}
+
+impl RunDir {
+    /// `config.json`.
+    pub fn config(&self) -> PathBuf {
+        self.root.join("config.json")
+    }
+    /// `checkpoints/last.safetensors`, always resumable.
+    pub fn last(&self) -> PathBuf {
+        self.root.join("checkpoints").join("last.safetensors")
+    }
+    /// `checkpoints/teacher.safetensors`, the model the viewer opens.
+    pub fn teacher(&self) -> PathBuf {
+        self.root.join("checkpoints").join("teacher.safetensors")
+    }
+    /// `metrics.jsonl`.
+    pub fn metrics(&self) -> PathBuf {
+        self.root.join("metrics.jsonl")
+    }
+    /// `attention/`.
+    pub fn attention(&self) -> PathBuf {
+        self.root.join("attention")
+    }
+}
+
+/// What a finished (or stopped) run reports.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    /// Steps done in total.
+    pub steps: u64,
+    /// Loss of the first step run in this invocation.
+    pub first_loss: f64,
+    /// Loss of the last step.
+    pub last_loss: f64,
+    /// Throughput of this invocation, images per second.
+    pub images_per_sec: f64,
+    /// Last collapse verdict.
+    pub collapse: String,
+}
+
+/// The student's, teacher's and optimiser's full state as a training checkpoint.
+fn training_checkpoint(
+    cfg: &TrainConfig,
+    mc: &ModelConfig,
+    teacher: &DinoModel,
+    student: &DinoModel,
+    optim: &AdamW,
+    loss: &DinoLoss,
+    step: u64,
+) -> Result<Vec<u8>> {
+    let mut map = TensorMap::new();
+    teacher.save_tensors(&mut map, "");
+    student.save_tensors(&mut map, "student.");
+    let (moments, steps) = optim.export();
+    for (k, v) in moments {
+        map.insert(format!("optim.{k}"), v);
+    }
+    map.insert(
+        "dino_loss.center".into(),
+        RawTensor::new(vec![1, loss.center.len()], loss.center.clone()),
+    );
+    let mut meta = BTreeMap::new();
+    meta.insert(
+        "dino.train_state".into(),
+        serde_json::to_string(&TrainState {
+            step,
+            optimizer_steps: steps,
+        })?,
+    );
+    meta.insert("dino.train_config".into(), serde_json::to_string(cfg)?);
+    Ok(write_checkpoint(mc, KIND_TRAINING, &map, &meta)?)
+}
+
+fn drop_path_masks(
+    model: &DinoModel,
+    cfg: &TrainConfig,
+    step: u64,
+    group: u64,
+    rows: usize,
+    device: &Device,
+) -> Option<dino_model::DropPathMasks> {
+    if cfg.drop_path_rate <= 0.0 {
+        return None;
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(derive_seed(cfg.seed, 3, step, group));
+    let masks = (0..model.backbone.depth())
+        .map(|b| {
+            let keep = 1.0 - model.backbone.drop_path_prob(b);
+            [0, 1].map(|_| {
+                let v: Vec<f32> = (0..rows)
+                    .map(|_| {
+                        if keep >= 1.0 {
+                            1.0
+                        } else {
+                            ((keep + rng.random::<f64>()).floor() / keep) as f32
+                        }
+                    })
+                    .collect();
+                Tensor::<3>::from_data(TensorData::new(v, [rows, 1, 1]), device)
+            })
+        })
+        .collect();
+    Some(dino_model::DropPathMasks { masks })
+}
+
+fn crops_tensor(batch: &Batch, range: std::ops::Range<usize>, device: &Device) -> Tensor<4> {
+    let size = batch.crops[range.start].size as usize;
+    let rows = batch.labels.len() * range.len();
+    let data: Vec<f32> = batch.crops[range]
+        .iter()
+        .flat_map(|c| c.data.iter().copied())
+        .collect();
+    Tensor::from_data(TensorData::new(data, [rows, 3, size, size]), device)
+}
+
+/// Runs DINO training in `run` (fresh, or resumed when `resume` is set).
+pub fn train(
+    cfg: TrainConfig,
+    run: &RunDir,
+    resume: bool,
+    opts: &RunOptions,
+    device: &Device,
+) -> Result<Summary> {
+    let mc = cfg.model_config()?;
+    let source: Arc<dyn Source> = Arc::from(
+        data::open(&cfg.data, cfg.synthetic_count, cfg.synthetic_size, cfg.seed)
+            .with_context(|| format!("opening --data {}", cfg.data))?,
+    );
+    if source.len() < cfg.batch_size {
+        bail!(
+            "{} has {} images, fewer than one batch of {}; lower --batch-size",
+            source.describe(),
+            source.len(),
+            cfg.batch_size
+        );
+    }
+    let iters_per_epoch = source.len() / cfg.batch_size;
+    let schedules = Schedules::new(&ScheduleParams {
+        lr: cfg.lr,
+        min_lr: cfg.min_lr,
+        warmup_epochs: cfg.warmup_epochs,
+        weight_decay: cfg.weight_decay,
+        weight_decay_end: cfg.weight_decay_end,
+        momentum_teacher: cfg.momentum_teacher,
+        warmup_teacher_temp: cfg.warmup_teacher_temp,
+        teacher_temp: cfg.teacher_temp,
+        warmup_teacher_temp_epochs: cfg.warmup_teacher_temp_epochs,
+        epochs: cfg.epochs,
+        iters_per_epoch,
+        batch_size: cfg.batch_size,
+    });
+    let total_steps = (cfg.epochs * iters_per_epoch) as u64;
+    let end_step = opts.max_steps.map_or(total_steps, |m| m.min(total_steps));
+    let ad_device = device.clone().autodiff();
+
+    let (mut student, mut teacher, mut optim, mut dino_loss, start_step) = if resume {
+        let path = run.last();
+        let bytes = std::fs::read(&path).with_context(|| {
+            format!(
+                "--resume {}: no checkpoint at {} (was the run ever started?)",
+                run.root.display(),
+                path.display()
+            )
+        })?;
+        let ckpt =
+            read_checkpoint(&bytes).with_context(|| format!("reading {}", path.display()))?;
+        let state: TrainState = serde_json::from_str(
+            ckpt.metadata
+                .get("dino.train_state")
+                .context("checkpoint has no training state")?,
+        )?;
+        let student = mc
+            .load(&ckpt.tensors, "student.", &ad_device)
+            .with_context(|| format!("student weights in {}", path.display()))?;
+        let teacher = mc
+            .load(&ckpt.tensors, "", device)
+            .with_context(|| format!("teacher weights in {}", path.display()))?;
+        let moments: BTreeMap<String, RawTensor> = ckpt
+            .tensors
+            .iter()
+            .filter_map(|(k, v)| k.strip_prefix("optim.").map(|s| (s.to_string(), v.clone())))
+            .collect();
+        let optim = AdamW::import(&moments, &state.optimizer_steps, device)?;
+        let center = ckpt
+            .tensors
+            .get("dino_loss.center")
+            .context("checkpoint has no DINO centre")?;
+        let mut loss = DinoLoss::new(cfg.out_dim, cfg.student_temp, cfg.center_momentum);
+        loss.center = center.data.clone();
+        (student, teacher, optim, loss, state.step)
+    } else {
+        device.seed(cfg.seed);
+        let init = mc.init(device)?;
+        let mut map = TensorMap::new();
+        init.save_tensors(&mut map, "");
+        // The teacher starts as an exact copy of the student (`teacher.load_state_dict(student.state_dict())`).
+        let student = mc.load(&map, "", &ad_device)?;
+        let teacher = mc.load(&map, "", device)?;
+        (
+            student,
+            teacher,
+            AdamW::default(),
+            DinoLoss::new(cfg.out_dim, cfg.student_temp, cfg.center_momentum),
+            0,
+        )
+    };
+    std::fs::create_dir_all(run.root.join("checkpoints"))
+        .with_context(|| format!("creating {}", run.root.display()))?;
+    crate::io::write_atomic(
+        &run.config(),
+        serde_json::to_string_pretty(&cfg)?.as_bytes(),
+    )?;
+    if start_step >= end_step {
+        log::info!("nothing to do: the run is at step {start_step} of {end_step}");
+        return Ok(Summary {
+            steps: start_step,
+            first_loss: f64::NAN,
+            last_loss: f64::NAN,
+            images_per_sec: 0.0,
+            collapse: "n/a".into(),
+        });
+    }
+    log::info!(
+        "training {} /{} ({} blocks) on {} with {}: steps {start_step}..{end_step} of {total_steps} ({iters_per_epoch} per epoch), batch {}, {} crops",
+        cfg.arch,
+        cfg.patch_size,
+        mc.vit.depth,
+        source.describe(),
+        opts.device_name,
+        cfg.batch_size,
+        cfg.ncrops()
+    );
+    let mut metrics = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(run.metrics())
+        .with_context(|| format!("opening {}", run.metrics().display()))?;
+    let mut loader = Loader::start(
+        source.clone(),
+        cfg.augment.clone(),
+        cfg.seed,
+        cfg.batch_size,
+        (start_step, end_step),
+        opts.workers,
+        2,
+    );
+    let bar = if opts.quiet {
+        ProgressBar::hidden()
+    } else {
+        let b = ProgressBar::new(end_step);
+        b.set_style(
+            ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg} ETA {eta}",
+            )
+            .expect("valid template"),
+        );
+        b.set_position(start_step);
+        b
+    };
+    let started = Instant::now();
+    let mut first_loss = f64::NAN;
+    let mut last_loss = f64::NAN;
+    let mut collapse = String::from("ok");
+    let mut last_saved = start_step;
+    let ncrops = cfg.ncrops();
+    for step in start_step..end_step {
+        let t0 = Instant::now();
+        let batch = loader.next_batch().expect("loader covers the step range")?;
+        let epoch = (step / iters_per_epoch as u64) as usize;
+        let it = step as usize;
+        // Student: crops grouped by resolution, as MultiCropWrapper does.
+        let globals = crops_tensor(&batch, 0..2, &ad_device);
+        let rows_g = 2 * cfg.batch_size;
+        let mut feats = vec![student.backbone.forward_train(
+            globals,
+            drop_path_masks(&student, &cfg, step, 0, rows_g, &ad_device).as_ref(),
+        )];
+        if ncrops > 2 {
+            let locals = crops_tensor(&batch, 2..ncrops, &ad_device);
+            let rows_l = (ncrops - 2) * cfg.batch_size;
+            feats.push(student.backbone.forward_train(
+                locals,
+                drop_path_masks(&student, &cfg, step, 1, rows_l, &ad_device).as_ref(),
+            ));
+        }
+        let student_out = student
+            .head
+            .as_ref()
+            .expect("training models have a head")
+            .forward(Tensor::cat(feats, 0));
+        let teacher_in = crops_tensor(&batch, 0..2, device);
+        let teacher_out = teacher
+            .head
+            .as_ref()
+            .expect("head")
+            .forward(teacher.backbone.forward(teacher_in));
+        let temp = schedules.teacher_temp[epoch.min(schedules.teacher_temp.len() - 1)];
+        let (loss, stats) =
+            dino_loss.forward(student_out, Tensor::from_inner(teacher_out), ncrops, temp);
+        let loss_value = loss
+            .clone()
+            .into_data()
+            .try_to_vec::<f32>()
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?[0] as f64;
+        if !loss_value.is_finite() {
+            bar.abandon();
+            bail!(
+                "the loss became {loss_value} at step {step}; training stopped. The last good checkpoint is {} (step {last_saved}). \
+                 Lower --lr, raise --warmup-epochs or --clip-grad, then resume with `dino train --resume {}`",
+                run.last().display(),
+                run.root.display()
+            );
+        }
+        let mut grads = GradientsParams::from_grads(loss.backward(), &student);
+        student = optim.step(
+            student,
+            &mut grads,
+            StepParams {
+                lr: schedules.lr[it],
+                weight_decay: schedules.wd[it],
+                clip_grad: cfg.clip_grad,
+                freeze_last_layer: epoch < cfg.freeze_last_layer,
+            },
+        );
+        teacher = ema_update(teacher, &student, schedules.momentum[it]);
+        let secs = t0.elapsed().as_secs_f64();
+        let img_per_sec = cfg.batch_size as f64 / secs;
+        collapse = collapse_indicator(&stats, cfg.out_dim).to_string();
+        if first_loss.is_nan() {
+            first_loss = loss_value;
+        }
+        last_loss = loss_value;
+        let record = serde_json::json!({
+            "step": step, "epoch": epoch, "loss": loss_value, "lr": schedules.lr[it], "wd": schedules.wd[it],
+            "momentum": schedules.momentum[it], "teacher_temp": temp, "img_per_sec": img_per_sec,
+            "teacher_entropy": stats.entropy, "teacher_batch_entropy": stats.mean_entropy, "collapse": collapse,
+        });
+        writeln!(metrics, "{record}")
+            .with_context(|| format!("writing {}", run.metrics().display()))?;
+        bar.set_position(step + 1);
+        bar.set_message(format!(
+            "epoch {epoch} loss {loss_value:.4} lr {:.2e} {img_per_sec:.1} img/s",
+            schedules.lr[it]
+        ));
+        if opts.quiet && (step % 10 == 0 || step + 1 == end_step) {
+            log::info!(
+                "step {step} epoch {epoch} loss {loss_value:.4} lr {:.2e} {img_per_sec:.1} img/s teacher {collapse}",
+                schedules.lr[it]
+            );
+        }
+        let done = step + 1;
+        let epoch_end = done % iters_per_epoch as u64 == 0;
+        if done % opts.checkpoint_every.max(1) == 0 || epoch_end || done == end_step {
+            let bytes =
+                training_checkpoint(&cfg, &mc, &teacher, &student, &optim, &dino_loss, done)?;
+            crate::io::write_atomic(&run.last(), &bytes)?;
+            last_saved = done;
+        }
+        let eval_due = if opts.eval_every == 0 {
+            epoch_end
+        } else {
+            done % opts.eval_every == 0
+        };
+        if eval_due || done == end_step {
+            evaluate(&teacher, &cfg, run, done, device, &mut metrics)?;
+        }
+    }
+    bar.finish();
+    let images = (end_step - start_step) as f64 * cfg.batch_size as f64;
+    let model_bytes = dino_model::checkpoint::model_checkpoint_bytes(&mc, &teacher)?;
+    crate::io::write_atomic(&run.teacher(), &model_bytes)?;
+    plot_metrics(run)?;
+    drop(loader);
+    Ok(Summary {
+        steps: end_step,
+        first_loss,
+        last_loss,
+        images_per_sec: images / started.elapsed().as_secs_f64(),
+        collapse,
+    })
+}
+
+/// Attention pictures of fixed synthetic images, plus segmentation and k-NN numbers on
+/// held-out synthetic scenes, appended to `metrics.jsonl` as an `eval` record.
+fn evaluate(
+    teacher: &DinoModel,
+    cfg: &TrainConfig,
+    run: &RunDir,
+    step: u64,
+    device: &Device,
+    metrics: &mut std::fs::File,
+) -> Result<()> {
+    let size = cfg.augment.global_size;
+    // Held-out scenes: a seed no training set uses.
+    let held_out = data::Synthetic {
+        seed: cfg.seed ^ 0x5EED_0FF5E7,
+        count: 64,
+        size: cfg.synthetic_size,
+    };
+    let patch = cfg.patch_size;
+    let mut tiles = Vec::new();
+    for i in 0..4 {
+        let sample = held_out.get(i)?;
+        let prepared = dino_model::preprocess::prepare(
+            &sample.image,
+            dino_model::preprocess::Resize::Square(size),
+            patch,
+        )?;
+        let maps = crate::render::compute_maps(
+            &teacher.backbone,
+            &prepared,
+            teacher.backbone.depth() - 1,
+            0.6,
+            device,
+        )?;
+        let mean = dino_model::attention::mean_map(&maps.heads);
+        tiles.push(prepared.display.clone());
+        tiles.push(crate::render::overlay(
+            &prepared.display,
+            &mean,
+            maps.grid_h,
+            maps.grid_w,
+            patch,
+            0.6,
+            false,
+        ));
+        for h in &maps.heads {
+            tiles.push(crate::render::heatmap(h, maps.grid_h, maps.grid_w, patch));
+        }
+    }
+    let cols = 2 + teacher.backbone.num_heads();
+    let picture = crate::render::grid(&tiles, cols);
+    crate::render::save_png(
+        &picture,
+        &run.attention().join(format!("step_{step:06}.png")),
+    )?;
+    crate::render::save_png(&picture, &run.attention().join("latest.png"))?;
+    let seg = crate::eval::segmentation(&teacher.backbone, &held_out, 64, size, 0.6, device)?;
+    let (train_imgs, train_labels) = crate::eval::labelled(
+        &data::Synthetic {
+            seed: cfg.seed ^ 0xA11CE,
+            count: 240,
+            size: cfg.synthetic_size,
+        },
+        240,
+    )?;
+    let (val_imgs, val_labels) = crate::eval::labelled(&held_out, 64)?;
+    let ftrain = crate::eval::features(&teacher.backbone, &train_imgs, size, device)?;
+    let fval = crate::eval::features(&teacher.backbone, &val_imgs, size, device)?;
+    let knn = crate::eval::knn(
+        &ftrain,
+        &train_labels,
+        &fval,
+        &val_labels,
+        20,
+        0.07,
+        crate::synth::CLASSES.len(),
+    );
+    let record = serde_json::json!({
+        "eval": step, "jaccard_best_head": seg.best_head, "jaccard_mean_heads": seg.mean_heads,
+        "jaccard_head_mean_map": seg.head_mean_map, "knn_top1": knn.top1, "knn_chance": knn.chance,
+    });
+    writeln!(metrics, "{record}")?;
+    log::info!(
+        "eval at step {step}: synthetic Jaccard best head {:.3}, mean {:.3}; k-NN top-1 {:.1}% (chance {:.1}%)",
+        seg.best_head,
+        seg.mean_heads,
+        knn.top1,
+        knn.chance
+    );
+    Ok(())
+}
+
+/// Draws `loss.png` (loss per step) and, when evaluations ran, `eval.png` (Jaccard and k-NN).
+pub fn plot_metrics(run: &RunDir) -> Result<()> {
+    let text = std::fs::read_to_string(run.metrics())
+        .with_context(|| format!("reading {}", run.metrics().display()))?;
+    let mut loss = Vec::new();
+    let (mut jac, mut knn) = (Vec::new(), Vec::new());
+    for line in text.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if let (Some(s), Some(l)) = (v["step"].as_f64(), v["loss"].as_f64()) {
+            loss.push((s, l));
+        }
+        if let Some(s) = v["eval"].as_f64() {
+            if let Some(j) = v["jaccard_best_head"].as_f64() {
+                jac.push((s, j));
+            }
+            if let Some(k) = v["knn_top1"].as_f64() {
+                knn.push((s, k / 100.0));
+            }
+        }
+    }
+    let png = crate::plot::line_plot(&[(&loss, [30, 90, 200])], 640, 360);
+    crate::render::save_png(&png, &run.root.join("loss.png"))?;
+    if !jac.is_empty() {
+        let png = crate::plot::line_plot(&[(&jac, [200, 60, 30]), (&knn, [30, 150, 60])], 640, 360);
+        crate::render::save_png(&png, &run.root.join("eval.png"))?;
+    }
+    Ok(())
+}
+
+/// Reads the config of an existing run (for `--resume`).
+pub fn load_run_config(run: &RunDir) -> Result<TrainConfig> {
+    let path = run.config();
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "--resume {}: no {} (is this a run directory?)",
+            run.root.display(),
+            path.display()
+        )
+    })?;
+    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
