@@ -292,3 +292,67 @@ mod tests {
         assert!(is_last_layer("head.last_layer_v"));
     }
 }
+
+/// The official name of a parameter path of our modules (`backbone.blocks.0.norm1.gamma` →
+/// `backbone.blocks.0.norm1.weight`, `head.mlp.1.weight` → `head.mlp.2.weight`, …).
+pub fn official_param_name(path: &str) -> String {
+    let mut p = path
+        .replace("backbone.patch_weight", "backbone.patch_embed.proj.weight")
+        .replace("backbone.patch_bias", "backbone.patch_embed.proj.bias")
+        .replace("head.last_layer_v", "head.last_layer.weight_v")
+        .replace("head.last_layer_g", "head.last_layer.weight_g");
+    if let Some(rest) = p.strip_suffix(".gamma") {
+        p = format!("{rest}.weight");
+    } else if let Some(rest) = p.strip_suffix(".beta") {
+        p = format!("{rest}.bias");
+    }
+    if let Some(rest) = p.strip_prefix("head.mlp.") {
+        if let Some((i, tail)) = rest.split_once('.') {
+            if let Ok(i) = i.parse::<usize>() {
+                p = format!("head.mlp.{}.{tail}", 2 * i);
+            }
+        }
+    }
+    p
+}
+
+struct Groups {
+    path: PathTracker,
+    regularized: Vec<String>,
+    not_regularized: Vec<String>,
+}
+
+impl ModuleVisitor for Groups {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.enter(name);
+    }
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.exit();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if !param.is_require_grad() {
+            return;
+        }
+        let path = self.path.path();
+        let name = official_param_name(&path);
+        if is_regularized(&path, D) {
+            self.regularized.push(name);
+        } else {
+            self.not_regularized.push(name);
+        }
+    }
+}
+
+/// The trainable parameters split as `utils.get_params_groups` does, by official name:
+/// (regularised, not regularised), each sorted.
+pub fn param_groups(model: &DinoModel) -> (Vec<String>, Vec<String>) {
+    let mut g = Groups {
+        path: PathTracker { stack: Vec::new() },
+        regularized: Vec::new(),
+        not_regularized: Vec::new(),
+    };
+    model.visit(&mut g);
+    g.regularized.sort();
+    g.not_regularized.sort();
+    (g.regularized, g.not_regularized)
+}

@@ -236,16 +236,14 @@ pub struct Summary {
 fn training_checkpoint(
     cfg: &TrainConfig,
     mc: &ModelConfig,
-    teacher: &DinoModel,
-    student: &DinoModel,
-    optim: &AdamW,
-    loss: &DinoLoss,
+    nets: &Networks,
     step: u64,
 ) -> Result<Vec<u8>> {
     let mut map = TensorMap::new();
-    teacher.save_tensors(&mut map, "");
-    student.save_tensors(&mut map, "student.");
-    let (moments, steps) = optim.export();
+    nets.teacher.save_tensors(&mut map, "");
+    nets.student.save_tensors(&mut map, "student.");
+    let (moments, steps) = nets.optim.export();
+    let loss = &nets.loss;
     for (k, v) in moments {
         map.insert(format!("optim.{k}"), v);
     }
@@ -263,6 +261,129 @@ fn training_checkpoint(
     );
     meta.insert("dino.train_config".into(), serde_json::to_string(cfg)?);
     Ok(write_checkpoint(mc, KIND_TRAINING, &map, &meta)?)
+}
+
+/// The state one DINO step updates.
+pub struct Networks {
+    /// The student, on the autodiff device.
+    pub student: DinoModel,
+    /// The EMA teacher, on the plain device.
+    pub teacher: DinoModel,
+    /// AdamW state of the student.
+    pub optim: AdamW,
+    /// The loss with its running centre.
+    pub loss: DinoLoss,
+}
+
+/// The schedule values of one step.
+#[derive(Debug, Clone, Copy)]
+pub struct StepHyper {
+    /// Learning rate.
+    pub lr: f64,
+    /// Weight decay of the regularised group.
+    pub weight_decay: f64,
+    /// Teacher EMA momentum.
+    pub momentum: f64,
+    /// Teacher temperature.
+    pub teacher_temp: f64,
+    /// Per-parameter gradient clip (0 = off).
+    pub clip_grad: f64,
+    /// Whether the last layer is frozen this epoch.
+    pub freeze_last_layer: bool,
+}
+
+/// What one step produced.
+pub struct StepOutput {
+    /// The updated networks.
+    pub nets: Networks,
+    /// The loss before the update.
+    pub loss: f64,
+    /// Teacher entropy statistics.
+    pub stats: crate::loss::TeacherStats,
+}
+
+/// One DINO iteration (`train_one_epoch`'s body): student on the global crops `[2B, 3, G, G]`
+/// and the local crops `[L·B, 3, l, l]` (grouped by resolution as `MultiCropWrapper`),
+/// teacher on the global crops, loss, backward, AdamW, EMA. A non-finite loss returns the
+/// networks unchanged so the caller can stop with the last good state.
+pub fn dino_step(
+    nets: Networks,
+    globals: Tensor<4>,
+    locals: Option<Tensor<4>>,
+    drop: &[Option<dino_model::DropPathMasks>; 2],
+    hyper: &StepHyper,
+    device: &Device,
+) -> StepOutput {
+    let Networks {
+        student,
+        teacher,
+        mut optim,
+        mut loss,
+    } = nets;
+    let [rows_g, ..] = globals.dims();
+    let ncrops = 2 + locals.as_ref().map_or(0, |l| l.dims()[0] / (rows_g / 2));
+    let teacher_in = globals.clone().inner();
+    let mut feats = vec![student.backbone.forward_train(globals, drop[0].as_ref())];
+    if let Some(locals) = locals {
+        feats.push(student.backbone.forward_train(locals, drop[1].as_ref()));
+    }
+    let student_out = student
+        .head
+        .as_ref()
+        .expect("training models have a head")
+        .forward(Tensor::cat(feats, 0));
+    let teacher_out = teacher
+        .head
+        .as_ref()
+        .expect("training models have a head")
+        .forward(teacher.backbone.forward(teacher_in.to_device(device)));
+    let center_before = loss.center.clone();
+    let (loss_tensor, stats) = loss.forward(
+        student_out,
+        Tensor::from_inner(teacher_out),
+        ncrops,
+        hyper.teacher_temp,
+    );
+    let value = loss_tensor
+        .clone()
+        .into_data()
+        .try_to_vec::<f32>()
+        .map_or(f64::NAN, |v| v[0] as f64);
+    if !value.is_finite() {
+        loss.center = center_before;
+        return StepOutput {
+            nets: Networks {
+                student,
+                teacher,
+                optim,
+                loss,
+            },
+            loss: value,
+            stats,
+        };
+    }
+    let mut grads = GradientsParams::from_grads(loss_tensor.backward(), &student);
+    let student = optim.step(
+        student,
+        &mut grads,
+        StepParams {
+            lr: hyper.lr,
+            weight_decay: hyper.weight_decay,
+            clip_grad: hyper.clip_grad,
+            freeze_last_layer: hyper.freeze_last_layer,
+        },
+    );
+    let teacher = ema_update(teacher, &student, hyper.momentum);
+    StepOutput {
+        nets: Networks {
+            student,
+            teacher,
+            optim,
+            loss,
+        },
+        loss: value,
+        stats,
+    }
 }
 
 fn drop_path_masks(
@@ -347,7 +468,7 @@ pub fn train(
     let end_step = opts.max_steps.map_or(total_steps, |m| m.min(total_steps));
     let ad_device = device.clone().autodiff();
 
-    let (mut student, mut teacher, mut optim, mut dino_loss, start_step) = if resume {
+    let (mut nets, start_step) = if resume {
         let path = run.last();
         let bytes = std::fs::read(&path).with_context(|| {
             format!(
@@ -381,7 +502,15 @@ pub fn train(
             .context("checkpoint has no DINO centre")?;
         let mut loss = DinoLoss::new(cfg.out_dim, cfg.student_temp, cfg.center_momentum);
         loss.center = center.data.clone();
-        (student, teacher, optim, loss, state.step)
+        (
+            Networks {
+                student,
+                teacher,
+                optim,
+                loss,
+            },
+            state.step,
+        )
     } else {
         device.seed(cfg.seed);
         let init = mc.init(device)?;
@@ -390,11 +519,14 @@ pub fn train(
         // The teacher starts as an exact copy of the student (`teacher.load_state_dict(student.state_dict())`).
         let student = mc.load(&map, "", &ad_device)?;
         let teacher = mc.load(&map, "", device)?;
+        let loss = DinoLoss::new(cfg.out_dim, cfg.student_temp, cfg.center_momentum);
         (
-            student,
-            teacher,
-            AdamW::default(),
-            DinoLoss::new(cfg.out_dim, cfg.student_temp, cfg.center_momentum),
+            Networks {
+                student,
+                teacher,
+                optim: AdamW::default(),
+                loss,
+            },
             0,
         )
     };
@@ -462,40 +594,31 @@ pub fn train(
         let batch = loader.next_batch().expect("loader covers the step range")?;
         let epoch = (step / iters_per_epoch as u64) as usize;
         let it = step as usize;
-        // Student: crops grouped by resolution, as MultiCropWrapper does.
-        let globals = crops_tensor(&batch, 0..2, &ad_device);
-        let rows_g = 2 * cfg.batch_size;
-        let mut feats = vec![student.backbone.forward_train(
-            globals,
-            drop_path_masks(&student, &cfg, step, 0, rows_g, &ad_device).as_ref(),
-        )];
-        if ncrops > 2 {
-            let locals = crops_tensor(&batch, 2..ncrops, &ad_device);
-            let rows_l = (ncrops - 2) * cfg.batch_size;
-            feats.push(student.backbone.forward_train(
-                locals,
-                drop_path_masks(&student, &cfg, step, 1, rows_l, &ad_device).as_ref(),
-            ));
-        }
-        let student_out = student
-            .head
-            .as_ref()
-            .expect("training models have a head")
-            .forward(Tensor::cat(feats, 0));
-        let teacher_in = crops_tensor(&batch, 0..2, device);
-        let teacher_out = teacher
-            .head
-            .as_ref()
-            .expect("head")
-            .forward(teacher.backbone.forward(teacher_in));
         let temp = schedules.teacher_temp[epoch.min(schedules.teacher_temp.len() - 1)];
-        let (loss, stats) =
-            dino_loss.forward(student_out, Tensor::from_inner(teacher_out), ncrops, temp);
-        let loss_value = loss
-            .clone()
-            .into_data()
-            .try_to_vec::<f32>()
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?[0] as f64;
+        let hyper = StepHyper {
+            lr: schedules.lr[it],
+            weight_decay: schedules.wd[it],
+            momentum: schedules.momentum[it],
+            teacher_temp: temp,
+            clip_grad: cfg.clip_grad,
+            freeze_last_layer: epoch < cfg.freeze_last_layer,
+        };
+        let globals = crops_tensor(&batch, 0..2, &ad_device);
+        let locals = (ncrops > 2).then(|| crops_tensor(&batch, 2..ncrops, &ad_device));
+        let drop = [
+            drop_path_masks(&nets.student, &cfg, step, 0, 2 * cfg.batch_size, &ad_device),
+            drop_path_masks(
+                &nets.student,
+                &cfg,
+                step,
+                1,
+                (ncrops - 2) * cfg.batch_size,
+                &ad_device,
+            ),
+        ];
+        let out = dino_step(nets, globals, locals, &drop, &hyper, device);
+        nets = out.nets;
+        let (loss_value, stats) = (out.loss, out.stats);
         if !loss_value.is_finite() {
             bar.abandon();
             bail!(
@@ -505,18 +628,6 @@ pub fn train(
                 run.root.display()
             );
         }
-        let mut grads = GradientsParams::from_grads(loss.backward(), &student);
-        student = optim.step(
-            student,
-            &mut grads,
-            StepParams {
-                lr: schedules.lr[it],
-                weight_decay: schedules.wd[it],
-                clip_grad: cfg.clip_grad,
-                freeze_last_layer: epoch < cfg.freeze_last_layer,
-            },
-        );
-        teacher = ema_update(teacher, &student, schedules.momentum[it]);
         let secs = t0.elapsed().as_secs_f64();
         let img_per_sec = cfg.batch_size as f64 / secs;
         collapse = collapse_indicator(&stats, cfg.out_dim).to_string();
@@ -545,8 +656,7 @@ pub fn train(
         let done = step + 1;
         let epoch_end = done % iters_per_epoch as u64 == 0;
         if done % opts.checkpoint_every.max(1) == 0 || epoch_end || done == end_step {
-            let bytes =
-                training_checkpoint(&cfg, &mc, &teacher, &student, &optim, &dino_loss, done)?;
+            let bytes = training_checkpoint(&cfg, &mc, &nets, done)?;
             crate::io::write_atomic(&run.last(), &bytes)?;
             last_saved = done;
         }
@@ -556,12 +666,12 @@ pub fn train(
             done % opts.eval_every == 0
         };
         if eval_due || done == end_step {
-            evaluate(&teacher, &cfg, run, done, device, &mut metrics)?;
+            evaluate(&nets.teacher, &cfg, run, done, device, &mut metrics)?;
         }
     }
     bar.finish();
     let images = (end_step - start_step) as f64 * cfg.batch_size as f64;
-    let model_bytes = dino_model::checkpoint::model_checkpoint_bytes(&mc, &teacher)?;
+    let model_bytes = dino_model::checkpoint::model_checkpoint_bytes(&mc, &nets.teacher)?;
     crate::io::write_atomic(&run.teacher(), &model_bytes)?;
     plot_metrics(run)?;
     drop(loader);
