@@ -98,13 +98,13 @@ impl VitConfig {
         if self.patch_size == 0 || self.embed_dim == 0 || self.depth == 0 || self.num_heads == 0 {
             return bad("patch_size, embed_dim, depth and num_heads must be positive".into());
         }
-        if self.embed_dim % self.num_heads != 0 {
+        if !self.embed_dim.is_multiple_of(self.num_heads) {
             return bad(format!(
                 "embed_dim {} is not divisible by num_heads {}",
                 self.embed_dim, self.num_heads
             ));
         }
-        if self.img_size < self.patch_size || self.img_size % self.patch_size != 0 {
+        if self.img_size < self.patch_size || !self.img_size.is_multiple_of(self.patch_size) {
             return bad(format!(
                 "img_size {} must be a positive multiple of patch_size {}",
                 self.img_size, self.patch_size

@@ -272,7 +272,7 @@ impl VisionTransformer {
     /// Checks that an input of `h × w` pixels can be tokenised.
     pub fn check_input(&self, h: usize, w: usize) -> Result<()> {
         let p = self.patch_size;
-        if h < p || w < p || h % p != 0 || w % p != 0 {
+        if h < p || w < p || !h.is_multiple_of(p) || !w.is_multiple_of(p) {
             return Err(ModelError::Image {
                 reason: format!(
                     "input of {w}x{h} pixels is not a positive multiple of the patch size {p}; resize or crop it first"

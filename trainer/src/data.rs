@@ -45,6 +45,7 @@ pub trait Source: Send + Sync {
 }
 
 /// A folder of images, searched recursively; first-level subfolders become class labels.
+#[derive(Debug)]
 pub struct ImageFolder {
     root: PathBuf,
     files: Vec<(PathBuf, Option<usize>)>,
@@ -336,7 +337,7 @@ impl Stl10 {
         let file =
             File::open(&x).with_context(|| format!("opening STL-10 file {}", x.display()))?;
         let size = file.metadata()?.len() as usize;
-        if size == 0 || size % STL_IMAGE != 0 {
+        if size == 0 || !size.is_multiple_of(STL_IMAGE) {
             bail!(
                 "{} is not an STL-10 image file (size {size} is not a multiple of {STL_IMAGE})",
                 x.display()

@@ -11,7 +11,7 @@ use dino_trainer::device::DeviceChoice;
 
 /// Self-supervised DINO training and attention maps for Vision Transformers.
 #[derive(Parser, Debug)]
-#[command(name = "dino", version, about, long_about = None)]
+#[command(name = "dino", version, about, long_about = None, args_override_self = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

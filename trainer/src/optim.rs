@@ -276,23 +276,6 @@ pub fn ema_update(teacher: DinoModel, student: &DinoModel, momentum: f64) -> Din
     teacher.map(&mut ema)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parameter_groups_follow_the_official_rule() {
-        assert!(is_regularized("backbone.blocks.0.attn.qkv.weight", 2));
-        assert!(!is_regularized("backbone.blocks.0.attn.qkv.bias", 1));
-        assert!(!is_regularized("backbone.blocks.0.norm1.gamma", 1));
-        assert!(is_regularized("backbone.pos_embed", 3));
-        assert!(is_regularized("backbone.cls_token", 3));
-        assert!(!is_regularized("backbone.patch_bias", 1));
-        assert!(is_regularized("head.last_layer_g", 1));
-        assert!(is_last_layer("head.last_layer_v"));
-    }
-}
-
 /// The official name of a parameter path of our modules (`backbone.blocks.0.norm1.gamma` →
 /// `backbone.blocks.0.norm1.weight`, `head.mlp.1.weight` → `head.mlp.2.weight`, …).
 pub fn official_param_name(path: &str) -> String {
@@ -306,12 +289,11 @@ pub fn official_param_name(path: &str) -> String {
     } else if let Some(rest) = p.strip_suffix(".beta") {
         p = format!("{rest}.bias");
     }
-    if let Some(rest) = p.strip_prefix("head.mlp.") {
-        if let Some((i, tail)) = rest.split_once('.') {
-            if let Ok(i) = i.parse::<usize>() {
-                p = format!("head.mlp.{}.{tail}", 2 * i);
-            }
-        }
+    if let Some(rest) = p.strip_prefix("head.mlp.")
+        && let Some((i, tail)) = rest.split_once('.')
+        && let Ok(i) = i.parse::<usize>()
+    {
+        p = format!("head.mlp.{}.{tail}", 2 * i);
     }
     p
 }
@@ -355,4 +337,21 @@ pub fn param_groups(model: &DinoModel) -> (Vec<String>, Vec<String>) {
     g.regularized.sort();
     g.not_regularized.sort();
     (g.regularized, g.not_regularized)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameter_groups_follow_the_official_rule() {
+        assert!(is_regularized("backbone.blocks.0.attn.qkv.weight", 2));
+        assert!(!is_regularized("backbone.blocks.0.attn.qkv.bias", 1));
+        assert!(!is_regularized("backbone.blocks.0.norm1.gamma", 1));
+        assert!(is_regularized("backbone.pos_embed", 3));
+        assert!(is_regularized("backbone.cls_token", 3));
+        assert!(!is_regularized("backbone.patch_bias", 1));
+        assert!(is_regularized("head.last_layer_g", 1));
+        assert!(is_last_layer("head.last_layer_v"));
+    }
 }

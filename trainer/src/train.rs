@@ -133,7 +133,7 @@ impl TrainConfig {
         vit.img_size = self.augment.global_size as usize;
         vit.drop_path_rate = self.drop_path_rate;
         if vit.img_size % self.patch_size != 0
-            || self.augment.local_size as usize % self.patch_size != 0
+            || !(self.augment.local_size as usize).is_multiple_of(self.patch_size)
         {
             bail!(
                 "--image-size {} and --local-size {} must be multiples of --patch-size {}",

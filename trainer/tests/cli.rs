@@ -1,0 +1,430 @@
+//! The `dino` command line end to end, on the CPU: what a user runs, and what a user gets
+//! when the input is wrong (a message naming the file, a non-zero exit, no panic).
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use dino_model::read_checkpoint;
+
+fn dino(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dino"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("running dino")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = dino(args);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "dino {args:?} failed:\n{text}");
+    text
+}
+
+fn fails(args: &[&str], expect: &[&str]) {
+    let out = dino(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "dino {args:?} should fail");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "dino {args:?}: exit code (a panic gives 101): {stderr}"
+    );
+    for e in expect {
+        assert!(
+            stderr.contains(e),
+            "dino {args:?}: stderr lacks {e:?}:\n{stderr}"
+        );
+    }
+}
+
+fn fixture(name: &str) -> String {
+    format!(
+        "{}/../model/tests/fixtures/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+fn sample() -> String {
+    format!(
+        "{}/../assets/samples/chelsea.jpg",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+/// A ViT of 2 blocks on 32 px crops of the synthetic set: seconds per run on 2 cores.
+const TINY: &[&str] = &[
+    "--arch",
+    "vit_tiny",
+    "--depth",
+    "2",
+    "--patch-size",
+    "8",
+    "--image-size",
+    "32",
+    "--local-size",
+    "16",
+    "--local-crops",
+    "2",
+    "--out-dim",
+    "256",
+    "--head-hidden-dim",
+    "256",
+    "--head-bottleneck-dim",
+    "64",
+    "--batch-size",
+    "16",
+    "--synthetic-count",
+    "64",
+    "--synthetic-size",
+    "48",
+    "--epochs",
+    "10",
+    "--warmup-epochs",
+    "1",
+    "--lr",
+    "0.005",
+    "--device",
+    "cpu",
+    "--quiet",
+    "--workers",
+    "2",
+    "--eval-every",
+    "1000",
+];
+
+fn train(dir: &Path, extra: &[&str]) -> String {
+    let mut args = vec!["train", "-o", dir.to_str().unwrap()];
+    args.extend_from_slice(TINY);
+    args.extend_from_slice(extra);
+    ok(&args)
+}
+
+#[test]
+fn import_info_and_attention_on_an_official_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("model.safetensors");
+    let text = ok(&[
+        "import",
+        &fixture("official_checkpoint.pth"),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(text.contains("official DINO training checkpoint"), "{text}");
+    let info = ok(&["info", out.to_str().unwrap()]);
+    assert!(
+        info.contains("depth 2") && info.contains("out_dim 256") && info.contains("parameters"),
+        "{info}"
+    );
+    let att = dir.path().join("att");
+    ok(&[
+        "attention",
+        "--checkpoint",
+        out.to_str().unwrap(),
+        "--image",
+        &sample(),
+        "--image-size",
+        "64",
+        "-o",
+        att.to_str().unwrap(),
+    ]);
+    for f in [
+        "img.png",
+        "attn-head0.png",
+        "attn-head1.png",
+        "mask_th0.6_head0.png",
+        "overlay.png",
+        "segmentation.png",
+        "pca.png",
+    ] {
+        let img = image::open(att.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+        assert_eq!(img.width(), 64, "{f}");
+    }
+    // The .pth works directly too, and so does the Hugging Face file.
+    ok(&[
+        "attention",
+        "--checkpoint",
+        &fixture("hf_vit.safetensors"),
+        "--image",
+        &sample(),
+        "--image-size",
+        "32",
+        "-o",
+        att.to_str().unwrap(),
+    ]);
+}
+
+#[test]
+fn bad_inputs_give_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let junk = d.join("junk.safetensors");
+    std::fs::write(&junk, b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all").unwrap();
+    let text_file = d.join("notes.png");
+    std::fs::write(&text_file, "this is not a picture").unwrap();
+    let out = d.join("o");
+    let o = out.to_str().unwrap();
+    fails(
+        &["info", d.join("missing.pth").to_str().unwrap()],
+        &["missing.pth", "No such file"],
+    );
+    fails(
+        &["info", junk.to_str().unwrap()],
+        &["junk.safetensors", "not a usable checkpoint"],
+    );
+    fails(
+        &["import", text_file.to_str().unwrap(), "-o", o],
+        &["notes.png"],
+    );
+    let ckpt = fixture("official_checkpoint.pth");
+    fails(
+        &[
+            "attention",
+            "--checkpoint",
+            &ckpt,
+            "--image",
+            text_file.to_str().unwrap(),
+            "-o",
+            o,
+        ],
+        &["notes.png", "not a usable image"],
+    );
+    fails(
+        &[
+            "attention",
+            "--checkpoint",
+            &ckpt,
+            "--image",
+            &sample(),
+            "--image-size",
+            "8",
+            "-o",
+            o,
+        ],
+        &["smaller than one"],
+    );
+    let truncated = d.join("truncated.pth");
+    let bytes = std::fs::read(&ckpt).unwrap();
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    fails(
+        &["import", truncated.to_str().unwrap(), "-o", o],
+        &["truncated.pth"],
+    );
+    fails(
+        &["train", "--resume", d.to_str().unwrap()],
+        &["config.json"],
+    );
+    let empty = d.join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    fails(
+        &[
+            "train",
+            "-o",
+            o,
+            "--data",
+            empty.to_str().unwrap(),
+            "--device",
+            "cpu",
+        ],
+        &["holds no images"],
+    );
+    assert!(!out.join("checkpoints").join("last.safetensors").exists());
+}
+
+fn loss_curve(dir: &Path) -> Vec<f64> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["loss"].as_f64())
+        .collect()
+}
+
+#[test]
+fn tiny_training_run_learns_without_collapse_and_writes_a_run_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let text = train(&run, &["--max-steps", "24", "--eval-every", "24"]);
+    assert!(text.contains("trained to step 24"), "{text}");
+    let losses = loss_curve(&run);
+    assert_eq!(losses.len(), 24);
+    let first = losses[0];
+    let tail = losses[losses.len() - 8..].iter().sum::<f64>() / 8.0;
+    assert!(
+        tail < first,
+        "loss did not fall: first {first}, mean of the last 8 {tail}"
+    );
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let last: serde_json::Value =
+        serde_json::from_str(metrics.lines().rfind(|l| l.contains("\"loss\"")).unwrap()).unwrap();
+    assert_eq!(last["collapse"], "ok", "teacher collapsed: {last}");
+    assert!(metrics.contains("jaccard_best_head") && metrics.contains("knn_top1"));
+    for f in [
+        "config.json",
+        "loss.png",
+        "eval.png",
+        "attention/latest.png",
+        "checkpoints/last.safetensors",
+        "checkpoints/teacher.safetensors",
+    ] {
+        assert!(run.join(f).is_file(), "{f} missing");
+    }
+    let teacher =
+        read_checkpoint(&std::fs::read(run.join("checkpoints/teacher.safetensors")).unwrap())
+            .unwrap();
+    assert_eq!(teacher.config.unwrap().vit.depth, 2);
+    // A second run into the same folder refuses to overwrite it.
+    let mut args = vec!["train", "-o", run.to_str().unwrap()];
+    args.extend_from_slice(TINY);
+    fails(&args, &["already holds a run", "--resume"]);
+}
+
+#[test]
+fn resumed_run_equals_the_straight_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("straight"), dir.path().join("split"));
+    train(&a, &["--max-steps", "10", "--drop-path-rate", "0.2"]);
+    train(&b, &["--max-steps", "5", "--drop-path-rate", "0.2"]);
+    let b_str = b.to_str().unwrap();
+    fails(
+        &[
+            "train",
+            "--resume",
+            b_str,
+            "--max-steps",
+            "10",
+            "--lr",
+            "0.1",
+            "--device",
+            "cpu",
+        ],
+        &["--lr", "different configuration"],
+    );
+    ok(&[
+        "train",
+        "--resume",
+        b_str,
+        "--max-steps",
+        "10",
+        "--device",
+        "cpu",
+        "--quiet",
+    ]);
+    let load = |p: &Path| {
+        read_checkpoint(&std::fs::read(p.join("checkpoints/last.safetensors")).unwrap()).unwrap()
+    };
+    let (ca, cb) = (load(&a), load(&b));
+    assert_eq!(
+        ca.metadata["dino.train_state"],
+        cb.metadata["dino.train_state"]
+    );
+    assert_eq!(ca.tensors.len(), cb.tensors.len());
+    for (name, t) in &ca.tensors {
+        assert_eq!(
+            t, &cb.tensors[name],
+            "{name} differs between the straight and the resumed run"
+        );
+    }
+    assert_eq!(loss_curve(&a), loss_curve(&b));
+}
+
+#[test]
+fn synth_eval_seg_and_knn_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let (train_dir, val_dir) = (dir.path().join("train"), dir.path().join("val"));
+    ok(&[
+        "synth",
+        "-o",
+        train_dir.to_str().unwrap(),
+        "--n",
+        "24",
+        "--size",
+        "32",
+        "--seed",
+        "1",
+    ]);
+    ok(&[
+        "synth",
+        "-o",
+        val_dir.to_str().unwrap(),
+        "--n",
+        "12",
+        "--size",
+        "32",
+        "--seed",
+        "2",
+    ]);
+    assert!(train_dir.join("circle").join("000000.png").is_file());
+    assert!(train_dir.join("circle").join("000000_mask.png").is_file());
+    let ckpt = fixture("official_checkpoint.pth");
+    let seg = ok(&[
+        "eval-seg",
+        "--checkpoint",
+        &ckpt,
+        "--data",
+        val_dir.to_str().unwrap(),
+        "--image-size",
+        "32",
+        "--device",
+        "cpu",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(seg.lines().last().unwrap()).unwrap();
+    assert_eq!(v["images"], 12);
+    let best = v["jaccard_best_head"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&best) && best >= v["jaccard_mean_heads"].as_f64().unwrap());
+    let knn = ok(&[
+        "knn",
+        "--checkpoint",
+        &ckpt,
+        "--train",
+        train_dir.to_str().unwrap(),
+        "--val",
+        val_dir.to_str().unwrap(),
+        "--image-size",
+        "32",
+        "--device",
+        "cpu",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(knn.lines().last().unwrap()).unwrap();
+    assert_eq!(v["classes"], 6);
+    assert!((0.0..=100.0).contains(&v["knn_top1"].as_f64().unwrap()));
+    fails(
+        &[
+            "eval-seg",
+            "--checkpoint",
+            &ckpt,
+            "--data",
+            dir.path().join("nope").to_str().unwrap(),
+            "--device",
+            "cpu",
+        ],
+        &["nope"],
+    );
+}
+
+#[test]
+fn non_finite_loss_stops_with_the_last_good_checkpoint_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("nan");
+    let mut args = vec!["train", "-o", run.to_str().unwrap()];
+    args.extend_from_slice(TINY);
+    args.extend_from_slice(&[
+        "--lr",
+        "1e12",
+        "--warmup-epochs",
+        "0",
+        "--clip-grad",
+        "0",
+        "--checkpoint-every",
+        "1",
+    ]);
+    fails(
+        &args,
+        &["the loss became", "last good checkpoint", "--resume"],
+    );
+    assert!(run.join("checkpoints/last.safetensors").is_file());
+}
