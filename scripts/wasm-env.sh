@@ -4,8 +4,8 @@
 # with build-std (recipe B). Usage: scripts/wasm-env.sh cargo <args…>
 set -euo pipefail
 export CARGO_TARGET_DIR=${WASM_TARGET_DIR:-/var/tmp/dinoscope-target-wasm}
-# getrandom needs to be told which browser API to use on wasm32-unknown-unknown.
-export RUSTFLAGS="${RUSTFLAGS:-} --cfg getrandom_backend=\"wasm_js\""
+
+
 shift # drop the literal "cargo"
 if rustup target list --installed 2>/dev/null | grep -q wasm32-unknown-unknown \
    || timeout 120 rustup target add wasm32-unknown-unknown >/dev/null 2>&1; then

@@ -18,7 +18,7 @@ use crate::weights::{RawTensor, TensorMap};
 /// Largest memo index and stack depth accepted; real checkpoints stay far below.
 const MAX_ITEMS: usize = 10_000_000;
 /// Largest tensor accepted (elements); 4 G elements is beyond any ViT weight.
-const MAX_NUMEL: usize = 1 << 32;
+const MAX_NUMEL: u64 = 1 << 32;
 
 fn err<T>(reason: impl Into<String>) -> Result<T> {
     Err(ModelError::Pth {
@@ -624,7 +624,7 @@ impl<'a> Archive<'a> {
             reason: format!("storage `{name}` missing from the archive: {e}"),
         })?;
         let size = file.size();
-        if size > (MAX_NUMEL * 8) as u64 {
+        if size > MAX_NUMEL * 8 {
             return err(format!(
                 "storage `{name}` is implausibly large ({size} bytes)"
             ));
@@ -641,7 +641,7 @@ impl<'a> Archive<'a> {
     fn materialise(&mut self, t: &TensorRef) -> Result<RawTensor> {
         let numel = t.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
         let numel = match numel {
-            Some(n) if n <= MAX_NUMEL => n,
+            Some(n) if n as u64 <= MAX_NUMEL => n,
             _ => return err(format!("tensor of shape {:?} is too large", t.shape)),
         };
         let bytes = self.storage(&t.storage.key)?;
