@@ -468,7 +468,14 @@ pub fn train(
     let end_step = opts.max_steps.map_or(total_steps, |m| m.min(total_steps));
     let ad_device = device.clone().autodiff();
 
-    let (mut nets, start_step) = if resume {
+    remove_stale_temp_files(&run.root.join("checkpoints"));
+    if resume && !run.last().exists() {
+        log::warn!(
+            "{} has no checkpoint yet (the run stopped before its first save); starting it from step 0",
+            run.root.display()
+        );
+    }
+    let (mut nets, start_step) = if resume && run.last().exists() {
         let path = run.last();
         let bytes = std::fs::read(&path).with_context(|| {
             format!(
@@ -556,6 +563,9 @@ pub fn train(
         cfg.batch_size,
         cfg.ncrops()
     );
+    if start_step > 0 {
+        truncate_metrics(&run.metrics(), start_step)?;
+    }
     let mut metrics = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -804,6 +814,43 @@ pub fn plot_metrics(run: &RunDir) -> Result<()> {
         crate::render::save_png(&png, &run.root.join("eval.png"))?;
     }
     Ok(())
+}
+
+/// Keeps only the metrics of steps before `step` (those after the last checkpoint will be
+/// run again), and drops a line cut short by a kill.
+fn truncate_metrics(path: &std::path::Path, step: u64) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|l| match serde_json::from_str::<serde_json::Value>(l) {
+            Ok(v) => {
+                v["step"].as_u64().map_or(true, |s| s < step)
+                    && v["eval"].as_u64().map_or(true, |s| s <= step)
+            }
+            Err(_) => false,
+        })
+        .collect();
+    let mut out = kept.join("\n");
+    if !out.is_empty() {
+        out.push('\n');
+    }
+    crate::io::write_atomic(path, out.as_bytes())
+}
+
+/// Deletes temporary files that a killed process left behind while writing a checkpoint;
+/// they are never read, but they should not pile up.
+fn remove_stale_temp_files(dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') && name.ends_with(".tmp") {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 /// Reads the config of an existing run (for `--resume`).
