@@ -53,6 +53,91 @@ pub fn overlay_pixel(base: [f32; 3], a: f32, alpha: f32, mask_mode: bool) -> [f3
     [0, 1, 2].map(|i| base[i] + (c[i] - base[i]) * alpha)
 }
 
+/// Whole-image helpers built on the CPU twins: heat maps, overlays and tiled grids of
+/// patch-grid maps, as the trainer's PNGs and the viewer's textures need them.
+pub mod images {
+    use image::{Rgb, RgbImage};
+
+    /// Nearest-neighbour upsampling of a `[h, w]` grid by `factor`.
+    fn upsample(map: &[f32], h: usize, w: usize, factor: usize) -> Vec<f32> {
+        let (oh, ow) = (h * factor, w * factor);
+        (0..oh * ow)
+            .map(|i| map[(i / ow / factor) * w + (i % ow) / factor])
+            .collect()
+    }
+
+    /// Min-max scaling to `[0, 1]`; a constant map becomes zeros.
+    fn normalize01(map: &[f32]) -> Vec<f32> {
+        let (lo, hi) = map
+            .iter()
+            .fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &v| {
+                (l.min(v), h.max(v))
+            });
+        if !(hi - lo > 0.0) {
+            return vec![0.0; map.len()];
+        }
+        map.iter().map(|&v| (v - lo) / (hi - lo)).collect()
+    }
+
+    /// A `[grid_h, grid_w]` map as a viridis heat map, `patch` pixels per cell.
+    pub fn heatmap(map: &[f32], grid_h: usize, grid_w: usize, patch: usize) -> RgbImage {
+        let up = upsample(&normalize01(map), grid_h, grid_w, patch);
+        let (w, h) = ((grid_w * patch) as u32, (grid_h * patch) as u32);
+        RgbImage::from_fn(w, h, |x, y| {
+            Rgb(crate::viridis_u8(up[(y * w + x) as usize]))
+        })
+    }
+
+    /// The image with a map blended on top as a heat map, or (`mask_mode`) with everything
+    /// outside a 0/1 mask dimmed: the shader's `fs_main`, pixel by pixel.
+    pub fn overlay(
+        image: &RgbImage,
+        map: &[f32],
+        grid_h: usize,
+        grid_w: usize,
+        patch: usize,
+        alpha: f32,
+        mask_mode: bool,
+    ) -> RgbImage {
+        let values = if mask_mode {
+            map.to_vec()
+        } else {
+            normalize01(map)
+        };
+        let up = upsample(&values, grid_h, grid_w, patch);
+        let w = image.width();
+        RgbImage::from_fn(w, image.height(), |x, y| {
+            let p = image.get_pixel(x, y).0.map(|c| c as f32 / 255.0);
+            let v = up.get((y * w + x) as usize).copied().unwrap_or(0.0);
+            Rgb(crate::overlay_pixel(p, v, alpha, mask_mode)
+                .map(|c| (c * 255.0).round().clamp(0.0, 255.0) as u8))
+        })
+    }
+
+    /// Tiles of equal size side by side with a 4-pixel white gap, `columns` per row.
+    pub fn grid(tiles: &[RgbImage], columns: usize) -> RgbImage {
+        let (tw, th) = tiles.first().map_or((1, 1), |t| t.dimensions());
+        let cols = columns.max(1).min(tiles.len().max(1)) as u32;
+        let rows = tiles.len().div_ceil(cols as usize).max(1) as u32;
+        let gap = 4;
+        let mut out = RgbImage::from_pixel(
+            cols * (tw + gap) - gap,
+            rows * (th + gap) - gap,
+            Rgb([255, 255, 255]),
+        );
+        for (i, t) in tiles.iter().enumerate() {
+            let (c, r) = (i as u32 % cols, i as u32 / cols);
+            image::imageops::replace(
+                &mut out,
+                t,
+                (c * (tw + gap)) as i64,
+                (r * (th + gap)) as i64,
+            );
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,6 +199,21 @@ mod tests {
         let lum = |c: [f32; 3]| 0.2126 * c[0] + 0.7152 * c[1] + 0.0722 * c[2];
         let l: Vec<f32> = (0..=20).map(|i| lum(viridis(i as f32 / 20.0))).collect();
         assert!(l.windows(2).all(|w| w[1] > w[0]));
+    }
+
+    #[test]
+    fn image_helpers_align_with_the_patch_grid() {
+        let map = [0.0, 1.0, 2.0, 3.0];
+        let heat = images::heatmap(&map, 2, 2, 3);
+        assert_eq!(heat.dimensions(), (6, 6));
+        assert_eq!(heat.get_pixel(0, 0).0, viridis_u8(0.0));
+        assert_eq!(heat.get_pixel(5, 5).0, viridis_u8(1.0));
+        let img = image::RgbImage::from_pixel(6, 6, image::Rgb([200, 200, 200]));
+        let masked = images::overlay(&img, &[1.0, 0.0, 0.0, 1.0], 2, 2, 3, 0.5, true);
+        assert_eq!(masked.get_pixel(0, 0).0, [200, 200, 200]);
+        assert_eq!(masked.get_pixel(4, 0).0, [100, 100, 100]);
+        let g = images::grid(&[heat.clone(), heat], 2);
+        assert_eq!(g.dimensions(), (16, 6));
     }
 
     #[test]

@@ -5,11 +5,10 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use burn::tensor::{Device, Tensor, TensorData};
 use dino_model::attention::{
-    cls_maps, combined_mask, mass_mask, mean_map, normalize01, pca_rgb, upsample_nearest,
+    cls_maps, combined_mask, mass_mask, mean_map, pca_rgb, upsample_nearest,
 };
 use dino_model::preprocess::Prepared;
 use dino_model::vit::VisionTransformer;
-use dino_shaders::{overlay_pixel, viridis_u8};
 use image::{Rgb, RgbImage};
 
 /// Everything the attention views need for one image.
@@ -66,60 +65,7 @@ pub fn compute_maps(
     })
 }
 
-/// A heat map at image resolution: per-map min-max, nearest upsampling by the patch size.
-pub fn heatmap(map: &[f32], grid_h: usize, grid_w: usize, patch: usize) -> RgbImage {
-    let up = upsample_nearest(&normalize01(map), grid_h, grid_w, patch);
-    let (w, h) = ((grid_w * patch) as u32, (grid_h * patch) as u32);
-    RgbImage::from_fn(w, h, |x, y| Rgb(viridis_u8(up[(y * w + x) as usize])))
-}
-
-/// The image with a map blended on top (heat map) or a mask dimming the rest.
-pub fn overlay(
-    image: &RgbImage,
-    map: &[f32],
-    grid_h: usize,
-    grid_w: usize,
-    patch: usize,
-    alpha: f32,
-    mask_mode: bool,
-) -> RgbImage {
-    let values = if mask_mode {
-        map.to_vec()
-    } else {
-        normalize01(map)
-    };
-    let up = upsample_nearest(&values, grid_h, grid_w, patch);
-    let w = image.width();
-    RgbImage::from_fn(w, image.height(), |x, y| {
-        let p = image.get_pixel(x, y).0.map(|c| c as f32 / 255.0);
-        let v = up.get((y * w + x) as usize).copied().unwrap_or(0.0);
-        Rgb(overlay_pixel(p, v, alpha, mask_mode)
-            .map(|c| (c * 255.0).round().clamp(0.0, 255.0) as u8))
-    })
-}
-
-/// Side-by-side tiles with a 4-pixel gap, `columns` per row.
-pub fn grid(tiles: &[RgbImage], columns: usize) -> RgbImage {
-    let (tw, th) = tiles.first().map_or((1, 1), |t| t.dimensions());
-    let cols = columns.max(1).min(tiles.len().max(1)) as u32;
-    let rows = tiles.len().div_ceil(cols as usize) as u32;
-    let gap = 4;
-    let mut out = RgbImage::from_pixel(
-        cols * (tw + gap) - gap,
-        rows * (th + gap) - gap,
-        Rgb([255, 255, 255]),
-    );
-    for (i, t) in tiles.iter().enumerate() {
-        let (c, r) = (i as u32 % cols, i as u32 / cols);
-        image::imageops::replace(
-            &mut out,
-            t,
-            (c * (tw + gap)) as i64,
-            (r * (th + gap)) as i64,
-        );
-    }
-    out
-}
+pub use dino_shaders::images::{grid, heatmap, overlay};
 
 /// Saves a PNG atomically.
 pub fn save_png(img: &RgbImage, path: &Path) -> Result<()> {

@@ -1,0 +1,553 @@
+//! The viewer app: state, background jobs and one `*_ui` function per panel.
+
+use std::sync::mpsc::{Receiver, Sender, channel};
+
+use burn::tensor::Device;
+use egui::{Color32, RichText, TextureHandle, TextureOptions};
+use image::RgbImage;
+
+use crate::infer::{Analysis, LoadedModel, Request, analyse, load_model};
+use crate::views::{Settings, View, export, render};
+
+/// Largest image side kept after loading; bigger photos are downscaled (the network sees
+/// at most a few hundred pixels anyway).
+pub const MAX_IMAGE_SIDE: u32 = 2048;
+/// Largest file accepted from a drop, picker or URL.
+pub const MAX_FILE_BYTES: usize = 1 << 30;
+
+/// The bundled sample photos (CC0 / public domain, see assets/samples/LICENSE.md).
+pub const SAMPLES: [(&str, &[u8]); 3] = [
+    (
+        "chelsea.jpg",
+        include_bytes!("../../assets/samples/chelsea.jpg"),
+    ),
+    (
+        "coffee.jpg",
+        include_bytes!("../../assets/samples/coffee.jpg"),
+    ),
+    (
+        "astronaut.jpg",
+        include_bytes!("../../assets/samples/astronaut.jpg"),
+    ),
+];
+
+/// Results of background work.
+pub enum Job {
+    /// A checkpoint finished loading.
+    Model(Result<LoadedModel, String>),
+    /// A file was read (name, bytes) and needs classifying.
+    File(String, Result<Vec<u8>, String>),
+    /// An analysis finished.
+    Analysis(Result<Analysis, String>),
+}
+
+/// The whole app state.
+pub struct ViewerApp {
+    device: Device,
+    /// Name of the compute backend, shown in the status bar.
+    pub backend: String,
+    /// The loaded checkpoint.
+    pub model: Option<LoadedModel>,
+    /// Loaded images (name, pixels).
+    pub images: Vec<(String, RgbImage)>,
+    /// Index of the image shown.
+    pub current: usize,
+    /// Block whose attention is shown; `None` means the last.
+    pub layer: Option<usize>,
+    /// Square input side in pixels.
+    pub resolution: u32,
+    /// What the central panel shows.
+    pub view: View,
+    /// Threshold, opacity and queried patch.
+    pub settings: Settings,
+    /// The latest finished analysis.
+    pub analysis: Option<Analysis>,
+    /// The analysis in flight, if any.
+    pub pending: Option<Request>,
+    /// The last error, shown until dismissed.
+    pub error: Option<String>,
+    /// A one-line status.
+    pub status: String,
+    textures: Vec<(String, TextureHandle)>,
+    texture_key: Option<(Request, View, [u32; 3])>,
+    tx: Sender<Job>,
+    rx: Receiver<Job>,
+    loading_model: bool,
+}
+
+impl ViewerApp {
+    /// An empty viewer computing on `device`, labelled `backend` in the UI.
+    pub fn new(device: Device, backend: impl Into<String>) -> Self {
+        let (tx, rx) = channel();
+        Self {
+            device,
+            backend: backend.into(),
+            model: None,
+            images: Vec::new(),
+            current: 0,
+            layer: None,
+            resolution: 480,
+            view: View::Heads,
+            settings: Settings { threshold: 0.6, alpha: 0.6, query: 0 },
+            analysis: None,
+            pending: None,
+            error: None,
+            status: "Drop a checkpoint (.safetensors or .pth) and images here, or use the buttons above.".into(),
+            textures: Vec::new(),
+            texture_key: None,
+            tx,
+            rx,
+            loading_model: false,
+        }
+    }
+
+    /// Runs `work` off the UI thread (a thread natively, a task on the web) and repaints when done.
+    pub fn spawn(&self, ctx: &egui::Context, work: impl FnOnce() -> Job + Send + 'static) {
+        let (tx, ctx) = (self.tx.clone(), ctx.clone());
+        let run = move || {
+            let _ = tx.send(work());
+            ctx.request_repaint();
+        };
+        #[cfg(not(target_arch = "wasm32"))]
+        std::thread::spawn(run);
+        #[cfg(target_arch = "wasm32")]
+        wasm_bindgen_futures::spawn_local(async move { run() });
+    }
+
+    /// A sender for jobs that complete elsewhere (web file reads and fetches).
+    pub fn sender(&self) -> Sender<Job> {
+        self.tx.clone()
+    }
+
+    /// Loads a checkpoint from bytes in the background.
+    pub fn open_checkpoint(&mut self, ctx: &egui::Context, name: String, bytes: Vec<u8>) {
+        self.loading_model = true;
+        self.status = format!("Loading checkpoint {name}…");
+        let device = self.device.clone();
+        self.spawn(ctx, move || Job::Model(load_model(&name, &bytes, &device)));
+    }
+
+    /// Adds an image from bytes; errors are shown, the app keeps working.
+    pub fn add_image(&mut self, name: &str, bytes: &[u8]) -> Result<(), String> {
+        let img =
+            dino_model::preprocess::decode_image(bytes).map_err(|e| format!("{name}: {e}"))?;
+        let img = if img.width().max(img.height()) > MAX_IMAGE_SIDE {
+            let s = MAX_IMAGE_SIDE as f32 / img.width().max(img.height()) as f32;
+            let (w, h) = (
+                ((img.width() as f32 * s) as u32).max(1),
+                ((img.height() as f32 * s) as u32).max(1),
+            );
+            image::imageops::resize(&img, w, h, image::imageops::FilterType::Triangle)
+        } else {
+            img
+        };
+        self.images.push((name.to_string(), img));
+        self.current = self.images.len() - 1;
+        Ok(())
+    }
+
+    /// Routes a file to the image list or the checkpoint loader by its content.
+    pub fn open_file(&mut self, ctx: &egui::Context, name: String, bytes: Vec<u8>) {
+        if bytes.len() > MAX_FILE_BYTES {
+            self.error = Some(format!(
+                "{name} is larger than {} MiB",
+                MAX_FILE_BYTES >> 20
+            ));
+        } else if image::guess_format(&bytes).is_ok() {
+            if let Err(e) = self.add_image(&name, &bytes) {
+                self.error = Some(e);
+            }
+        } else {
+            self.open_checkpoint(ctx, name, bytes);
+        }
+    }
+
+    /// The block shown.
+    pub fn layer_index(&self) -> usize {
+        let depth = self.model.as_ref().map_or(1, |m| m.config.vit.depth);
+        self.layer.unwrap_or(depth - 1).min(depth - 1)
+    }
+
+    /// The request the current settings call for.
+    pub fn wanted(&self) -> Option<Request> {
+        let model = self.model.as_ref()?;
+        if self.images.is_empty() {
+            return None;
+        }
+        let p = model.config.vit.patch_size as u32;
+        let resolution = (self.resolution / p).max(1) * p;
+        Some(Request {
+            image: self.current.min(self.images.len() - 1),
+            layer: self.layer_index(),
+            resolution,
+        })
+    }
+
+    fn poll(&mut self, ctx: &egui::Context) {
+        while let Ok(job) = self.rx.try_recv() {
+            match job {
+                Job::Model(Ok(m)) => {
+                    self.status = format!(
+                        "Loaded {}: {} /{} ({} blocks, {} heads)",
+                        m.name,
+                        m.config.vit.arch,
+                        m.config.vit.patch_size,
+                        m.config.vit.depth,
+                        m.config.vit.num_heads
+                    );
+                    self.model = Some(m);
+                    self.layer = None;
+                    self.analysis = None;
+                    self.loading_model = false;
+                }
+                Job::Model(Err(e)) => {
+                    #[cfg(target_arch = "wasm32")]
+                    crate::web::set_state("error");
+                    self.error = Some(e);
+                    self.loading_model = false;
+                }
+                Job::File(name, Ok(bytes)) => self.open_file(ctx, name, bytes),
+                Job::File(name, Err(e)) => self.error = Some(format!("{name}: {e}")),
+                Job::Analysis(result) => {
+                    self.pending = None;
+                    match result {
+                        Ok(a) => {
+                            self.status = format!(
+                                "{} heads of block {} at {}x{} px in {:.2} s on {}",
+                                a.heads,
+                                a.request.layer,
+                                a.display.width(),
+                                a.display.height(),
+                                a.seconds,
+                                self.backend
+                            );
+                            #[cfg(target_arch = "wasm32")]
+                            crate::web::set_state(&format!("ready:{}", a.heads));
+                            self.analysis = Some(a);
+                        }
+                        Err(e) => self.error = Some(e),
+                    }
+                }
+            }
+        }
+        // Start the analysis the settings call for when nothing is running.
+        if let Some(want) = self.wanted() {
+            let have = self.analysis.as_ref().map(|a| &a.request);
+            if self.pending.is_none() && have != Some(&want) && self.error.is_none() {
+                let (model, img, device) = (
+                    self.model.clone().expect("wanted() checked"),
+                    self.images[want.image].1.clone(),
+                    self.device.clone(),
+                );
+                self.pending = Some(want.clone());
+                self.spawn(ctx, move || {
+                    Job::Analysis(analyse(&model, &img, want, &device))
+                });
+            }
+        }
+    }
+
+    fn top_ui(&mut self, ui: &mut egui::Ui) {
+        ui.horizontal_wrapped(|ui| {
+            ui.heading("dinoscope");
+            if ui.button("Open checkpoint…").clicked() {
+                self.pick_files(ui.ctx());
+            }
+            if ui.button("Add images…").clicked() {
+                self.pick_files(ui.ctx());
+            }
+            ui.separator();
+            ui.label("Samples:");
+            for (name, bytes) in SAMPLES {
+                if ui.button(name.trim_end_matches(".jpg")).clicked() {
+                    if let Err(e) = self.add_image(name, bytes) {
+                        self.error = Some(e);
+                    }
+                }
+            }
+            ui.separator();
+            ui.label(RichText::new(format!("backend: {}", self.backend)).weak());
+        });
+    }
+
+    fn pick_files(&mut self, ctx: &egui::Context) {
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            let files = rfd::FileDialog::new()
+                .add_filter(
+                    "checkpoints and images",
+                    &[
+                        "safetensors",
+                        "pth",
+                        "pt",
+                        "png",
+                        "jpg",
+                        "jpeg",
+                        "webp",
+                        "bmp",
+                    ],
+                )
+                .pick_files()
+                .unwrap_or_default();
+            for f in files {
+                let name = f
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                match std::fs::read(&f) {
+                    Ok(bytes) => self.open_file(ctx, name, bytes),
+                    Err(e) => self.error = Some(format!("{}: {e}", f.display())),
+                }
+            }
+        }
+        #[cfg(target_arch = "wasm32")]
+        {
+            let (tx, ctx) = (self.sender(), ctx.clone());
+            wasm_bindgen_futures::spawn_local(async move {
+                let files = rfd::AsyncFileDialog::new()
+                    .pick_files()
+                    .await
+                    .unwrap_or_default();
+                for f in files {
+                    let bytes = f.read().await;
+                    let _ = tx.send(Job::File(f.file_name(), Ok(bytes)));
+                }
+                ctx.request_repaint();
+            });
+        }
+    }
+
+    fn side_ui(&mut self, ui: &mut egui::Ui) {
+        ui.heading("Images");
+        if self.images.is_empty() {
+            ui.label("None yet: drop photos here or pick a sample above.");
+        }
+        for (i, (name, _)) in self.images.iter().enumerate() {
+            if ui.selectable_label(i == self.current, name).clicked() {
+                self.current = i;
+            }
+        }
+        ui.separator();
+        ui.heading("Model");
+        match &self.model {
+            Some(m) => {
+                ui.label(format!(
+                    "{}\n{} /{}, dim {}, {} blocks × {} heads",
+                    m.name,
+                    m.config.vit.arch,
+                    m.config.vit.patch_size,
+                    m.config.vit.embed_dim,
+                    m.config.vit.depth,
+                    m.config.vit.num_heads
+                ));
+                let depth = m.config.vit.depth;
+                let patch = m.config.vit.patch_size as u32;
+                let mut layer = self.layer_index();
+                if ui
+                    .add(egui::Slider::new(&mut layer, 0..=depth - 1).text("layer"))
+                    .changed()
+                {
+                    self.layer = Some(layer);
+                }
+                egui::ComboBox::from_label("input size")
+                    .selected_text(format!("{} px", self.resolution))
+                    .show_ui(ui, |ui| {
+                        for target in [224u32, 320, 480, 640, 800] {
+                            let px = (target / patch).max(1) * patch;
+                            let label = if target == 480 {
+                                format!("{px} px (official)")
+                            } else {
+                                format!("{px} px")
+                            };
+                            ui.selectable_value(&mut self.resolution, px, label);
+                        }
+                    });
+            }
+            None if self.loading_model => {
+                ui.spinner();
+            }
+            None => {
+                ui.label("No checkpoint loaded.");
+            }
+        }
+        ui.separator();
+        ui.heading("View");
+        for v in View::ALL {
+            ui.radio_value(&mut self.view, v, v.label());
+        }
+        ui.add(egui::Slider::new(&mut self.settings.threshold, 0.05..=0.95).text("mass threshold"));
+        ui.add(egui::Slider::new(&mut self.settings.alpha, 0.0..=1.0).text("opacity"));
+        if self.analysis.is_some() && ui.button("Export PNG").clicked() {
+            self.export_png();
+        }
+    }
+
+    fn export_png(&mut self) {
+        let Some(a) = &self.analysis else { return };
+        let img = export(a, self.view, &self.settings);
+        let mut bytes = Vec::new();
+        if let Err(e) = img.write_to(
+            &mut std::io::Cursor::new(&mut bytes),
+            image::ImageFormat::Png,
+        ) {
+            self.error = Some(format!("encoding PNG: {e}"));
+            return;
+        }
+        let name = format!(
+            "dinoscope-{}.png",
+            self.view.label().to_lowercase().replace(' ', "-")
+        );
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            if let Some(path) = rfd::FileDialog::new().set_file_name(&name).save_file() {
+                match std::fs::write(&path, &bytes) {
+                    Ok(()) => self.status = format!("Saved {}", path.display()),
+                    Err(e) => self.error = Some(format!("{}: {e}", path.display())),
+                }
+            }
+        }
+        #[cfg(target_arch = "wasm32")]
+        if let Err(e) = crate::web::download(&name, &bytes) {
+            self.error = Some(e);
+        }
+    }
+
+    fn refresh_textures(&mut self, ctx: &egui::Context) {
+        let Some(a) = &self.analysis else {
+            self.textures.clear();
+            return;
+        };
+        let key = (
+            a.request.clone(),
+            self.view,
+            [
+                self.settings.threshold.to_bits(),
+                self.settings.alpha.to_bits(),
+                self.settings.query as u32,
+            ],
+        );
+        if self.texture_key.as_ref() == Some(&key) {
+            return;
+        }
+        self.textures = render(a, self.view, &self.settings)
+            .into_iter()
+            .map(|(caption, img)| {
+                let color = egui::ColorImage::from_rgb(
+                    [img.width() as usize, img.height() as usize],
+                    img.as_raw(),
+                );
+                (
+                    caption.clone(),
+                    ctx.load_texture(caption, color, TextureOptions::NEAREST),
+                )
+            })
+            .collect();
+        self.texture_key = Some(key);
+    }
+
+    fn central_ui(&mut self, ui: &mut egui::Ui) {
+        if let Some(e) = self.error.clone() {
+            ui.horizontal(|ui| {
+                ui.label(
+                    RichText::new(format!("Error: {e}")).color(Color32::from_rgb(220, 60, 60)),
+                );
+                if ui.button("Dismiss").clicked() {
+                    self.error = None;
+                }
+            });
+        }
+        ui.label(&self.status);
+        if self.pending.is_some() {
+            ui.horizontal(|ui| {
+                ui.spinner();
+                ui.label(format!("Computing attention on {}…", self.backend));
+            });
+        }
+        if self.view == View::PatchQuery {
+            ui.label("Click a patch of the image to see where it attends.");
+        }
+        self.refresh_textures(ui.ctx());
+        let Some(a) = &self.analysis else { return };
+        let (grid_w, grid_h) = (a.grid_w, a.grid_h);
+        let avail = ui.available_width();
+        let n = self.textures.len().max(1);
+        let cols = if n <= 2 { n } else { 3.min(n) };
+        let side = ((avail - 12.0 * cols as f32) / cols as f32).clamp(96.0, 512.0);
+        let mut clicked_patch = None;
+        egui::ScrollArea::vertical().show(ui, |ui| {
+            egui::Grid::new("tiles").spacing([8.0, 8.0]).show(ui, |ui| {
+                for (i, (caption, tex)) in self.textures.iter().enumerate() {
+                    ui.vertical(|ui| {
+                        ui.label(caption);
+                        let size = tex.size_vec2() * (side / tex.size_vec2().x);
+                        let resp = ui.add(
+                            egui::Image::new(tex)
+                                .fit_to_exact_size(size)
+                                .sense(egui::Sense::click()),
+                        );
+                        if resp.clicked() {
+                            if let Some(pos) = resp.interact_pointer_pos() {
+                                let rel = (pos - resp.rect.min) / resp.rect.size();
+                                let (px, py) = (
+                                    (rel.x * grid_w as f32) as usize,
+                                    (rel.y * grid_h as f32) as usize,
+                                );
+                                clicked_patch =
+                                    Some(py.min(grid_h - 1) * grid_w + px.min(grid_w - 1));
+                            }
+                        }
+                    });
+                    if (i + 1) % cols == 0 {
+                        ui.end_row();
+                    }
+                }
+            });
+        });
+        if let Some(q) = clicked_patch {
+            if self.view == View::PatchQuery || self.view == View::Heads {
+                self.settings.query = q;
+                self.view = View::PatchQuery;
+            }
+        }
+    }
+
+    fn handle_drops(&mut self, ctx: &egui::Context) {
+        let dropped = ctx.input(|i| i.raw.dropped_files.clone());
+        for file in dropped {
+            let name = file
+                .path()
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "dropped file".into());
+            #[cfg(not(target_arch = "wasm32"))]
+            match file.bytes() {
+                Ok(bytes) => self.open_file(ctx, name, bytes),
+                Err(e) => self.error = Some(format!("{name}: {e}")),
+            }
+            #[cfg(target_arch = "wasm32")]
+            {
+                let (tx, ctx) = (self.sender(), ctx.clone());
+                wasm_bindgen_futures::spawn_local(async move {
+                    let bytes = file.bytes_async().await;
+                    let _ = tx.send(Job::File(name, bytes));
+                    ctx.request_repaint();
+                });
+            }
+        }
+    }
+}
+
+impl eframe::App for ViewerApp {
+    fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
+        let ctx = ui.ctx().clone();
+        self.handle_drops(&ctx);
+        self.poll(&ctx);
+        egui::Panel::top("top").show(ui, |ui| self.top_ui(ui));
+        egui::Panel::left("side")
+            .default_size(260.0)
+            .show(ui, |ui| {
+                egui::ScrollArea::vertical().show(ui, |ui| self.side_ui(ui));
+            });
+        egui::CentralPanel::default().show(ui, |ui| self.central_ui(ui));
+    }
+}

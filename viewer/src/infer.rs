@@ -1,0 +1,140 @@
+//! Inference for the viewer: one image through the backbone, keeping everything the views
+//! need (all-token attention of one block, patch features), off the UI thread.
+
+use std::sync::Arc;
+
+use burn::tensor::{Device, Tensor, TensorData};
+use dino_model::preprocess::{Resize, prepare};
+use dino_model::{DinoModel, ModelConfig};
+use image::RgbImage;
+
+/// A loaded checkpoint.
+#[derive(Clone)]
+pub struct LoadedModel {
+    /// File name it came from.
+    pub name: String,
+    /// Its configuration.
+    pub config: ModelConfig,
+    /// The network (teacher of training checkpoints).
+    pub model: Arc<DinoModel>,
+}
+
+/// What one inference request asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// Index of the image in the viewer's list.
+    pub image: usize,
+    /// Block whose attention is shown.
+    pub layer: usize,
+    /// Square input side in pixels (a multiple of the patch size).
+    pub resolution: u32,
+}
+
+/// Everything the views draw from.
+#[derive(Clone)]
+pub struct Analysis {
+    /// The request this answers.
+    pub request: Request,
+    /// The resized image the maps align with.
+    pub display: RgbImage,
+    /// Patch grid rows.
+    pub grid_h: usize,
+    /// Patch grid columns.
+    pub grid_w: usize,
+    /// Attention heads.
+    pub heads: usize,
+    /// Softmax attention of the block, `[heads, tokens, tokens]`.
+    pub attention: Vec<f32>,
+    /// Normalised patch tokens, `[patches, dim]`.
+    pub features: Vec<f32>,
+    /// Token width.
+    pub dim: usize,
+    /// Wall time of the forward pass and read-back.
+    pub seconds: f64,
+}
+
+impl Analysis {
+    /// Tokens per image (CLS + patches).
+    pub fn tokens(&self) -> usize {
+        1 + self.grid_h * self.grid_w
+    }
+}
+
+/// Runs the model on one image.
+pub fn analyse(
+    model: &LoadedModel,
+    img: &RgbImage,
+    request: Request,
+    device: &Device,
+) -> Result<Analysis, String> {
+    let started = web_time_now();
+    let patch = model.config.vit.patch_size;
+    let prepared =
+        prepare(img, Resize::Square(request.resolution), patch).map_err(|e| e.to_string())?;
+    let x = Tensor::<4>::from_data(
+        TensorData::new(
+            prepared.chw.clone(),
+            [1, 3, prepared.height, prepared.width],
+        ),
+        device,
+    );
+    let layer = request.layer.min(model.model.backbone.depth() - 1);
+    let out = model
+        .model
+        .backbone
+        .forward_with_attention(x, layer)
+        .map_err(|e| e.to_string())?;
+    let [_, heads, _, _] = out.attention.dims();
+    let [_, _, dim] = out.tokens.dims();
+    let attention: Vec<f32> = out
+        .attention
+        .into_data()
+        .try_to_vec()
+        .map_err(|e| format!("{e:?}"))?;
+    let tokens: Vec<f32> = out
+        .tokens
+        .into_data()
+        .try_to_vec()
+        .map_err(|e| format!("{e:?}"))?;
+    Ok(Analysis {
+        request,
+        display: prepared.display,
+        grid_h: out.grid_h,
+        grid_w: out.grid_w,
+        heads,
+        attention,
+        features: tokens[dim..].to_vec(),
+        dim,
+        seconds: web_time_now() - started,
+    })
+}
+
+/// Seconds from an arbitrary origin, on every platform.
+pub fn web_time_now() -> f64 {
+    #[cfg(target_arch = "wasm32")]
+    {
+        js_sys::Date::now() / 1000.0
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        use std::time::{SystemTime, UNIX_EPOCH};
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64())
+    }
+}
+
+/// Reads a checkpoint (ours, official .pth or Hugging Face safetensors) from bytes.
+pub fn load_model(name: &str, bytes: &[u8], device: &Device) -> Result<LoadedModel, String> {
+    let imported = dino_model::import::import_bytes(bytes, dino_model::import::Which::Teacher)
+        .map_err(|e| format!("{name}: not a usable checkpoint: {e}"))?;
+    let model = imported
+        .config
+        .load(&imported.tensors, "", device)
+        .map_err(|e| format!("{name}: {e}"))?;
+    Ok(LoadedModel {
+        name: name.to_string(),
+        config: imported.config,
+        model: Arc::new(model),
+    })
+}

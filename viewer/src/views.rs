@@ -1,0 +1,162 @@
+//! The pictures of each view, computed on the CPU from an [`Analysis`] (pure functions,
+//! shared by the UI, PNG export and tests).
+
+use dino_model::attention::{
+    cls_maps, combined_mask, mass_mask, mean_map, patch_query_maps, pca_rgb, upsample_nearest,
+};
+use dino_shaders::images::{grid, overlay};
+use image::{Rgb, RgbImage};
+
+use crate::infer::Analysis;
+
+/// What the central panel shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum View {
+    /// Every head's CLS attention over the image.
+    Heads,
+    /// The mean over heads.
+    Mean,
+    /// Every head's mass mask (the official `--threshold` masks).
+    Masks,
+    /// The combined segmentation: patches kept by at least half of the heads.
+    Segmentation,
+    /// Attention from a clicked patch instead of the CLS token.
+    PatchQuery,
+    /// First three principal components of the patch features as RGB.
+    Pca,
+}
+
+impl View {
+    /// Every view, in menu order.
+    pub const ALL: [View; 6] = [
+        View::Heads,
+        View::Mean,
+        View::Masks,
+        View::Segmentation,
+        View::PatchQuery,
+        View::Pca,
+    ];
+
+    /// The label of its button.
+    pub fn label(self) -> &'static str {
+        match self {
+            View::Heads => "Heads",
+            View::Mean => "Head mean",
+            View::Masks => "Masks",
+            View::Segmentation => "Segmentation",
+            View::PatchQuery => "Patch query",
+            View::Pca => "PCA",
+        }
+    }
+}
+
+/// Settings the pictures depend on besides the analysis.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Settings {
+    /// Share of attention mass the masks keep.
+    pub threshold: f32,
+    /// Opacity of the heat maps over the image.
+    pub alpha: f32,
+    /// The queried patch (row-major index) in patch-query mode.
+    pub query: usize,
+}
+
+/// Captioned tiles of one view.
+pub fn render(a: &Analysis, view: View, s: &Settings) -> Vec<(String, RgbImage)> {
+    let patch = a.display.width() as usize / a.grid_w;
+    let (gh, gw) = (a.grid_h, a.grid_w);
+    let heads = cls_maps(&a.attention, a.heads, a.tokens());
+    let masks: Vec<Vec<bool>> = heads.iter().map(|m| mass_mask(m, s.threshold)).collect();
+    let to_f32 = |m: &[bool]| m.iter().map(|&b| b as u8 as f32).collect::<Vec<f32>>();
+    match view {
+        View::Heads => heads
+            .iter()
+            .enumerate()
+            .map(|(j, m)| {
+                (
+                    format!("head {j}"),
+                    overlay(&a.display, m, gh, gw, patch, s.alpha, false),
+                )
+            })
+            .collect(),
+        View::Mean => vec![(
+            "mean of heads".into(),
+            overlay(&a.display, &mean_map(&heads), gh, gw, patch, s.alpha, false),
+        )],
+        View::Masks => masks
+            .iter()
+            .enumerate()
+            .map(|(j, m)| {
+                (
+                    format!("head {j}, {:.0} % mass", s.threshold * 100.0),
+                    overlay(&a.display, &to_f32(m), gh, gw, patch, 0.75, true),
+                )
+            })
+            .collect(),
+        View::Segmentation => {
+            let majority = combined_mask(&masks, a.heads.div_ceil(2));
+            let mean_mask = mass_mask(&mean_map(&heads), s.threshold);
+            vec![
+                (
+                    "kept by at least half of the heads".into(),
+                    overlay(&a.display, &to_f32(&majority), gh, gw, patch, 0.8, true),
+                ),
+                (
+                    "mask of the head-mean map".into(),
+                    overlay(&a.display, &to_f32(&mean_mask), gh, gw, patch, 0.8, true),
+                ),
+            ]
+        }
+        View::PatchQuery => {
+            let q = s.query.min(gh * gw - 1);
+            patch_query_maps(&a.attention, a.heads, a.tokens(), q)
+                .iter()
+                .enumerate()
+                .map(|(j, m)| {
+                    let mut img = overlay(&a.display, m, gh, gw, patch, s.alpha, false);
+                    mark_patch(&mut img, q, gw, patch);
+                    (
+                        format!("head {j}, from patch ({}, {})", q % gw, q / gw),
+                        img,
+                    )
+                })
+                .collect()
+        }
+        View::Pca => {
+            let rgb = pca_rgb(&a.features, gh * gw, a.dim);
+            let up = upsample_nearest(&rgb, gh, gw, patch);
+            let (w, h) = (a.display.width(), a.display.height());
+            let pca = RgbImage::from_fn(w, h, |x, y| {
+                Rgb(up[(y * w + x) as usize].map(|c| (c * 255.0).round() as u8))
+            });
+            vec![
+                ("PCA of patch features".into(), pca),
+                ("image".into(), a.display.clone()),
+            ]
+        }
+    }
+}
+
+/// A white square around patch `q`.
+fn mark_patch(img: &mut RgbImage, q: usize, grid_w: usize, patch: usize) {
+    let (x0, y0) = (((q % grid_w) * patch) as u32, ((q / grid_w) * patch) as u32);
+    let p = patch as u32;
+    for i in 0..p {
+        for (x, y) in [
+            (x0 + i, y0),
+            (x0 + i, y0 + p - 1),
+            (x0, y0 + i),
+            (x0 + p - 1, y0 + i),
+        ] {
+            if x < img.width() && y < img.height() {
+                img.put_pixel(x, y, Rgb([255, 255, 255]));
+            }
+        }
+    }
+}
+
+/// All tiles of a view in one picture, for PNG export.
+pub fn export(a: &Analysis, view: View, s: &Settings) -> RgbImage {
+    let tiles: Vec<RgbImage> = render(a, view, s).into_iter().map(|(_, t)| t).collect();
+    grid(&tiles, tiles.len().min(3))
+}

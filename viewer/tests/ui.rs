@@ -1,0 +1,158 @@
+//! The viewer driven like a user would, by role and label, with egui_kittest.
+
+use std::time::{Duration, Instant};
+
+use burn::tensor::Device;
+use dino_viewer::ViewerApp;
+use dino_viewer::views::View;
+use egui_kittest::Harness;
+use egui_kittest::kittest::Queryable;
+
+fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(format!(
+        "{}/../model/tests/fixtures/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+}
+
+fn harness() -> Harness<'static, ViewerApp> {
+    Harness::builder()
+        .with_size([1200.0, 800.0])
+        .build_eframe(|_cc| ViewerApp::new(Device::flex(), "CPU (flex)"))
+}
+
+/// Steps the UI until `done` holds (background jobs finish on their own threads).
+fn step_until(h: &mut Harness<'static, ViewerApp>, what: &str, done: impl Fn(&ViewerApp) -> bool) {
+    let start = Instant::now();
+    while !done(h.state()) {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "timed out waiting for {what}; error: {:?}",
+            h.state().error
+        );
+        h.step();
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    h.step();
+}
+
+#[test]
+fn load_checkpoint_and_sample_then_switch_views_layers_and_threshold() {
+    let mut h = harness();
+    h.get_by_label("chelsea").click();
+    h.step();
+    assert_eq!(h.state().images.len(), 1);
+    let ctx = h.ctx.clone();
+    h.state_mut().resolution = 64;
+    h.state_mut().open_checkpoint(
+        &ctx,
+        "official_checkpoint.pth".into(),
+        fixture("official_checkpoint.pth"),
+    );
+    step_until(&mut h, "the first analysis", |s| s.analysis.is_some());
+    let a = h.state().analysis.clone().unwrap();
+    assert_eq!((a.heads, a.grid_h, a.grid_w, a.request.layer), (2, 4, 4, 1));
+    assert!(
+        h.state().status.contains("2 heads of block 1"),
+        "{}",
+        h.state().status
+    );
+    // Every head is on screen with its caption.
+    h.get_by_label("head 0");
+    h.get_by_label("head 1");
+
+    h.get_by_label("Masks").click();
+    h.step();
+    assert_eq!(h.state().view, View::Masks);
+    h.get_by_label("head 0, 60 % mass");
+    h.state_mut().settings.threshold = 0.3;
+    h.step();
+    h.get_by_label("head 0, 30 % mass");
+
+    h.get_by_label("Segmentation").click();
+    h.step();
+    h.get_by_label("kept by at least half of the heads");
+    h.get_by_label("PCA").click();
+    h.step();
+    h.get_by_label("PCA of patch features");
+
+    // Layer 0 triggers a new analysis of block 0.
+    h.state_mut().layer = Some(0);
+    step_until(&mut h, "the block-0 analysis", |s| {
+        s.analysis.as_ref().is_some_and(|a| a.request.layer == 0)
+    });
+
+    h.get_by_label("Patch query").click();
+    h.state_mut().settings.query = 5;
+    h.step();
+    h.get_by_label("head 1, from patch (1, 1)");
+}
+
+#[test]
+fn bad_files_show_an_error_and_the_app_keeps_working() {
+    let mut h = harness();
+    let ctx = h.ctx.clone();
+    h.state_mut()
+        .open_file(&ctx, "notes.txt".into(), b"just some text".to_vec());
+    step_until(&mut h, "the checkpoint error", |s| s.error.is_some());
+    assert!(
+        h.state().error.as_ref().unwrap().contains("notes.txt"),
+        "{:?}",
+        h.state().error
+    );
+    h.get_by_label("Dismiss").click();
+    h.step();
+    assert!(h.state().error.is_none());
+    // A truncated PNG is refused as an image.
+    let png = {
+        let mut b = Vec::new();
+        image::RgbImage::new(10, 10)
+            .write_to(&mut std::io::Cursor::new(&mut b), image::ImageFormat::Png)
+            .unwrap();
+        b.truncate(b.len() / 2);
+        b
+    };
+    h.state_mut().open_file(&ctx, "half.png".into(), png);
+    h.step();
+    assert!(h.state().error.as_ref().unwrap().contains("half.png"));
+    assert!(h.state().images.is_empty());
+    h.get_by_label("coffee").click();
+    h.step();
+    assert_eq!(h.state().images.len(), 1);
+}
+
+#[test]
+fn views_render_one_tile_per_head_with_the_image_size() {
+    let model = dino_viewer::infer::load_model(
+        "fixture",
+        &fixture("official_checkpoint.pth"),
+        &Device::flex(),
+    )
+    .unwrap();
+    let img = image::RgbImage::from_fn(100, 80, |x, y| {
+        image::Rgb([(x * 2) as u8, (y * 3) as u8, 90])
+    });
+    let req = dino_viewer::infer::Request {
+        image: 0,
+        layer: 1,
+        resolution: 64,
+    };
+    let a = dino_viewer::infer::analyse(&model, &img, req, &Device::flex()).unwrap();
+    let s = dino_viewer::views::Settings {
+        threshold: 0.6,
+        alpha: 0.6,
+        query: 0,
+    };
+    for view in View::ALL {
+        let tiles = dino_viewer::views::render(&a, view, &s);
+        assert!(!tiles.is_empty(), "{view:?}");
+        for (caption, t) in &tiles {
+            assert_eq!(t.dimensions(), (64, 64), "{view:?} {caption}");
+        }
+    }
+    assert_eq!(dino_viewer::views::render(&a, View::Heads, &s).len(), 2);
+    // Heat maps differ from the plain image where attention is high.
+    let heads = dino_viewer::views::render(&a, View::Heads, &s);
+    assert_ne!(heads[0].1, a.display);
+}
