@@ -64,7 +64,7 @@ pub fn download(name: &str, bytes: &[u8]) -> Result<(), String> {
         .create_element("a")
         .map_err(js_err)?
         .dyn_into()
-        .map_err(js_err)?;
+        .map_err(|_| "cannot create a download link".to_string())?;
     a.set_href(&url);
     a.set_download(name);
     a.click();

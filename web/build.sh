@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Builds the viewer for the browser into web/dist: wasm32 release build (rustup's target, or
+# Debian's rustc-web as a fallback, see scripts/wasm-env.sh), optional wasm-opt (before
+# wasm-bindgen: Debian's wasm-opt 108 breaks wasm-bindgen's output otherwise), wasm-bindgen
+# --target web, then index.html and the demo checkpoint beside it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BINDGEN_VERSION=0.2.130
+export WASM_TARGET_DIR=${WASM_TARGET_DIR:-/var/tmp/dinoscope-target-wasm}
+if ! wasm-bindgen --version 2>/dev/null | grep -q "$BINDGEN_VERSION"; then
+  echo "installing wasm-bindgen-cli $BINDGEN_VERSION (matches the crate in Cargo.lock)…"
+  cargo install wasm-bindgen-cli --version "$BINDGEN_VERSION"
+fi
+bash scripts/wasm-env.sh cargo build --release --target wasm32-unknown-unknown -p dino-viewer
+wasm="$WASM_TARGET_DIR/wasm32-unknown-unknown/release/dino-viewer.wasm"
+rm -rf web/dist && mkdir -p web/dist/pkg
+if command -v wasm-opt >/dev/null && [ "${WASM_OPT:-1}" = 1 ]; then
+  wasm-opt -O2 --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int \
+    --enable-mutable-globals --enable-reference-types --enable-multivalue "$wasm" -o web/dist/opt.wasm
+  wasm=web/dist/opt.wasm
+fi
+wasm-bindgen --target web --no-typescript --out-dir web/dist/pkg --out-name dino-viewer "$wasm"
+rm -f web/dist/opt.wasm
+cp web/index.html web/dist/
+echo "web/dist is ready: python3 -m http.server -d web/dist 8000, then open http://localhost:8000"
