@@ -826,8 +826,8 @@ fn truncate_metrics(path: &std::path::Path, step: u64) -> Result<()> {
         .lines()
         .filter(|l| match serde_json::from_str::<serde_json::Value>(l) {
             Ok(v) => {
-                v["step"].as_u64().map_or(true, |s| s < step)
-                    && v["eval"].as_u64().map_or(true, |s| s <= step)
+                v["step"].as_u64().is_none_or(|s| s < step)
+                    && v["eval"].as_u64().is_none_or(|s| s <= step)
             }
             Err(_) => false,
         })

@@ -259,10 +259,10 @@ impl ViewerApp {
             ui.separator();
             ui.label("Samples:");
             for (name, bytes) in SAMPLES {
-                if ui.button(name.trim_end_matches(".jpg")).clicked() {
-                    if let Err(e) = self.add_image(name, bytes) {
-                        self.error = Some(e);
-                    }
+                if ui.button(name.trim_end_matches(".jpg")).clicked()
+                    && let Err(e) = self.add_image(name, bytes)
+                {
+                    self.error = Some(e);
                 }
             }
             ui.separator();
@@ -485,16 +485,15 @@ impl ViewerApp {
                                 .fit_to_exact_size(size)
                                 .sense(egui::Sense::click()),
                         );
-                        if resp.clicked() {
-                            if let Some(pos) = resp.interact_pointer_pos() {
-                                let rel = (pos - resp.rect.min) / resp.rect.size();
-                                let (px, py) = (
-                                    (rel.x * grid_w as f32) as usize,
-                                    (rel.y * grid_h as f32) as usize,
-                                );
-                                clicked_patch =
-                                    Some(py.min(grid_h - 1) * grid_w + px.min(grid_w - 1));
-                            }
+                        if resp.clicked()
+                            && let Some(pos) = resp.interact_pointer_pos()
+                        {
+                            let rel = (pos - resp.rect.min) / resp.rect.size();
+                            let (px, py) = (
+                                (rel.x * grid_w as f32) as usize,
+                                (rel.y * grid_h as f32) as usize,
+                            );
+                            clicked_patch = Some(py.min(grid_h - 1) * grid_w + px.min(grid_w - 1));
                         }
                     });
                     if (i + 1) % cols == 0 {
@@ -503,11 +502,11 @@ impl ViewerApp {
                 }
             });
         });
-        if let Some(q) = clicked_patch {
-            if self.view == View::PatchQuery || self.view == View::Heads {
-                self.settings.query = q;
-                self.view = View::PatchQuery;
-            }
+        if let Some(q) = clicked_patch
+            && (self.view == View::PatchQuery || self.view == View::Heads)
+        {
+            self.settings.query = q;
+            self.view = View::PatchQuery;
         }
     }
 
