@@ -519,8 +519,11 @@ pub fn train(
             state.step,
         )
     } else {
-        device.seed(cfg.seed);
-        let init = mc.init(device)?;
+        // Initialise on the CPU backend whatever the device: the same seed then gives the
+        // same weights on every backend, so runs compare across machines.
+        let cpu = Device::flex();
+        cpu.seed(cfg.seed);
+        let init = mc.init(&cpu)?;
         let mut map = TensorMap::new();
         init.save_tensors(&mut map, "");
         // The teacher starts as an exact copy of the student (`teacher.load_state_dict(student.state_dict())`).
