@@ -1,7 +1,7 @@
 //! Image decoding and inference preprocessing: resize, crop to a multiple of the patch size,
 //! ImageNet normalisation.
 
-use image::{DynamicImage, ImageReader, Limits, RgbImage, imageops::FilterType};
+use image::{DynamicImage, ImageDecoder, ImageReader, Limits, RgbImage, imageops::FilterType};
 
 use crate::error::{ModelError, Result};
 
@@ -15,7 +15,8 @@ pub const MAX_IMAGE_SIDE: u32 = 16_384;
 pub const MAX_DECODE_BYTES: u64 = 512 * 1024 * 1024;
 
 /// Decodes an image (PNG, JPEG, WebP, BMP) from bytes with size limits, to 8-bit RGB.
-/// Grayscale, alpha and 16-bit images are converted; alpha is dropped.
+/// Grayscale, alpha, 16-bit and CMYK images are converted (alpha is dropped) and the EXIF
+/// orientation is applied.
 pub fn decode_image(bytes: &[u8]) -> Result<RgbImage> {
     let mut reader = ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
@@ -32,9 +33,16 @@ pub fn decode_image(bytes: &[u8]) -> Result<RgbImage> {
     limits.max_image_height = Some(MAX_IMAGE_SIDE);
     limits.max_alloc = Some(MAX_DECODE_BYTES);
     reader.limits(limits);
-    let img: DynamicImage = reader.decode().map_err(|e| ModelError::Image {
+    let bad = |e: image::ImageError| ModelError::Image {
         reason: format!("cannot decode image: {e}"),
-    })?;
+    };
+    let mut decoder = reader.into_decoder().map_err(bad)?;
+    // Phone photos store their rotation in EXIF; the maps must align with what people see.
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut img = DynamicImage::from_decoder(decoder).map_err(bad)?;
+    img.apply_orientation(orientation);
     Ok(img.to_rgb8())
 }
 
@@ -139,6 +147,70 @@ mod tests {
         );
         assert!(decode_image(b"definitely not an image").is_err());
         assert!(decode_image(&[]).is_err());
+    }
+
+    #[test]
+    fn exif_rotation_is_applied() {
+        // 16x8 JPEG from Pillow, left half blue, with EXIF orientation 6 (rotate 90° clockwise).
+        let jpeg = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/exif_rotated.jpg"
+        ))
+        .unwrap();
+        let img = decode_image(&jpeg).unwrap();
+        assert_eq!(
+            img.dimensions(),
+            (8, 16),
+            "the EXIF rotation was not applied"
+        );
+        // After a clockwise turn the blue (former left) half is on top.
+        let top = img.get_pixel(4, 2).0;
+        assert!(top[2] > 150 && top[0] < 90, "top is {top:?}");
+    }
+
+    #[test]
+    fn sixteen_bit_and_cmyk_images_decode_to_rgb8() {
+        let img16 = image::ImageBuffer::<image::Rgb<u16>, _>::from_pixel(
+            3,
+            3,
+            image::Rgb([65535u16, 32768, 0]),
+        );
+        let mut buf = Vec::new();
+        image::DynamicImage::ImageRgb16(img16)
+            .write_to(&mut std::io::Cursor::new(&mut buf), image::ImageFormat::Png)
+            .unwrap();
+        assert_eq!(decode_image(&buf).unwrap().get_pixel(1, 1).0, [255, 128, 0]);
+        // A CMYK JPEG (pure red) written by Pillow.
+        let cmyk = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/cmyk.jpg"
+        ))
+        .unwrap();
+        let rgb = decode_image(&cmyk).unwrap();
+        assert_eq!(rgb.dimensions(), (12, 8));
+        let p = rgb.get_pixel(6, 4).0;
+        assert!(
+            p[0] > 200 && p[1] < 60 && p[2] < 60,
+            "CMYK red decoded as {p:?}"
+        );
+    }
+
+    #[test]
+    fn decompression_bombs_are_refused() {
+        // A valid PNG header claiming 100000 x 100000 pixels.
+        let img = RgbImage::new(1, 1);
+        let mut png = Vec::new();
+        img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+            .unwrap();
+        png[16..20].copy_from_slice(&100_000u32.to_be_bytes());
+        png[20..24].copy_from_slice(&100_000u32.to_be_bytes());
+        let crc = crc32fast::hash(&png[12..29]);
+        png[29..33].copy_from_slice(&crc.to_be_bytes());
+        let err = decode_image(&png).unwrap_err().to_string();
+        assert!(
+            err.contains("cannot decode") || err.contains("limit"),
+            "{err}"
+        );
     }
 
     #[test]
