@@ -11,17 +11,28 @@ fn main() -> eframe::Result {
         .init();
     let mut checkpoint = None;
     let mut images = Vec::new();
+    let mut cpu_only = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--checkpoint" => checkpoint = args.next(),
+            "--cpu" => cpu_only = true,
             "-h" | "--help" => {
-                println!("usage: dino-viewer [--checkpoint <model.safetensors|.pth>] [image …]");
+                println!(
+                    "usage: dino-viewer [--checkpoint <model.safetensors|.pth>] [--cpu] [image …]\n\
+                     Runs the network on the GPU through wgpu when a discrete or integrated GPU is present, else on the CPU."
+                );
                 return Ok(());
             }
             _ => images.push(a),
         }
     }
+    let (device, backend) = if cpu_only {
+        (burn::tensor::Device::flex(), "CPU (flex)".to_string())
+    } else {
+        pick_device()
+    };
+    log::info!("computing on {backend}");
     let options = eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default()
             .with_inner_size([1280.0, 860.0])
@@ -32,7 +43,7 @@ fn main() -> eframe::Result {
         "dinoscope",
         options,
         Box::new(move |cc| {
-            let mut app = ViewerApp::new(burn::tensor::Device::flex(), "CPU (flex)");
+            let mut app = ViewerApp::new(device, backend);
             if let Some(path) = checkpoint {
                 match std::fs::read(&path) {
                     Ok(bytes) => app.open_checkpoint(&cc.egui_ctx, path.clone(), bytes),
@@ -48,6 +59,29 @@ fn main() -> eframe::Result {
             Ok(Box::new(app))
         }),
     )
+}
+
+/// A real GPU through wgpu (discrete first, then integrated), else burn's CPU backend.
+/// Software adapters such as lavapipe are skipped: the CPU backend is faster than them.
+#[cfg(not(target_arch = "wasm32"))]
+fn pick_device() -> (burn::tensor::Device, String) {
+    use burn::tensor::{Device, DeviceKind, Tensor};
+    for (kind, name) in [
+        (DeviceKind::DiscreteGpu(0), "GPU (wgpu, discrete)"),
+        (DeviceKind::IntegratedGpu(0), "GPU (wgpu, integrated)"),
+    ] {
+        let device = Device::wgpu(kind);
+        // Adapter creation panics inside burn when there is none; probe quietly.
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let d = device.clone();
+        let ok = std::panic::catch_unwind(move || Tensor::<1>::zeros([1], &d).into_data()).is_ok();
+        std::panic::set_hook(hook);
+        if ok {
+            return (device, name.to_string());
+        }
+    }
+    (burn::tensor::Device::flex(), "CPU (flex)".to_string())
 }
 
 #[cfg(target_arch = "wasm32")]
