@@ -386,3 +386,49 @@ pub fn eval_seg(
     );
     Ok(())
 }
+
+/// What `dino bench` measures.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum BenchMode {
+    /// The full DINO training step on random tensors.
+    Step,
+    /// Decoding + multi-crop augmentation through the real loader.
+    Data,
+    /// The viewer's forward pass with attention.
+    Viewer,
+}
+
+/// `dino bench`: prints one JSON line.
+pub fn bench(
+    mode: BenchMode,
+    args: &crate::cli_train::TrainArgs,
+    warmup: usize,
+    steps: usize,
+    viewer_size: usize,
+) -> Result<()> {
+    let (cfg, _) = args.apply(crate::train::TrainConfig::default());
+    let line = match mode {
+        BenchMode::Step => {
+            let selected = select(args.device)?;
+            crate::bench::bench_step(&cfg, &selected.device, &selected.name, warmup, steps)?
+        }
+        BenchMode::Data => {
+            let workers = args
+                .workers
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+            crate::bench::bench_data(&cfg, workers, steps as u64)?
+        }
+        BenchMode::Viewer => {
+            let selected = select(args.device)?;
+            crate::bench::bench_viewer(
+                &cfg,
+                &selected.device,
+                &selected.name,
+                viewer_size,
+                steps.max(1),
+            )?
+        }
+    };
+    println!("{line}");
+    Ok(())
+}

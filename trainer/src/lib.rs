@@ -2,6 +2,7 @@
 //! the `dino` binary. A library so that end-to-end tests can drive it directly.
 
 pub mod augment;
+pub mod bench;
 pub mod cli_train;
 pub mod commands;
 pub mod data;

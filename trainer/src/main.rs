@@ -22,6 +22,24 @@ struct Cli {
 enum Command {
     /// Train a ViT with DINO (defaults: the official main_dino.py on the synthetic objects set).
     Train(Box<dino_trainer::cli_train::TrainArgs>),
+    /// Measure speed: the DINO step on random tensors, the data pipeline, or viewer inference (JSON lines).
+    Bench {
+        /// step, data or viewer.
+        #[arg(long, value_enum, default_value_t = dino_trainer::commands::BenchMode::Step)]
+        mode: dino_trainer::commands::BenchMode,
+        /// Model, crops and data flags as for `dino train`.
+        #[command(flatten)]
+        train: Box<dino_trainer::cli_train::TrainArgs>,
+        /// Untimed steps first (shader compilation, autotuning).
+        #[arg(long, default_value_t = 3)]
+        warmup: usize,
+        /// Timed steps (or batches for `--mode data`, inferences for `--mode viewer`).
+        #[arg(long, default_value_t = 10)]
+        steps: usize,
+        /// Input side for `--mode viewer`.
+        #[arg(long, default_value_t = 480)]
+        viewer_size: usize,
+    },
     /// Write the synthetic objects set to a folder: <class>/<n>.png with <n>_mask.png beside.
     Synth {
         /// Output folder.
@@ -143,6 +161,13 @@ fn main() {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Train(args) => commands::train(&args),
+        Command::Bench {
+            mode,
+            train,
+            warmup,
+            steps,
+            viewer_size,
+        } => commands::bench(mode, &train, warmup, steps, viewer_size),
         Command::Synth {
             output,
             n,

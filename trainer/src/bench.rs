@@ -1,0 +1,193 @@
+//! `dino bench`: speed of the DINO training step, of the data pipeline and of the viewer's
+//! inference, as JSON lines so runs on different machines and builds can be compared.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Result, bail};
+use burn::tensor::{Device, Distribution, Tensor};
+use dino_model::{ModelConfig, TensorMap};
+use serde_json::json;
+
+use crate::augment::AugmentConfig;
+use crate::loss::DinoLoss;
+use crate::optim::AdamW;
+use crate::train::{Networks, StepHyper, TrainConfig, dino_step};
+
+/// Forward FLOPs of the backbone for one image of `tokens` tokens (multiply-adds × 2).
+pub fn backbone_flops(c: &ModelConfig, tokens: usize) -> f64 {
+    let (d, n) = (c.vit.embed_dim as f64, tokens as f64);
+    let h = c.vit.mlp_hidden_dim() as f64;
+    let patch_in = (3 * c.vit.patch_size * c.vit.patch_size) as f64;
+    let per_block = 2.0 * n * (4.0 * d * d + 2.0 * d * h) + 4.0 * n * n * d;
+    2.0 * (n - 1.0) * patch_in * d + c.vit.depth as f64 * per_block
+}
+
+/// Forward FLOPs of the DINO head for one image.
+pub fn head_flops(c: &ModelConfig) -> f64 {
+    let Some(h) = &c.head else { return 0.0 };
+    let (i, hid, b, k) = (
+        h.in_dim as f64,
+        h.hidden_dim as f64,
+        h.bottleneck_dim as f64,
+        h.out_dim as f64,
+    );
+    2.0 * (i * hid + hid * hid * (h.nlayers.saturating_sub(2)) as f64 + hid * b + b * k)
+}
+
+/// FLOPs of one DINO step per image: student forward + backward (≈ 3× forward) on every
+/// crop, teacher forward on the two global crops.
+pub fn step_flops_per_image(cfg: &TrainConfig) -> Result<f64> {
+    let c = cfg.model_config()?;
+    let tokens = |side: u32| 1 + (side as usize / cfg.patch_size).pow(2);
+    let g = backbone_flops(&c, tokens(cfg.augment.global_size)) + head_flops(&c);
+    let l = backbone_flops(&c, tokens(cfg.augment.local_size)) + head_flops(&c);
+    let student = 3.0 * (2.0 * g + cfg.augment.local_crops as f64 * l);
+    Ok(student + 2.0 * g)
+}
+
+/// Times `steps` DINO steps on random crops after `warmup` untimed ones.
+pub fn bench_step(
+    cfg: &TrainConfig,
+    device: &Device,
+    device_name: &str,
+    warmup: usize,
+    steps: usize,
+) -> Result<serde_json::Value> {
+    if steps == 0 {
+        bail!("--steps must be at least 1");
+    }
+    let mc = cfg.model_config()?;
+    let ad = device.clone().autodiff();
+    let cpu = Device::flex();
+    cpu.seed(cfg.seed);
+    let mut map = TensorMap::new();
+    mc.init(&cpu)?.save_tensors(&mut map, "");
+    let mut nets = Networks {
+        student: mc.load(&map, "", &ad)?,
+        teacher: mc.load(&map, "", device)?,
+        optim: AdamW::default(),
+        loss: DinoLoss::new(cfg.out_dim, cfg.student_temp, cfg.center_momentum),
+    };
+    let (b, a) = (cfg.batch_size, &cfg.augment);
+    let hyper = StepHyper {
+        lr: 1e-4,
+        weight_decay: 0.04,
+        momentum: 0.996,
+        teacher_temp: 0.04,
+        clip_grad: cfg.clip_grad,
+        freeze_last_layer: false,
+    };
+    let run = |nets: Networks| {
+        let g = Tensor::<4>::random(
+            [2 * b, 3, a.global_size as usize, a.global_size as usize],
+            Distribution::Normal(0.0, 1.0),
+            &ad,
+        );
+        let l = (a.local_crops > 0).then(|| {
+            Tensor::<4>::random(
+                [
+                    a.local_crops * b,
+                    3,
+                    a.local_size as usize,
+                    a.local_size as usize,
+                ],
+                Distribution::Normal(0.0, 1.0),
+                &ad,
+            )
+        });
+        // The loss is read back every step (NaN check), which synchronises the device.
+        dino_step(nets, g, l, &[None, None], &hyper, device).nets
+    };
+    for _ in 0..warmup {
+        nets = run(nets);
+    }
+    let start = Instant::now();
+    for _ in 0..steps {
+        nets = run(nets);
+    }
+    let secs = start.elapsed().as_secs_f64();
+    drop(nets);
+    let img_per_sec = (steps * b) as f64 / secs;
+    let flops = step_flops_per_image(cfg)?;
+    Ok(json!({
+        "mode": "step", "device": device_name, "arch": cfg.arch, "patch": cfg.patch_size, "depth": mc.vit.depth,
+        "batch": b, "global_crops": 2, "local_crops": a.local_crops, "global_size": a.global_size, "local_size": a.local_size,
+        "out_dim": cfg.out_dim, "precision": "f32", "warmup_steps": warmup, "steps": steps,
+        "img_per_sec": img_per_sec, "ms_per_step": 1000.0 * secs / steps as f64,
+        "gflop_per_image": flops / 1e9, "achieved_tflops": img_per_sec * flops / 1e12,
+        "peak_device_memory_bytes": serde_json::Value::Null,
+    }))
+}
+
+/// Decoding + multi-crop augmentation throughput of the real loader, per core.
+pub fn bench_data(cfg: &TrainConfig, workers: usize, batches: u64) -> Result<serde_json::Value> {
+    let source: Arc<dyn crate::data::Source> = Arc::from(crate::data::open(
+        &cfg.data,
+        cfg.synthetic_count,
+        cfg.synthetic_size,
+        cfg.seed,
+    )?);
+    let aug: AugmentConfig = cfg.augment.clone();
+    let mut loader = crate::pipeline::Loader::start(
+        source,
+        aug,
+        cfg.seed,
+        cfg.batch_size,
+        (0, batches),
+        workers,
+        2,
+    );
+    let start = Instant::now();
+    let mut images = 0usize;
+    while let Some(batch) = loader.next_batch() {
+        images += batch?.labels.len();
+    }
+    let secs = start.elapsed().as_secs_f64();
+    Ok(json!({
+        "mode": "data", "data": cfg.data, "workers": workers, "batch": cfg.batch_size, "images": images,
+        "local_crops": cfg.augment.local_crops, "global_size": cfg.augment.global_size, "local_size": cfg.augment.local_size,
+        "img_per_sec": images as f64 / secs, "img_per_sec_per_core": images as f64 / secs / workers as f64,
+    }))
+}
+
+/// The viewer's work for one image: forward with the last block's attention at `size` px.
+pub fn bench_viewer(
+    cfg: &TrainConfig,
+    device: &Device,
+    device_name: &str,
+    size: usize,
+    runs: usize,
+) -> Result<serde_json::Value> {
+    let mc = cfg.model_config()?;
+    let model = mc.init(device)?;
+    let depth = model.backbone.depth();
+    let mut times = Vec::new();
+    for i in 0..=runs {
+        let x = Tensor::<4>::random([1, 3, size, size], Distribution::Normal(0.0, 1.0), device);
+        let start = Instant::now();
+        let out = model.backbone.forward_with_attention(x, depth - 1)?;
+        let _ = out.attention.into_data();
+        if i > 0 {
+            times.push(start.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(json!({
+        "mode": "viewer", "device": device_name, "arch": cfg.arch, "patch": cfg.patch_size, "image_size": size,
+        "heads": mc.vit.num_heads, "runs": runs, "median_ms": times[times.len() / 2], "min_ms": times[0],
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vit_small_step_costs_about_113_gflop_per_image() {
+        // The reference figure for ViT-S/16, 2×224 + 8×96, out_dim 65536.
+        let g = step_flops_per_image(&TrainConfig::default()).unwrap() / 1e9;
+        println!("{g:.1} GFLOP per image");
+        assert!((100.0..126.0).contains(&g), "{g} GFLOP");
+    }
+}

@@ -1,0 +1,75 @@
+//! `dino bench` runs in all three modes on the CPU and prints well-formed JSON lines (what
+//! is checked is the output's shape, not the speed).
+
+use std::process::Command;
+
+fn bench(args: &[&str]) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_dino"))
+        .arg("bench")
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "dino bench {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.lines().last().expect("one JSON line"))
+        .unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+const TINY: &[&str] = &[
+    "--arch",
+    "vit_tiny",
+    "--depth",
+    "1",
+    "--patch-size",
+    "8",
+    "--image-size",
+    "16",
+    "--local-size",
+    "8",
+    "--local-crops",
+    "2",
+    "--out-dim",
+    "64",
+    "--head-hidden-dim",
+    "64",
+    "--head-bottleneck-dim",
+    "32",
+    "--batch-size",
+    "4",
+    "--device",
+    "cpu",
+    "--synthetic-size",
+    "24",
+];
+
+#[test]
+fn step_data_and_viewer_modes_print_json() {
+    let mut args = vec!["--mode", "step", "--warmup", "1", "--steps", "2"];
+    args.extend_from_slice(TINY);
+    let v = bench(&args);
+    assert_eq!(v["mode"], "step");
+    for k in [
+        "img_per_sec",
+        "ms_per_step",
+        "gflop_per_image",
+        "achieved_tflops",
+    ] {
+        assert!(v[k].as_f64().is_some_and(|x| x > 0.0), "{k}: {v}");
+    }
+    assert_eq!(v["batch"], 4);
+    let mut args = vec!["--mode", "data", "--steps", "3", "--workers", "1"];
+    args.extend_from_slice(TINY);
+    let v = bench(&args);
+    assert_eq!(v["images"], 12);
+    assert!(v["img_per_sec_per_core"].as_f64().unwrap() > 0.0);
+    let mut args = vec!["--mode", "viewer", "--steps", "1", "--viewer-size", "32"];
+    args.extend_from_slice(TINY);
+    let v = bench(&args);
+    assert_eq!(v["image_size"], 32);
+    assert!(v["median_ms"].as_f64().unwrap() > 0.0);
+}
