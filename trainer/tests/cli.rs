@@ -1,6 +1,8 @@
 //! The `dino` command line end to end, on the CPU: what a user runs, and what a user gets
 //! when the input is wrong (a message naming the file, a non-zero exit, no panic).
 
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -235,22 +237,13 @@ fn bad_inputs_give_clear_errors() {
     assert!(!out.join("checkpoints").join("last.safetensors").exists());
 }
 
-fn loss_curve(dir: &Path) -> Vec<f64> {
-    std::fs::read_to_string(dir.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|v| v["loss"].as_f64())
-        .collect()
-}
-
 #[test]
 fn tiny_training_run_learns_without_collapse_and_writes_a_run_dir() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
     let text = train(&run, &["--max-steps", "24", "--eval-every", "24"]);
     assert!(text.contains("trained to step 24"), "{text}");
-    let losses = loss_curve(&run);
+    let losses = common::losses(&run);
     assert_eq!(losses.len(), 24);
     let first = losses[0];
     let tail = losses[losses.len() - 8..].iter().sum::<f64>() / 8.0;
@@ -329,7 +322,7 @@ fn resumed_run_equals_the_straight_run() {
             "{name} differs between the straight and the resumed run"
         );
     }
-    assert_eq!(loss_curve(&a), loss_curve(&b));
+    assert_eq!(common::losses(&a), common::losses(&b));
 }
 
 #[test]

@@ -5,17 +5,9 @@
 //! Needs a Vulkan/Metal/DX12 adapter; `scripts/setup-tests.sh` installs lavapipe. Set
 //! `DINOSCOPE_SKIP_WGPU_TEST=1` to skip explicitly on a machine without any adapter.
 
-use std::path::Path;
-use std::process::Command;
+mod common;
 
-fn losses(run: &Path) -> Vec<f64> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|v| v["loss"].as_f64())
-        .collect()
-}
+use std::process::Command;
 
 #[test]
 fn wgpu_and_cpu_backends_give_the_same_losses() {
@@ -79,7 +71,7 @@ fn wgpu_and_cpu_backends_give_the_same_losses() {
             out.status.success(),
             "dino train --device {device} failed (no wgpu adapter? install mesa-vulkan-drivers):\n{stderr}"
         );
-        curves.push(losses(&run));
+        curves.push(common::losses(&run));
     }
     println!("cpu  {:?}\nwgpu {:?}", curves[0], curves[1]);
     assert_eq!(curves[0].len(), 3);
