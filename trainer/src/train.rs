@@ -568,6 +568,9 @@ pub fn train(
     );
     if start_step > 0 {
         truncate_metrics(&run.metrics(), start_step)?;
+    } else if resume {
+        // A run killed before its first checkpoint starts over: its partial metrics go too.
+        crate::io::write_atomic(&run.metrics(), b"")?;
     }
     let mut metrics = std::fs::OpenOptions::new()
         .create(true)
@@ -596,6 +599,11 @@ pub fn train(
         b.set_position(start_step);
         b
     };
+    if start_step == 0 {
+        // The random-init model on the same held-out scenes: the baseline every later
+        // evaluation (and the paper's 2x claim) is read against, and the "before" picture.
+        evaluate(&nets.teacher, &cfg, run, 0, device, &mut metrics)?;
+    }
     let started = Instant::now();
     let mut first_loss = f64::NAN;
     let mut last_loss = f64::NAN;
@@ -670,7 +678,15 @@ pub fn train(
         let epoch_end = done % iters_per_epoch as u64 == 0;
         if done % opts.checkpoint_every.max(1) == 0 || epoch_end || done == end_step {
             let bytes = training_checkpoint(&cfg, &mc, &nets, done)?;
-            crate::io::write_atomic(&run.last(), &bytes)?;
+            crate::io::write_atomic(&run.last(), &bytes).with_context(|| {
+                bar.abandon();
+                format!(
+                    "saving the checkpoint of step {done} failed; {} still holds step {last_saved}. \
+                     Free some disk space, then continue with `dino train --resume {}`",
+                    run.last().display(),
+                    run.root.display()
+                )
+            })?;
             last_saved = done;
         }
         let eval_due = if opts.eval_every == 0 {
@@ -687,6 +703,12 @@ pub fn train(
     let model_bytes = dino_model::checkpoint::model_checkpoint_bytes(&mc, &nets.teacher)?;
     crate::io::write_atomic(&run.teacher(), &model_bytes)?;
     plot_metrics(run)?;
+    let unreadable = loader.unreadable.load(std::sync::atomic::Ordering::Relaxed);
+    if unreadable > 0 {
+        log::warn!(
+            "{unreadable} samples could not be read and were replaced by the next readable ones (see the warnings above for which)"
+        );
+    }
     drop(loader);
     Ok(Summary {
         steps: end_step,
