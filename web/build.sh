@@ -21,5 +21,5 @@ if command -v wasm-opt >/dev/null && [ "${WASM_OPT:-1}" = 1 ]; then
 fi
 wasm-bindgen --target web --no-typescript --out-dir web/dist/pkg --out-name dino-viewer "$wasm"
 rm -f web/dist/opt.wasm
-cp web/index.html web/dist/
+cp web/index.html web/worker.js web/dist/
 echo "web/dist is ready: python3 -m http.server -d web/dist 8000, then open http://localhost:8000"

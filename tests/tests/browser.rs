@@ -213,6 +213,12 @@ fn web_viewer_renders_per_head_maps_in_headless_chromium() {
         std::thread::sleep(Duration::from_millis(500));
     };
     assert_eq!(state, "ready:2", "the page reported {state}");
+    // The network ran in the Web Worker, not on the page's thread.
+    let backend = driver.script("return document.body.getAttribute('data-backend') || ''");
+    assert!(
+        backend.as_str().is_some_and(|b| b.contains("worker")),
+        "inference did not run in the worker: {backend}"
+    );
     std::thread::sleep(Duration::from_secs(2));
     let shot: Value = ureq::get(&format!(
         "{}/session/{}/screenshot",

@@ -185,6 +185,70 @@ pub fn segmentation(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dino_model::{ModelConfig, VitConfig};
+    use image::{GrayImage, Luma, Rgb};
+
+    /// Hand-made ground truth on disk, read through the real folder loader: the mask equal
+    /// to a head's own mask scores 1 for that head, its complement 0, and a hand-drawn
+    /// rectangle the overlap counted by hand, patch by patch.
+    #[test]
+    fn eval_seg_jaccard_on_hand_made_masks() {
+        let device = Device::flex();
+        device.seed(7);
+        let mut vit = VitConfig::vit_tiny(8);
+        vit.depth = 1;
+        vit.img_size = 32;
+        let model = ModelConfig { vit, head: None }.init(&device).unwrap();
+        let img = RgbImage::from_fn(32, 32, |x, y| {
+            Rgb([(x * 8) as u8, (y * 8) as u8, ((x + y) * 4) as u8])
+        });
+        let prepared = prepare(&img, Resize::Square(32), 8).unwrap();
+        let maps =
+            crate::render::compute_maps(&model.backbone, &prepared, 0, 0.6, &device).unwrap();
+        assert_eq!((maps.grid_h, maps.grid_w), (4, 4));
+        let head0 = maps.masks[0].clone();
+        // The rectangle covers patch columns 0..2 of rows 1..4.
+        let rect: Vec<bool> = (0..16).map(|k| k % 4 < 2 && k / 4 >= 1).collect();
+        // Jaccard counted by hand, patch by patch (every patch is 8x8 pixels).
+        let by_hand = |m: &[bool], gt: &[bool]| {
+            let inter = (0..16).filter(|&k| m[k] && gt[k]).count();
+            let union = (0..16).filter(|&k| m[k] || gt[k]).count();
+            inter as f64 / union as f64
+        };
+        let to_png = |m: &[bool]| {
+            GrayImage::from_fn(32, 32, |x, y| {
+                Luma([if m[(y / 8 * 4 + x / 8) as usize] {
+                    255
+                } else {
+                    0
+                }])
+            })
+        };
+        let complement: Vec<bool> = head0.iter().map(|b| !b).collect();
+        assert_eq!(by_hand(&head0, &head0), 1.0);
+        assert_eq!(by_hand(&head0, &complement), 0.0);
+        for gt in [&head0, &complement, &rect] {
+            let dir = tempfile::tempdir().unwrap();
+            img.save(dir.path().join("scene.png")).unwrap();
+            to_png(gt).save(dir.path().join("scene_mask.png")).unwrap();
+            let source = crate::data::open(dir.path().to_str().unwrap(), 0, 0, 0).unwrap();
+            let r = segmentation(&model.backbone, source.as_ref(), 10, 32, 0.6, &device).unwrap();
+            assert_eq!(r.images, 1);
+            for (j, m) in maps.masks.iter().enumerate() {
+                let want = by_hand(m, gt);
+                assert!(
+                    (r.per_head[j] - want).abs() < 1e-6,
+                    "head {j}: {r:?}, by hand {want}"
+                );
+            }
+            let mean_mask = mass_mask(&mean_map(&maps.heads), 0.6);
+            assert!((r.head_mean_map - by_hand(&mean_mask, gt)).abs() < 1e-6);
+            let best = r.per_head.iter().copied().fold(0.0, f64::max);
+            assert_eq!(r.best_head, best);
+            let mean = r.per_head.iter().sum::<f64>() / r.per_head.len() as f64;
+            assert!((r.mean_heads - mean).abs() < 1e-12);
+        }
+    }
 
     #[test]
     fn knn_votes_by_weighted_neighbours() {

@@ -39,6 +39,26 @@ pub enum Job {
     File(String, Result<Vec<u8>, String>),
     /// An analysis finished.
     Analysis(Result<Analysis, String>),
+    /// An image file was decoded off the main thread (web worker).
+    Image(String, Result<RgbImage, String>),
+    /// The web viewer's compute worker died; work falls back to the page.
+    WorkerFailed(String),
+}
+
+/// Decodes an image file (with the decompression-bomb limits) and downscales photos larger
+/// than [`MAX_IMAGE_SIDE`].
+pub fn decode_for_viewer(name: &str, bytes: &[u8]) -> Result<RgbImage, String> {
+    let img = dino_model::preprocess::decode_image(bytes).map_err(|e| format!("{name}: {e}"))?;
+    Ok(if img.width().max(img.height()) > MAX_IMAGE_SIDE {
+        let s = MAX_IMAGE_SIDE as f32 / img.width().max(img.height()) as f32;
+        let (w, h) = (
+            ((img.width() as f32 * s) as u32).max(1),
+            ((img.height() as f32 * s) as u32).max(1),
+        );
+        image::imageops::resize(&img, w, h, image::imageops::FilterType::Triangle)
+    } else {
+        img
+    })
 }
 
 /// The whole app state.
@@ -73,6 +93,9 @@ pub struct ViewerApp {
     tx: Sender<Job>,
     rx: Receiver<Job>,
     loading_model: bool,
+    /// The compute worker of the web viewer, when one could be started.
+    #[cfg(target_arch = "wasm32")]
+    remote: Option<crate::worker::Remote>,
 }
 
 impl ViewerApp {
@@ -98,7 +121,16 @@ impl ViewerApp {
             tx,
             rx,
             loading_model: false,
+            #[cfg(target_arch = "wasm32")]
+            remote: None,
         }
+    }
+
+    /// Moves decoding and inference into the web worker, keeping the page responsive.
+    #[cfg(target_arch = "wasm32")]
+    pub fn use_worker(&mut self, remote: crate::worker::Remote, backend: impl Into<String>) {
+        self.remote = Some(remote);
+        self.backend = backend.into();
     }
 
     /// Runs `work` off the UI thread (a thread natively, a task on the web) and repaints when done.
@@ -123,27 +155,25 @@ impl ViewerApp {
     pub fn open_checkpoint(&mut self, ctx: &egui::Context, name: String, bytes: Vec<u8>) {
         self.loading_model = true;
         self.status = format!("Loading checkpoint {name}…");
+        #[cfg(target_arch = "wasm32")]
+        if let Some(remote) = &self.remote {
+            remote.load(&name, &bytes);
+            return;
+        }
         let device = self.device.clone();
         self.spawn(ctx, move || Job::Model(load_model(&name, &bytes, &device)));
     }
 
     /// Adds an image from bytes; errors are shown, the app keeps working.
     pub fn add_image(&mut self, name: &str, bytes: &[u8]) -> Result<(), String> {
-        let img =
-            dino_model::preprocess::decode_image(bytes).map_err(|e| format!("{name}: {e}"))?;
-        let img = if img.width().max(img.height()) > MAX_IMAGE_SIDE {
-            let s = MAX_IMAGE_SIDE as f32 / img.width().max(img.height()) as f32;
-            let (w, h) = (
-                ((img.width() as f32 * s) as u32).max(1),
-                ((img.height() as f32 * s) as u32).max(1),
-            );
-            image::imageops::resize(&img, w, h, image::imageops::FilterType::Triangle)
-        } else {
-            img
-        };
+        let img = decode_for_viewer(name, bytes)?;
+        self.push_image(name, img);
+        Ok(())
+    }
+
+    fn push_image(&mut self, name: &str, img: RgbImage) {
         self.images.push((name.to_string(), img));
         self.current = self.images.len() - 1;
-        Ok(())
     }
 
     /// Routes a file to the image list or the checkpoint loader by its content.
@@ -154,6 +184,12 @@ impl ViewerApp {
                 MAX_FILE_BYTES >> 20
             ));
         } else if image::guess_format(&bytes).is_ok() {
+            #[cfg(target_arch = "wasm32")]
+            if let Some(remote) = &self.remote {
+                // A hostile file may take long to decode: never on the page's thread.
+                remote.decode(&name, &bytes);
+                return;
+            }
             if let Err(e) = self.add_image(&name, &bytes) {
                 self.error = Some(e);
             }
@@ -208,6 +244,21 @@ impl ViewerApp {
                 }
                 Job::File(name, Ok(bytes)) => self.open_file(ctx, name, bytes),
                 Job::File(name, Err(e)) => self.error = Some(format!("{name}: {e}")),
+                Job::Image(name, Ok(img)) => self.push_image(&name, img),
+                Job::Image(_, Err(e)) => self.error = Some(e),
+                Job::WorkerFailed(e) => {
+                    // The weights died with the worker: start over on the page.
+                    #[cfg(target_arch = "wasm32")]
+                    {
+                        self.remote = None;
+                        crate::web::set_state("error");
+                    }
+                    self.backend = "CPU (flex, WebAssembly, page thread)".into();
+                    self.model = None;
+                    self.pending = None;
+                    self.loading_model = false;
+                    self.error = Some(e);
+                }
                 Job::Analysis(result) => {
                     self.pending = None;
                     match result {
@@ -222,7 +273,10 @@ impl ViewerApp {
                                 self.backend
                             );
                             #[cfg(target_arch = "wasm32")]
-                            crate::web::set_state(&format!("ready:{}", a.heads));
+                            {
+                                crate::web::set_body_attribute("data-backend", &self.backend);
+                                crate::web::set_state(&format!("ready:{}", a.heads));
+                            }
                             self.analysis = Some(a);
                         }
                         Err(e) => self.error = Some(e),
@@ -234,15 +288,19 @@ impl ViewerApp {
         if let Some(want) = self.wanted() {
             let have = self.analysis.as_ref().map(|a| &a.request);
             if self.pending.is_none() && have != Some(&want) && self.error.is_none() {
-                let (model, img, device) = (
-                    self.model.clone().expect("wanted() checked"),
-                    self.images[want.image].1.clone(),
-                    self.device.clone(),
-                );
                 self.pending = Some(want.clone());
-                self.spawn(ctx, move || {
-                    Job::Analysis(analyse(&model, &img, want, &device))
-                });
+                if let Some(net) = self.model.as_ref().and_then(|m| m.model.clone()) {
+                    let (img, device) = (self.images[want.image].1.clone(), self.device.clone());
+                    self.spawn(ctx, move || {
+                        Job::Analysis(analyse(&net, &img, want, &device))
+                    });
+                } else {
+                    // The weights live in the web worker.
+                    #[cfg(target_arch = "wasm32")]
+                    if let Some(remote) = &self.remote {
+                        remote.analyse(&self.images[want.image].1, &want);
+                    }
+                }
             }
         }
     }

@@ -15,8 +15,9 @@ pub struct LoadedModel {
     pub name: String,
     /// Its configuration.
     pub config: ModelConfig,
-    /// The network (teacher of training checkpoints).
-    pub model: Arc<DinoModel>,
+    /// The network (teacher of training checkpoints); `None` on the page when the weights
+    /// live in the web viewer's compute worker.
+    pub model: Option<Arc<DinoModel>>,
 }
 
 /// What one inference request asks for.
@@ -62,13 +63,13 @@ impl Analysis {
 
 /// Runs the model on one image.
 pub fn analyse(
-    model: &LoadedModel,
+    model: &DinoModel,
     img: &RgbImage,
     request: Request,
     device: &Device,
 ) -> Result<Analysis, String> {
     let started = web_time_now();
-    let patch = model.config.vit.patch_size;
+    let patch = model.backbone.patch_size();
     let prepared =
         prepare(img, Resize::Square(request.resolution), patch).map_err(|e| e.to_string())?;
     let x = Tensor::<4>::from_data(
@@ -78,9 +79,8 @@ pub fn analyse(
         ),
         device,
     );
-    let layer = request.layer.min(model.model.backbone.depth() - 1);
+    let layer = request.layer.min(model.backbone.depth() - 1);
     let out = model
-        .model
         .backbone
         .forward_with_attention(x, layer)
         .map_err(|e| e.to_string())?;
@@ -135,6 +135,6 @@ pub fn load_model(name: &str, bytes: &[u8], device: &Device) -> Result<LoadedMod
     Ok(LoadedModel {
         name: name.to_string(),
         config: imported.config,
-        model: Arc::new(model),
+        model: Some(Arc::new(model)),
     })
 }

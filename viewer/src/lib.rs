@@ -6,5 +6,7 @@ pub mod infer;
 pub mod views;
 #[cfg(target_arch = "wasm32")]
 pub mod web;
+#[cfg(target_arch = "wasm32")]
+pub mod worker;
 
 pub use app::ViewerApp;

@@ -17,8 +17,13 @@ fn document() -> Option<web_sys::Document> {
 
 /// Sets `data-state` on `<body>` (e.g. `ready:2` once maps for 2 heads are drawn).
 pub fn set_state(state: &str) {
+    set_body_attribute("data-state", state);
+}
+
+/// Sets an attribute of `<body>`, where tests and scripts can read what the canvas shows.
+pub fn set_body_attribute(name: &str, value: &str) {
     if let Some(body) = document().and_then(|d| d.body()) {
-        let _ = body.set_attribute("data-state", state);
+        let _ = body.set_attribute(name, value);
     }
 }
 
@@ -89,7 +94,12 @@ pub fn start() {
                 canvas,
                 eframe::WebOptions::default(),
                 Box::new(|cc| {
-                    let mut app = ViewerApp::new(Device::flex(), "CPU (flex, WebAssembly)");
+                    let mut app =
+                        ViewerApp::new(Device::flex(), "CPU (flex, WebAssembly, page thread)");
+                    match crate::worker::Remote::start(app.sender(), cc.egui_ctx.clone()) {
+                        Ok(remote) => app.use_worker(remote, "CPU (flex, WebAssembly, worker)"),
+                        Err(e) => log::warn!("{e}; computing on the page's thread"),
+                    }
                     let (name, bytes) = SAMPLES[0];
                     if let Err(e) = app.add_image(name, bytes) {
                         app.error = Some(e);

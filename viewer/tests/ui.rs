@@ -138,7 +138,8 @@ fn views_render_one_tile_per_head_with_the_image_size() {
         layer: 1,
         resolution: 64,
     };
-    let a = dino_viewer::infer::analyse(&model, &img, req, &Device::flex()).unwrap();
+    let a = dino_viewer::infer::analyse(model.model.as_ref().unwrap(), &img, req, &Device::flex())
+        .unwrap();
     let s = dino_viewer::views::Settings {
         threshold: 0.6,
         alpha: 0.6,
