@@ -139,6 +139,18 @@ pub fn write_checkpoint(
     tensors: &TensorMap,
     extra_metadata: &BTreeMap<String, String>,
 ) -> Result<Vec<u8>> {
+    write_checkpoint_as(config, kind, tensors, extra_metadata, false)
+}
+
+/// As [`write_checkpoint`], storing the tensors as f16 when `half` is set: half the size,
+/// for shipping models to browsers (readers widen them back to f32).
+pub fn write_checkpoint_as(
+    config: &ModelConfig,
+    kind: &str,
+    tensors: &TensorMap,
+    extra_metadata: &BTreeMap<String, String>,
+    half: bool,
+) -> Result<Vec<u8>> {
     let mut meta: HashMap<String, String> = extra_metadata.clone().into_iter().collect();
     meta.insert(FORMAT_KEY.into(), "pt".into());
     meta.insert(KIND_KEY.into(), kind.into());
@@ -151,14 +163,21 @@ pub fn write_checkpoint(
     let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
         .iter()
         .map(|(name, t)| {
-            let b: Vec<u8> = t.data.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let b: Vec<u8> = if half {
+                t.data
+                    .iter()
+                    .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+                    .collect()
+            } else {
+                t.data.iter().flat_map(|v| v.to_le_bytes()).collect()
+            };
             (name.clone(), b, t.shape.clone())
         })
         .collect();
     let views = bytes
         .iter()
         .map(|(name, b, shape)| {
-            TensorView::new(Dtype::F32, shape.clone(), b)
+            TensorView::new(if half { Dtype::F16 } else { Dtype::F32 }, shape.clone(), b)
                 .map(|v| (name.as_str(), v))
                 .map_err(|e| ModelError::Safetensors {
                     reason: e.to_string(),

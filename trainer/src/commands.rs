@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use burn::tensor::Device;
 use clap::ValueEnum;
-use dino_model::checkpoint::{KIND_MODEL, write_checkpoint};
+use dino_model::checkpoint::{KIND_MODEL, write_checkpoint_as};
 use dino_model::import::{Imported, SourceKind, Which, import_bytes};
 use dino_model::preprocess::{Resize, decode_image, prepare};
 use dino_model::{DinoModel, TensorMap};
@@ -50,16 +50,28 @@ pub fn build_model(imported: &Imported, path: &Path, device: &Device) -> Result<
         .with_context(|| format!("loading the weights of {}", path.display()))
 }
 
-/// `dino import`.
-pub fn import(file: &Path, output: &Path, which: WhichArg) -> Result<()> {
-    let imported = load_weights(file, which.into())?;
+/// `dino import`: `backbone_only` drops the DINO head (all the viewer needs), `half` stores
+/// f16 (half the size).
+pub fn import(
+    file: &Path,
+    output: &Path,
+    which: WhichArg,
+    backbone_only: bool,
+    half: bool,
+) -> Result<()> {
+    let mut imported = load_weights(file, which.into())?;
+    if backbone_only {
+        imported.config.head = None;
+        imported.tensors.retain(|k, _| !k.starts_with("head."));
+    }
     // Building the model proves every tensor fits before anything is written.
     build_model(&imported, file, &Device::flex())?;
-    let bytes = write_checkpoint(
+    let bytes = write_checkpoint_as(
         &imported.config,
         KIND_MODEL,
         &imported.tensors,
         &Default::default(),
+        half,
     )?;
     crate::io::write_atomic(output, &bytes)?;
     println!(

@@ -113,6 +113,17 @@ enum Command {
         /// Which network of a training checkpoint to take.
         #[arg(long, value_enum, default_value_t = commands::WhichArg::Teacher)]
         which: commands::WhichArg,
+        /// Keep only the ViT (drop the DINO head): all the viewer and `attention` need.
+        #[arg(long)]
+        backbone_only: bool,
+        /// Store the weights as f16 (half the file size; read back as f32).
+        #[arg(long)]
+        half: bool,
+    },
+    /// Redraw a run's loss.png and eval.png (Jaccard and k-NN over training) from metrics.jsonl.
+    Plot {
+        /// The run directory.
+        run: PathBuf,
     },
     /// Show a checkpoint's architecture, parameter count and which weights are present.
     Info {
@@ -205,7 +216,20 @@ fn run(cli: Cli) -> Result<()> {
             file,
             output,
             which,
-        } => commands::import(&file, &output, which),
+            backbone_only,
+            half,
+        } => commands::import(&file, &output, which, backbone_only, half),
+        Command::Plot { run } => {
+            let run = dino_trainer::train::RunDir { root: run };
+            dino_trainer::train::plot_metrics(&run)?;
+            for f in ["loss.png", "eval.png"] {
+                let p = run.root.join(f);
+                if p.exists() {
+                    println!("wrote {}", p.display());
+                }
+            }
+            Ok(())
+        }
         Command::Info { checkpoint } => commands::info(&checkpoint),
         Command::Attention {
             checkpoint,

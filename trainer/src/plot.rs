@@ -20,6 +20,37 @@ fn glyph(c: char) -> Option<[u8; 5]> {
         '-' => [0b000, 0b000, 0b111, 0b000, 0b000],
         'e' => [0b000, 0b111, 0b111, 0b100, 0b111],
         ' ' => [0; 5],
+        '%' => [0b101, 0b001, 0b010, 0b100, 0b101],
+        '(' => [0b001, 0b010, 0b010, 0b010, 0b001],
+        ')' => [0b100, 0b010, 0b010, 0b010, 0b100],
+        '/' => [0b001, 0b001, 0b010, 0b100, 0b100],
+        ':' => [0b000, 0b010, 0b000, 0b010, 0b000],
+        'x' | 'X' => [0b101, 0b101, 0b010, 0b101, 0b101],
+        'a' | 'A' => [0b010, 0b101, 0b111, 0b101, 0b101],
+        'b' | 'B' => [0b110, 0b101, 0b110, 0b101, 0b110],
+        'c' | 'C' => [0b011, 0b100, 0b100, 0b100, 0b011],
+        'd' | 'D' => [0b110, 0b101, 0b101, 0b101, 0b110],
+        'E' => [0b111, 0b100, 0b110, 0b100, 0b111],
+        'f' | 'F' => [0b111, 0b100, 0b110, 0b100, 0b100],
+        'g' | 'G' => [0b011, 0b100, 0b101, 0b101, 0b011],
+        'h' | 'H' => [0b101, 0b101, 0b111, 0b101, 0b101],
+        'i' | 'I' => [0b111, 0b010, 0b010, 0b010, 0b111],
+        'j' | 'J' => [0b001, 0b001, 0b001, 0b101, 0b010],
+        'k' | 'K' => [0b101, 0b101, 0b110, 0b101, 0b101],
+        'l' | 'L' => [0b100, 0b100, 0b100, 0b100, 0b111],
+        'm' | 'M' => [0b101, 0b111, 0b111, 0b101, 0b101],
+        'n' | 'N' => [0b110, 0b101, 0b101, 0b101, 0b101],
+        'o' | 'O' => [0b010, 0b101, 0b101, 0b101, 0b010],
+        'p' | 'P' => [0b110, 0b101, 0b110, 0b100, 0b100],
+        'q' | 'Q' => [0b010, 0b101, 0b101, 0b110, 0b011],
+        'r' | 'R' => [0b110, 0b101, 0b110, 0b101, 0b101],
+        's' | 'S' => [0b011, 0b100, 0b010, 0b001, 0b110],
+        't' | 'T' => [0b111, 0b010, 0b010, 0b010, 0b010],
+        'u' | 'U' => [0b101, 0b101, 0b101, 0b101, 0b111],
+        'v' | 'V' => [0b101, 0b101, 0b101, 0b101, 0b010],
+        'w' | 'W' => [0b101, 0b101, 0b111, 0b111, 0b101],
+        'y' | 'Y' => [0b101, 0b101, 0b010, 0b010, 0b010],
+        'z' | 'Z' => [0b111, 0b001, 0b010, 0b100, 0b111],
         _ => return None,
     })
 }
@@ -63,7 +94,9 @@ fn line(img: &mut RgbImage, (x0, y0): (f64, f64), (x1, y1): (f64, f64), color: [
 }
 
 fn fmt_num(v: f64) -> String {
-    if v != 0.0 && (v.abs() >= 1e4 || v.abs() < 1e-2) {
+    if v.fract() == 0.0 && v.abs() < 1e6 {
+        format!("{v:.0}")
+    } else if v != 0.0 && (v.abs() >= 1e4 || v.abs() < 1e-2) {
         format!("{v:.1e}")
     } else {
         format!("{v:.3}")
@@ -73,8 +106,37 @@ fn fmt_num(v: f64) -> String {
 /// One curve of a plot: its `(x, y)` points and colour.
 pub type Series<'a> = (&'a [(f64, f64)], [u8; 3]);
 
+/// Writes one legend line per `(label, colour)` in the top-right corner of a plot, with a
+/// short stroke of the colour before each label.
+pub fn legend(img: &mut RgbImage, entries: &[(&str, [u8; 3])]) {
+    let longest = entries.iter().map(|(l, _)| l.len()).max().unwrap_or(0) as i64;
+    let x = img.width() as i64 - 20 - 8 * longest - 24;
+    for (i, (label, color)) in entries.iter().enumerate() {
+        let y = 16 + 16 * i as i64;
+        for t in 0..3 {
+            line(
+                img,
+                (x as f64, (y + 4 + t) as f64),
+                ((x + 16) as f64, (y + 4 + t) as f64),
+                *color,
+            );
+        }
+        draw_text(img, &label.to_uppercase(), x + 22, y, [40, 40, 40]);
+    }
+}
+
 /// A plot of one or more series `(x, y)` with shared axes, labelled min/max ticks.
 pub fn line_plot(series: &[Series<'_>], width: u32, height: u32) -> RgbImage {
+    line_plot_in(series, width, height, None)
+}
+
+/// As [`line_plot`], with the y axis spanning at least `y_range` (scores in [0, 1], say).
+pub fn line_plot_in(
+    series: &[Series<'_>],
+    width: u32,
+    height: u32,
+    y_range: Option<(f64, f64)>,
+) -> RgbImage {
     let mut img = RgbImage::from_pixel(width, height, Rgb([255, 255, 255]));
     let points: Vec<(f64, f64)> = series
         .iter()
@@ -90,6 +152,10 @@ pub fn line_plot(series: &[Series<'_>], width: u32, height: u32) -> RgbImage {
         x1 = x1.max(*x);
         y0 = y0.min(*y);
         y1 = y1.max(*y);
+    }
+    if let Some((lo, hi)) = y_range {
+        y0 = y0.min(lo);
+        y1 = y1.max(hi);
     }
     if x1 <= x0 {
         x1 = x0 + 1.0;

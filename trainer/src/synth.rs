@@ -108,7 +108,15 @@ pub fn scene(seed: u64, index: u64, size: u32) -> Scene {
     let mut rng = ChaCha8Rng::seed_from_u64(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ index);
     let label = (index % CLASSES.len() as u64) as usize;
     let s = size as f32;
-    let (bg1, bg2) = (random_color(&mut rng), random_color(&mut rng));
+    // As in photos, the background is muted and its texture subtle, while objects are
+    // saturated and boldly textured: what tells one image from another is the object, which
+    // is what lets attention on the object emerge from self-distillation.
+    let muted = |c: [f32; 3], amount: f32| {
+        let grey = (c[0] + c[1] + c[2]) / 3.0;
+        c.map(|v| grey + (v - grey) * amount)
+    };
+    let bg1 = muted(random_color(&mut rng), 0.35);
+    let bg2 = [0, 1, 2].map(|c| (bg1[c] + rng.random_range(-0.12f32..0.12)).clamp(0.0, 1.0));
     let bg_tex = Texture::random(&mut rng, s);
     // Object colours far enough from the background's mean to be visible.
     let bg_mean = [0, 1, 2].map(|c| 0.5 * (bg1[c] + bg2[c]));
@@ -123,7 +131,7 @@ pub fn scene(seed: u64, index: u64, size: u32) -> Scene {
         }
         fg1 = random_color(&mut rng);
     }
-    let fg2 = [0, 1, 2].map(|c| (fg1[c] + rng.random_range(-0.25f32..0.25)).clamp(0.0, 1.0));
+    let fg2 = random_color(&mut rng);
     let fg_tex = Texture::random(&mut rng, s);
     let radius = s * rng.random_range(0.18f32..0.36);
     let cx = rng.random_range(radius..s - radius);

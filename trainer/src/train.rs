@@ -815,7 +815,7 @@ pub fn plot_metrics(run: &RunDir) -> Result<()> {
     let text = std::fs::read_to_string(run.metrics())
         .with_context(|| format!("reading {}", run.metrics().display()))?;
     let mut loss = Vec::new();
-    let (mut jac, mut knn) = (Vec::new(), Vec::new());
+    let (mut best, mut mean_map, mut knn) = (Vec::new(), Vec::new(), Vec::new());
     for line in text.lines() {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
@@ -824,18 +824,53 @@ pub fn plot_metrics(run: &RunDir) -> Result<()> {
             loss.push((s, l));
         }
         if let Some(s) = v["eval"].as_f64() {
-            if let Some(j) = v["jaccard_best_head"].as_f64() {
-                jac.push((s, j));
-            }
-            if let Some(k) = v["knn_top1"].as_f64() {
-                knn.push((s, k / 100.0));
+            for (key, series, scale) in [
+                ("jaccard_best_head", &mut best, 1.0),
+                ("jaccard_head_mean_map", &mut mean_map, 1.0),
+                ("knn_top1", &mut knn, 0.01),
+            ] {
+                if let Some(y) = v[key].as_f64() {
+                    series.push((s, y * scale));
+                }
             }
         }
     }
-    let png = crate::plot::line_plot(&[(&loss, [30, 90, 200])], 640, 360);
+    let mut png = crate::plot::line_plot(&[(&loss, [30, 90, 200])], 640, 360);
+    crate::plot::legend(&mut png, &[("DINO loss", [30, 90, 200])]);
     crate::render::save_png(&png, &run.root.join("loss.png"))?;
-    if !jac.is_empty() {
-        let png = crate::plot::line_plot(&[(&jac, [200, 60, 30]), (&knn, [30, 150, 60])], 640, 360);
+    if !best.is_empty() {
+        // The paper's yardstick: twice the random-init model's Jaccard (the step-0 evaluation).
+        let goal: Vec<(f64, f64)> = best
+            .first()
+            .filter(|p| p.0 == 0.0)
+            .map(|p| vec![(0.0, 2.0 * p.1), (best.last().unwrap().0, 2.0 * p.1)])
+            .unwrap_or_default();
+        let (red, orange, green, grey) = (
+            [200, 40, 30],
+            [230, 150, 20],
+            [30, 150, 60],
+            [150, 150, 150],
+        );
+        let mut png = crate::plot::line_plot_in(
+            &[
+                (&goal, grey),
+                (&mean_map, orange),
+                (&knn, green),
+                (&best, red),
+            ],
+            640,
+            360,
+            Some((0.0, 1.0)),
+        );
+        let mut entries = vec![
+            ("Jaccard best head", red),
+            ("Jaccard head-mean mask", orange),
+            ("kNN top-1 / 100", green),
+        ];
+        if !goal.is_empty() {
+            entries.push(("2x random init", grey));
+        }
+        crate::plot::legend(&mut png, &entries);
         crate::render::save_png(&png, &run.root.join("eval.png"))?;
     }
     Ok(())

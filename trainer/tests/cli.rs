@@ -146,6 +146,47 @@ fn import_info_and_attention_on_an_official_checkpoint() {
         let img = image::open(att.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
         assert_eq!(img.width(), 64, "{f}");
     }
+    // Backbone only, in f16: what the web viewer downloads. Under half the size, and the
+    // same attention to f16 precision.
+    let small = dir.path().join("small.safetensors");
+    ok(&[
+        "import",
+        &fixture("official_checkpoint.pth"),
+        "-o",
+        small.to_str().unwrap(),
+        "--backbone-only",
+        "--half",
+    ]);
+    let (full_len, small_len) = (
+        std::fs::metadata(&out).unwrap().len(),
+        std::fs::metadata(&small).unwrap().len(),
+    );
+    assert!(small_len * 2 < full_len, "{small_len} vs {full_len} bytes");
+    let info = ok(&["info", small.to_str().unwrap()]);
+    assert!(info.contains("head:        absent"), "{info}");
+    let device = burn::tensor::Device::flex();
+    let x = burn::tensor::Tensor::<4>::random(
+        [1, 3, 32, 32],
+        burn::tensor::Distribution::Normal(0.0, 1.0),
+        &device,
+    );
+    let cls = |path: &Path| -> Vec<f32> {
+        let ckpt = read_checkpoint(&std::fs::read(path).unwrap()).unwrap();
+        let model = ckpt.model(&device).unwrap();
+        model
+            .backbone
+            .forward(x.clone())
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap()
+    };
+    let (a, b) = (cls(&out), cls(&small));
+    let err = a
+        .iter()
+        .zip(&b)
+        .map(|(p, q)| (p - q).abs())
+        .fold(0.0f32, f32::max);
+    assert!(err < 2e-2, "f16 copy differs by {err}");
     // The .pth works directly too, and so does the Hugging Face file.
     ok(&[
         "attention",
@@ -270,6 +311,15 @@ fn tiny_training_run_learns_without_collapse_and_writes_a_run_dir() {
         read_checkpoint(&std::fs::read(run.join("checkpoints/teacher.safetensors")).unwrap())
             .unwrap();
     assert_eq!(teacher.config.unwrap().vit.depth, 2);
+    // The first evaluation is the random-init baseline, and `dino plot` redraws the curves.
+    let first_eval = metrics.lines().find(|l| l.contains("\"eval\"")).unwrap();
+    assert!(first_eval.starts_with("{\"eval\":0,"), "{first_eval}");
+    std::fs::remove_file(run.join("eval.png")).unwrap();
+    let text = ok(&["plot", run.to_str().unwrap()]);
+    assert!(
+        text.contains("eval.png") && run.join("eval.png").is_file(),
+        "{text}"
+    );
     // A second run into the same folder refuses to overwrite it.
     let mut args = vec!["train", "-o", run.to_str().unwrap()];
     args.extend_from_slice(TINY);
