@@ -1,13 +1,15 @@
 //! The viewer app: state, background jobs and one `*_ui` function per panel.
 
+use std::hash::{Hash, Hasher};
 use std::sync::mpsc::{Receiver, Sender, channel};
 
 use burn::tensor::Device;
 use egui::{Color32, RichText, TextureHandle, TextureOptions};
 use image::RgbImage;
 
+use crate::gpu_overlay::{OverlayCallback, OverlayInput};
 use crate::infer::{Analysis, LoadedModel, Request, analyse, load_model};
-use crate::views::{Settings, View, export, render};
+use crate::views::{Settings, View, export, overlay_inputs, render};
 
 /// Largest image side kept after loading; bigger photos are downscaled (the network sees
 /// at most a few hundred pixels anyway).
@@ -61,6 +63,14 @@ pub fn decode_for_viewer(name: &str, bytes: &[u8]) -> Result<RgbImage, String> {
     })
 }
 
+/// How one tile of the central panel is drawn.
+enum TileDraw {
+    /// A CPU-drawn picture.
+    Texture(TextureHandle),
+    /// The overlay shader, with a key of the uploaded content.
+    Shader(OverlayInput, u64),
+}
+
 /// The whole app state.
 pub struct ViewerApp {
     device: Device,
@@ -88,7 +98,9 @@ pub struct ViewerApp {
     pub error: Option<String>,
     /// A one-line status.
     pub status: String,
-    textures: Vec<(String, TextureHandle)>,
+    tiles: Vec<(String, TileDraw)>,
+    /// Overlays are drawn by the WGSL shader inside egui's render pass (eframe on wgpu).
+    pub gpu_overlay: bool,
     texture_key: Option<(Request, View, [u32; 3])>,
     tx: Sender<Job>,
     rx: Receiver<Job>,
@@ -116,7 +128,8 @@ impl ViewerApp {
             pending: None,
             error: None,
             status: "Drop a checkpoint (.safetensors or .pth) and images here, or use the buttons above.".into(),
-            textures: Vec::new(),
+            tiles: Vec::new(),
+            gpu_overlay: false,
             texture_key: None,
             tx,
             rx,
@@ -325,6 +338,12 @@ impl ViewerApp {
             }
             ui.separator();
             ui.label(RichText::new(format!("backend: {}", self.backend)).weak());
+            let overlay = if self.gpu_overlay {
+                "overlays: WGSL shader"
+            } else {
+                "overlays: CPU"
+            };
+            ui.label(RichText::new(overlay).weak());
         });
     }
 
@@ -472,7 +491,7 @@ impl ViewerApp {
 
     fn refresh_textures(&mut self, ctx: &egui::Context) {
         let Some(a) = &self.analysis else {
-            self.textures.clear();
+            self.tiles.clear();
             return;
         };
         let key = (
@@ -487,19 +506,34 @@ impl ViewerApp {
         if self.texture_key.as_ref() == Some(&key) {
             return;
         }
-        self.textures = render(a, self.view, &self.settings)
-            .into_iter()
-            .map(|(caption, img)| {
-                let color = egui::ColorImage::from_rgb(
-                    [img.width() as usize, img.height() as usize],
-                    img.as_raw(),
-                );
-                (
-                    caption.clone(),
-                    ctx.load_texture(caption, color, TextureOptions::NEAREST),
-                )
-            })
-            .collect();
+        let shader_tiles = if self.gpu_overlay {
+            overlay_inputs(a, self.view, &self.settings)
+        } else {
+            None
+        };
+        self.tiles = match shader_tiles {
+            Some(tiles) => tiles
+                .into_iter()
+                .enumerate()
+                .map(|(i, (caption, input))| {
+                    // The opacity is a uniform: only what is uploaded goes into the key.
+                    let mut h = std::collections::hash_map::DefaultHasher::new();
+                    (&key.0, key.1, key.2[0], i).hash(&mut h);
+                    (caption, TileDraw::Shader(input, h.finish()))
+                })
+                .collect(),
+            None => render(a, self.view, &self.settings)
+                .into_iter()
+                .map(|(caption, img)| {
+                    let color = egui::ColorImage::from_rgb(
+                        [img.width() as usize, img.height() as usize],
+                        img.as_raw(),
+                    );
+                    let tex = ctx.load_texture(caption.clone(), color, TextureOptions::NEAREST);
+                    (caption, TileDraw::Texture(tex))
+                })
+                .collect(),
+        };
         self.texture_key = Some(key);
     }
 
@@ -528,21 +562,40 @@ impl ViewerApp {
         let Some(a) = &self.analysis else { return };
         let (grid_w, grid_h) = (a.grid_w, a.grid_h);
         let avail = ui.available_width();
-        let n = self.textures.len().max(1);
+        let n = self.tiles.len().max(1);
         let cols = if n <= 2 { n } else { 3.min(n) };
         let side = ((avail - 12.0 * cols as f32) / cols as f32).clamp(96.0, 512.0);
+        let size = egui::vec2(
+            side,
+            side * a.display.height() as f32 / a.display.width() as f32,
+        );
         let mut clicked_patch = None;
         egui::ScrollArea::vertical().show(ui, |ui| {
             egui::Grid::new("tiles").spacing([8.0, 8.0]).show(ui, |ui| {
-                for (i, (caption, tex)) in self.textures.iter().enumerate() {
+                for (i, (caption, draw)) in self.tiles.iter().enumerate() {
                     ui.vertical(|ui| {
                         ui.label(caption);
-                        let size = tex.size_vec2() * (side / tex.size_vec2().x);
-                        let resp = ui.add(
-                            egui::Image::new(tex)
-                                .fit_to_exact_size(size)
-                                .sense(egui::Sense::click()),
-                        );
+                        let resp = match draw {
+                            TileDraw::Texture(tex) => ui.add(
+                                egui::Image::new(tex)
+                                    .fit_to_exact_size(size)
+                                    .sense(egui::Sense::click()),
+                            ),
+                            TileDraw::Shader(input, content) => {
+                                let (rect, resp) =
+                                    ui.allocate_exact_size(size, egui::Sense::click());
+                                ui.painter()
+                                    .add(eframe::egui_wgpu::Callback::new_paint_callback(
+                                        rect,
+                                        OverlayCallback {
+                                            slot: i,
+                                            content: *content,
+                                            input: input.clone(),
+                                        },
+                                    ));
+                                resp
+                            }
+                        };
                         if resp.clicked()
                             && let Some(pos) = resp.interact_pointer_pos()
                         {

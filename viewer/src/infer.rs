@@ -21,7 +21,7 @@ pub struct LoadedModel {
 }
 
 /// What one inference request asks for.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Request {
     /// Index of the image in the viewer's list.
     pub image: usize,

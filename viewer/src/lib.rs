@@ -2,6 +2,7 @@
 //! and in the browser. Only the entry points differ by platform (`main.rs`, `web.rs`).
 
 pub mod app;
+pub mod gpu_overlay;
 pub mod infer;
 pub mod views;
 #[cfg(target_arch = "wasm32")]

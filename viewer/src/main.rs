@@ -44,6 +44,7 @@ fn main() -> eframe::Result {
         options,
         Box::new(move |cc| {
             let mut app = ViewerApp::new(device, backend);
+            app.gpu_overlay = dino_viewer::gpu_overlay::install(cc);
             if let Some(path) = checkpoint {
                 match std::fs::read(&path) {
                     Ok(bytes) => app.open_checkpoint(&cc.egui_ctx, path.clone(), bytes),

@@ -1,16 +1,20 @@
 //! The pictures of each view, computed on the CPU from an [`Analysis`] (pure functions,
 //! shared by the UI, PNG export and tests).
 
+use std::sync::Arc;
+
 use dino_model::attention::{
-    cls_maps, combined_mask, mass_mask, mean_map, patch_query_maps, pca_rgb, upsample_nearest,
+    cls_maps, combined_mask, mass_mask, mean_map, normalize01, patch_query_maps, pca_rgb,
+    upsample_nearest,
 };
 use dino_shaders::images::{grid, overlay};
 use image::{Rgb, RgbImage};
 
+use crate::gpu_overlay::OverlayInput;
 use crate::infer::Analysis;
 
 /// What the central panel shows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum View {
     /// Every head's CLS attention over the image.
     Heads,
@@ -61,38 +65,63 @@ pub struct Settings {
     pub query: usize,
 }
 
+/// The shader inputs of the views that are plain overlays (heads, mean, masks): the GPU
+/// draws them with `attention_overlay.wgsl`, the CPU twin from the very same inputs.
+pub fn overlay_inputs(
+    a: &Analysis,
+    view: View,
+    s: &Settings,
+) -> Option<Vec<(String, OverlayInput)>> {
+    let heads = cls_maps(&a.attention, a.heads, a.tokens());
+    let image = Arc::new(a.display.clone());
+    let input = |values: Vec<f32>, alpha: f32, mask_mode: bool| OverlayInput {
+        image: image.clone(),
+        values: Arc::new(values),
+        grid_h: a.grid_h,
+        grid_w: a.grid_w,
+        alpha,
+        mask_mode,
+    };
+    let to_f32 = |m: &[bool]| m.iter().map(|&b| b as u8 as f32).collect::<Vec<f32>>();
+    Some(match view {
+        View::Heads => heads
+            .iter()
+            .enumerate()
+            .map(|(j, m)| (format!("head {j}"), input(normalize01(m), s.alpha, false)))
+            .collect(),
+        View::Mean => vec![(
+            "mean of heads".into(),
+            input(normalize01(&mean_map(&heads)), s.alpha, false),
+        )],
+        View::Masks => heads
+            .iter()
+            .enumerate()
+            .map(|(j, m)| {
+                (
+                    format!("head {j}, {:.0} % mass", s.threshold * 100.0),
+                    input(to_f32(&mass_mask(m, s.threshold)), 0.75, true),
+                )
+            })
+            .collect(),
+        _ => return None,
+    })
+}
+
 /// Captioned tiles of one view.
 pub fn render(a: &Analysis, view: View, s: &Settings) -> Vec<(String, RgbImage)> {
+    if let Some(tiles) = overlay_inputs(a, view, s) {
+        return tiles
+            .into_iter()
+            .map(|(caption, input)| (caption, input.to_image()))
+            .collect();
+    }
     let patch = a.display.width() as usize / a.grid_w;
     let (gh, gw) = (a.grid_h, a.grid_w);
     let heads = cls_maps(&a.attention, a.heads, a.tokens());
     let masks: Vec<Vec<bool>> = heads.iter().map(|m| mass_mask(m, s.threshold)).collect();
     let to_f32 = |m: &[bool]| m.iter().map(|&b| b as u8 as f32).collect::<Vec<f32>>();
     match view {
-        View::Heads => heads
-            .iter()
-            .enumerate()
-            .map(|(j, m)| {
-                (
-                    format!("head {j}"),
-                    overlay(&a.display, m, gh, gw, patch, s.alpha, false),
-                )
-            })
-            .collect(),
-        View::Mean => vec![(
-            "mean of heads".into(),
-            overlay(&a.display, &mean_map(&heads), gh, gw, patch, s.alpha, false),
-        )],
-        View::Masks => masks
-            .iter()
-            .enumerate()
-            .map(|(j, m)| {
-                (
-                    format!("head {j}, {:.0} % mass", s.threshold * 100.0),
-                    overlay(&a.display, &to_f32(m), gh, gw, patch, 0.75, true),
-                )
-            })
-            .collect(),
+        View::Heads | View::Mean | View::Masks => unreachable!("drawn from overlay_inputs"),
         View::Segmentation => {
             let majority = combined_mask(&masks, a.heads.div_ceil(2));
             let mean_mask = mass_mask(&mean_map(&heads), s.threshold);

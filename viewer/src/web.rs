@@ -96,6 +96,7 @@ pub fn start() {
                 Box::new(|cc| {
                     let mut app =
                         ViewerApp::new(Device::flex(), "CPU (flex, WebAssembly, page thread)");
+                    app.gpu_overlay = crate::gpu_overlay::install(cc);
                     match crate::worker::Remote::start(app.sender(), cc.egui_ctx.clone()) {
                         Ok(remote) => app.use_worker(remote, "CPU (flex, WebAssembly, worker)"),
                         Err(e) => log::warn!("{e}; computing on the page's thread"),
