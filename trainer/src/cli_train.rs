@@ -125,6 +125,11 @@ pub struct TrainArgs {
     /// Attention pictures and evaluation every N steps (0: at each epoch end)
     #[arg(long, default_value_t = 0)]
     pub eval_every: u64,
+    /// Labelled images and/or images with <name>_mask.png for the periodic k-NN and
+    /// segmentation evaluation (default: held-out synthetic scenes when training on the
+    /// synthetic set, else the training data itself)
+    #[arg(long)]
+    pub eval_data: Option<String>,
     /// Data loader threads (default: available cores)
     #[arg(long)]
     pub workers: Option<usize>,

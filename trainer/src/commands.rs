@@ -263,6 +263,7 @@ pub fn train(args: &crate::cli_train::TrainArgs) -> Result<()> {
         max_steps: args.max_steps,
         checkpoint_every: args.checkpoint_every,
         eval_every: args.eval_every,
+        eval_data: args.eval_data.clone(),
         workers,
         quiet: args.quiet,
         device_name: selected.name.clone(),

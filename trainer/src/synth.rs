@@ -9,6 +9,9 @@ use rand_chacha::ChaCha8Rng;
 /// The shape classes, in label order.
 pub const CLASSES: [&str; 6] = ["circle", "square", "triangle", "star", "ring", "cross"];
 
+/// How many background scenes the set draws from.
+pub const BACKGROUNDS: u64 = 8;
+
 /// One generated scene.
 #[derive(Debug, Clone)]
 pub struct Scene {
@@ -108,16 +111,18 @@ pub fn scene(seed: u64, index: u64, size: u32) -> Scene {
     let mut rng = ChaCha8Rng::seed_from_u64(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ index);
     let label = (index % CLASSES.len() as u64) as usize;
     let s = size as f32;
-    // As in photos, the background is muted and its texture subtle, while objects are
-    // saturated and boldly textured: what tells one image from another is the object, which
-    // is what lets attention on the object emerge from self-distillation.
+    // As in photos, backgrounds recur (a few muted, subtly textured "scenes" shared by every
+    // image, like sky, walls or grass) while each object is unique (saturated, boldly
+    // textured): what tells one image from another is its object, which is what lets
+    // attention on the object emerge from self-distillation.
+    let mut bg_rng = ChaCha8Rng::seed_from_u64(0xBAC6_9000 + rng.random_range(0..BACKGROUNDS));
     let muted = |c: [f32; 3], amount: f32| {
         let grey = (c[0] + c[1] + c[2]) / 3.0;
         c.map(|v| grey + (v - grey) * amount)
     };
-    let bg1 = muted(random_color(&mut rng), 0.35);
-    let bg2 = [0, 1, 2].map(|c| (bg1[c] + rng.random_range(-0.12f32..0.12)).clamp(0.0, 1.0));
-    let bg_tex = Texture::random(&mut rng, s);
+    let bg1 = muted(random_color(&mut bg_rng), 0.35);
+    let bg2 = [0, 1, 2].map(|c| (bg1[c] + bg_rng.random_range(-0.12f32..0.12)).clamp(0.0, 1.0));
+    let bg_tex = Texture::random(&mut bg_rng, s);
     // Object colours far enough from the background's mean to be visible.
     let bg_mean = [0, 1, 2].map(|c| 0.5 * (bg1[c] + bg2[c]));
     let mut fg1 = random_color(&mut rng);

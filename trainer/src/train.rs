@@ -180,6 +180,8 @@ pub struct RunOptions {
     pub checkpoint_every: u64,
     /// Write attention pictures and run evaluations every N steps (0 = each epoch end).
     pub eval_every: u64,
+    /// Data of the periodic evaluation (see [`EvalSet`]).
+    pub eval_data: Option<String>,
     /// Loader threads.
     pub workers: usize,
     /// No progress bar; one log line per `log_every` steps instead.
@@ -449,6 +451,7 @@ pub fn train(
             cfg.batch_size
         );
     }
+    let eval_set = EvalSet::new(&cfg, opts.eval_data.as_deref(), source.clone())?;
     let iters_per_epoch = source.len() / cfg.batch_size;
     let schedules = Schedules::new(&ScheduleParams {
         lr: cfg.lr,
@@ -602,7 +605,7 @@ pub fn train(
     if start_step == 0 {
         // The random-init model on the same held-out scenes: the baseline every later
         // evaluation (and the paper's 2x claim) is read against, and the "before" picture.
-        evaluate(&nets.teacher, &cfg, run, 0, device, &mut metrics)?;
+        evaluate(&nets.teacher, &cfg, &eval_set, run, 0, device, &mut metrics)?;
     }
     let started = Instant::now();
     let mut first_loss = f64::NAN;
@@ -695,7 +698,15 @@ pub fn train(
             done % opts.eval_every == 0
         };
         if eval_due || done == end_step {
-            evaluate(&nets.teacher, &cfg, run, done, device, &mut metrics)?;
+            evaluate(
+                &nets.teacher,
+                &cfg,
+                &eval_set,
+                run,
+                done,
+                device,
+                &mut metrics,
+            )?;
         }
     }
     bar.finish();
@@ -719,27 +730,114 @@ pub fn train(
     })
 }
 
-/// Attention pictures of fixed synthetic images, plus segmentation and k-NN numbers on
-/// held-out synthetic scenes, appended to `metrics.jsonl` as an `eval` record.
+/// Images with their class labels.
+type Labelled = (Vec<image::RgbImage>, Vec<usize>);
+
+/// The images of the periodic evaluation: held-out synthetic scenes (and a second set for
+/// the k-NN memory bank) when training on the synthetic set, else `--eval-data` or the
+/// training data itself, split into a k-NN bank and queries.
+pub struct EvalSet {
+    /// Where the pictures, masks and queries come from.
+    source: Arc<dyn Source>,
+    /// k-NN memory bank: a separate set, or every sample of `source` not used as a query.
+    bank: Option<Arc<dyn Source>>,
+}
+
+impl EvalSet {
+    /// Chooses the evaluation data of a run.
+    pub fn new(
+        cfg: &TrainConfig,
+        eval_data: Option<&str>,
+        training: Arc<dyn Source>,
+    ) -> Result<Self> {
+        let held_out = |seed: u64, count: usize| -> Arc<dyn Source> {
+            Arc::new(data::Synthetic {
+                seed,
+                count,
+                size: cfg.synthetic_size,
+            })
+        };
+        Ok(match eval_data {
+            Some(spec) => Self {
+                source: Arc::from(
+                    data::open(spec, 64, cfg.synthetic_size, cfg.seed ^ 0x5EED_0FF5E7)
+                        .with_context(|| format!("opening --eval-data {spec}"))?,
+                ),
+                bank: None,
+            },
+            // A seed no training set uses.
+            None if cfg.data == "synthetic" => Self {
+                source: held_out(cfg.seed ^ 0x5EED_0FF5E7, 64),
+                bank: Some(held_out(cfg.seed ^ 0xA11CE, 240)),
+            },
+            None => Self {
+                source: training,
+                bank: None,
+            },
+        })
+    }
+
+    /// Up to `n` evenly spread indices of the source.
+    fn spread(&self, n: usize) -> Vec<usize> {
+        let len = self.source.len();
+        let n = n.min(len);
+        (0..n).map(|i| i * len / n.max(1)).collect()
+    }
+
+    /// The k-NN memory bank and queries, when the data is labelled.
+    fn knn_sets(&self) -> Option<(Labelled, Labelled)> {
+        let labelled = |src: &dyn Source, idx: &[usize]| -> Option<Labelled> {
+            let mut out = (Vec::new(), Vec::new());
+            for &i in idx {
+                let s = src.get(i).ok()?;
+                out.0.push(s.image);
+                out.1.push(s.label?);
+            }
+            Some(out)
+        };
+        match &self.bank {
+            Some(bank) => {
+                let all: Vec<usize> = (0..bank.len()).collect();
+                Some((
+                    labelled(bank.as_ref(), &all)?,
+                    labelled(self.source.as_ref(), &self.spread(64))?,
+                ))
+            }
+            None => {
+                // One sample in five is a query, the rest the memory bank.
+                let idx = self.spread(320);
+                let queries: Vec<usize> = idx.iter().step_by(5).copied().collect();
+                let bank: Vec<usize> = idx
+                    .iter()
+                    .enumerate()
+                    .filter(|(k, _)| k % 5 != 0)
+                    .map(|(_, &i)| i)
+                    .collect();
+                Some((
+                    labelled(self.source.as_ref(), &bank)?,
+                    labelled(self.source.as_ref(), &queries)?,
+                ))
+            }
+        }
+    }
+}
+
+/// Attention pictures of four fixed evaluation images, plus segmentation (where masks exist)
+/// and k-NN (where labels exist) numbers, appended to `metrics.jsonl` as an `eval` record.
 fn evaluate(
     teacher: &DinoModel,
     cfg: &TrainConfig,
+    eval: &EvalSet,
     run: &RunDir,
     step: u64,
     device: &Device,
     metrics: &mut std::fs::File,
 ) -> Result<()> {
     let size = cfg.augment.global_size;
-    // Held-out scenes: a seed no training set uses.
-    let held_out = data::Synthetic {
-        seed: cfg.seed ^ 0x5EED_0FF5E7,
-        count: 64,
-        size: cfg.synthetic_size,
-    };
     let patch = cfg.patch_size;
     let mut tiles = Vec::new();
-    for i in 0..4 {
-        let sample = held_out.get(i)?;
+    for i in eval.spread(4) {
+        let sample = eval.source.get(i)?;
         let prepared = dino_model::preprocess::prepare(
             &sample.image,
             dino_model::preprocess::Resize::Square(size),
@@ -774,39 +872,36 @@ fn evaluate(
         &run.attention().join(format!("step_{step:06}.png")),
     )?;
     crate::render::save_png(&picture, &run.attention().join("latest.png"))?;
-    let seg = crate::eval::segmentation(&teacher.backbone, &held_out, 64, size, 0.6, device)?;
-    let (train_imgs, train_labels) = crate::eval::labelled(
-        &data::Synthetic {
-            seed: cfg.seed ^ 0xA11CE,
-            count: 240,
-            size: cfg.synthetic_size,
-        },
-        240,
-    )?;
-    let (val_imgs, val_labels) = crate::eval::labelled(&held_out, 64)?;
-    let ftrain = crate::eval::features(&teacher.backbone, &train_imgs, size, device)?;
-    let fval = crate::eval::features(&teacher.backbone, &val_imgs, size, device)?;
-    let knn = crate::eval::knn(
-        &ftrain,
-        &train_labels,
-        &fval,
-        &val_labels,
-        20,
-        0.07,
-        crate::synth::CLASSES.len(),
-    );
-    let record = serde_json::json!({
-        "eval": step, "jaccard_best_head": seg.best_head, "jaccard_mean_heads": seg.mean_heads,
-        "jaccard_head_mean_map": seg.head_mean_map, "knn_top1": knn.top1, "knn_chance": knn.chance,
-    });
+    let mut record = serde_json::json!({ "eval": step });
+    let mut said = format!("eval at step {step}:");
+    // Sources without masks give no segmentation numbers, unlabelled ones no k-NN.
+    if let Ok(seg) = crate::eval::segmentation(
+        &teacher.backbone,
+        eval.source.as_ref(),
+        64,
+        size,
+        0.6,
+        device,
+    ) {
+        record["jaccard_best_head"] = seg.best_head.into();
+        record["jaccard_mean_heads"] = seg.mean_heads.into();
+        record["jaccard_head_mean_map"] = seg.head_mean_map.into();
+        said += &format!(
+            " Jaccard best head {:.3}, mean {:.3} ({} images);",
+            seg.best_head, seg.mean_heads, seg.images
+        );
+    }
+    if let Some(((bank, bank_labels), (queries, query_labels))) = eval.knn_sets() {
+        let classes = eval.source.classes().len().max(1);
+        let fb = crate::eval::features(&teacher.backbone, &bank, size, device)?;
+        let fq = crate::eval::features(&teacher.backbone, &queries, size, device)?;
+        let knn = crate::eval::knn(&fb, &bank_labels, &fq, &query_labels, 20, 0.07, classes);
+        record["knn_top1"] = knn.top1.into();
+        record["knn_chance"] = knn.chance.into();
+        said += &format!(" k-NN top-1 {:.1}% (chance {:.1}%)", knn.top1, knn.chance);
+    }
     writeln!(metrics, "{record}")?;
-    log::info!(
-        "eval at step {step}: synthetic Jaccard best head {:.3}, mean {:.3}; k-NN top-1 {:.1}% (chance {:.1}%)",
-        seg.best_head,
-        seg.mean_heads,
-        knn.top1,
-        knn.chance
-    );
+    log::info!("{said}");
     Ok(())
 }
 
@@ -838,7 +933,7 @@ pub fn plot_metrics(run: &RunDir) -> Result<()> {
     let mut png = crate::plot::line_plot(&[(&loss, [30, 90, 200])], 640, 360);
     crate::plot::legend(&mut png, &[("DINO loss", [30, 90, 200])]);
     crate::render::save_png(&png, &run.root.join("loss.png"))?;
-    if !best.is_empty() {
+    if !best.is_empty() || !knn.is_empty() {
         // The paper's yardstick: twice the random-init model's Jaccard (the step-0 evaluation).
         let goal: Vec<(f64, f64)> = best
             .first()

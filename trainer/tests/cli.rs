@@ -327,6 +327,62 @@ fn tiny_training_run_learns_without_collapse_and_writes_a_run_dir() {
 }
 
 #[test]
+fn training_on_an_image_folder_evaluates_on_its_labels_and_masks() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, other) = (dir.path().join("data"), dir.path().join("other"));
+    for (d, seed) in [(&data, "3"), (&other, "4")] {
+        ok(&[
+            "synth",
+            "-o",
+            d.to_str().unwrap(),
+            "--n",
+            "36",
+            "--size",
+            "32",
+            "--seed",
+            seed,
+        ]);
+    }
+    for (name, extra) in [
+        ("own", vec![]),
+        ("other", vec!["--eval-data", other.to_str().unwrap()]),
+    ] {
+        let run = dir.path().join(name);
+        let mut args = vec![
+            "--data",
+            data.to_str().unwrap(),
+            "--max-steps",
+            "2",
+            "--eval-every",
+            "2",
+        ];
+        args.extend(extra);
+        train(&run, &args);
+        let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+        let evals: Vec<serde_json::Value> = metrics
+            .lines()
+            .filter(|l| l.contains("\"eval\""))
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(evals.len(), 2, "{name}: {metrics}");
+        for e in &evals {
+            let j = e["jaccard_best_head"].as_f64().unwrap();
+            let k = e["knn_top1"].as_f64().unwrap();
+            assert!(
+                (0.0..=1.0).contains(&j) && (0.0..=100.0).contains(&k),
+                "{name}: {e}"
+            );
+            assert_eq!(
+                e["knn_chance"].as_f64().unwrap(),
+                100.0 / 6.0,
+                "{name}: {e}"
+            );
+        }
+        assert!(run.join("eval.png").is_file());
+    }
+}
+
+#[test]
 fn resumed_run_equals_the_straight_run() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (dir.path().join("straight"), dir.path().join("split"));
