@@ -213,6 +213,9 @@ fn web_viewer_renders_per_head_maps_in_headless_chromium() {
         std::thread::sleep(Duration::from_millis(500));
     };
     assert_eq!(state, "ready:2", "the page reported {state}");
+    // The maps were drawn by attention_overlay.wgsl inside egui's render pass.
+    let overlay = driver.script("return document.body.getAttribute('data-overlay') || ''");
+    assert_eq!(overlay, "shader", "overlays were not drawn by the shader");
     // The network ran in the Web Worker, not on the page's thread.
     let backend = driver.script("return document.body.getAttribute('data-backend') || ''");
     assert!(

@@ -89,11 +89,11 @@ fn inside(label: usize, u: f32, v: f32) -> bool {
     let d = (u * u + v * v).sqrt();
     match label {
         0 => d < 1.0,
-        1 => u.abs().max(v.abs()) < 0.75,
+        1 => u.abs().max(v.abs()) < 0.7,
         2 => {
             // Equilateral triangle inscribed in the unit circle, apex up.
             let s3 = 3f32.sqrt();
-            v < 0.5 && (s3 * u - v) > -1.0 && (-s3 * u - v) > -1.0
+            v > -0.5 && (s3 * u - v) > -1.0 && (-s3 * u - v) > -1.0
         }
         3 => {
             let phi = v.atan2(u);
@@ -139,8 +139,11 @@ pub fn scene(seed: u64, index: u64, size: u32) -> Scene {
     let fg2 = random_color(&mut rng);
     let fg_tex = Texture::random(&mut rng, s);
     let radius = s * rng.random_range(0.18f32..0.36);
-    let cx = rng.random_range(radius..s - radius);
-    let cy = rng.random_range(radius..s - radius);
+    // Photographers centre their subject: objects sit nearer the middle than the edges, so
+    // most crops of a scene (as most crops of a photo) contain part of it.
+    let spread = 0.5 * (s / 2.0 - radius);
+    let cx = s / 2.0 + rng.random_range(-spread..=spread);
+    let cy = s / 2.0 + rng.random_range(-spread..=spread);
     let angle = rng.random_range(0.0..std::f32::consts::TAU);
     let (ca, sa) = (angle.cos(), angle.sin());
     let noise = rng.random_range(0.0f32..0.06);
@@ -183,6 +186,28 @@ mod tests {
         assert!(fg > 0.02 && fg < 0.6, "foreground fraction {fg}");
         assert_ne!(scene(1, 8, 48).image, a.image);
         assert_ne!(scene(2, 7, 48).image, a.image);
+    }
+
+    #[test]
+    fn every_shape_fits_its_unit_disc() {
+        for label in 0..CLASSES.len() {
+            let mut area = 0;
+            for i in 0..160_000 {
+                let (u, v) = (
+                    (i % 400) as f32 / 100.0 - 2.0,
+                    (i / 400) as f32 / 100.0 - 2.0,
+                );
+                if inside(label, u, v) {
+                    area += 1;
+                    assert!(
+                        u * u + v * v <= 1.0 + 1e-3,
+                        "{} reaches ({u}, {v})",
+                        CLASSES[label]
+                    );
+                }
+            }
+            assert!(area > 5_000, "{} is almost empty", CLASSES[label]);
+        }
     }
 
     #[test]

@@ -94,6 +94,8 @@ pub struct ViewerApp {
     pub analysis: Option<Analysis>,
     /// The analysis in flight, if any.
     pub pending: Option<Request>,
+    /// When it was requested (seconds, [`crate::infer::web_time_now`]).
+    pending_since: f64,
     /// The last error, shown until dismissed.
     pub error: Option<String>,
     /// A one-line status.
@@ -126,6 +128,7 @@ impl ViewerApp {
             settings: Settings { threshold: 0.6, alpha: 0.6, query: 0 },
             analysis: None,
             pending: None,
+            pending_since: 0.0,
             error: None,
             status: "Drop a checkpoint (.safetensors or .pth) and images here, or use the buttons above.".into(),
             tiles: Vec::new(),
@@ -276,15 +279,20 @@ impl ViewerApp {
                     self.pending = None;
                     match result {
                         Ok(a) => {
+                            // From the request to the maps being here: what a user waits.
+                            let waited = crate::infer::web_time_now() - self.pending_since;
                             self.status = format!(
-                                "{} heads of block {} at {}x{} px in {:.2} s on {}",
+                                "{} heads of block {} at {}x{} px: network {:.2} s, {:.2} s in all, on {}",
                                 a.heads,
                                 a.request.layer,
                                 a.display.width(),
                                 a.display.height(),
                                 a.seconds,
+                                waited,
                                 self.backend
                             );
+                            #[cfg(target_arch = "wasm32")]
+                            crate::web::set_body_attribute("data-latency", &format!("{waited:.3}"));
                             #[cfg(target_arch = "wasm32")]
                             {
                                 crate::web::set_body_attribute("data-backend", &self.backend);
@@ -302,6 +310,7 @@ impl ViewerApp {
             let have = self.analysis.as_ref().map(|a| &a.request);
             if self.pending.is_none() && have != Some(&want) && self.error.is_none() {
                 self.pending = Some(want.clone());
+                self.pending_since = crate::infer::web_time_now();
                 if let Some(net) = self.model.as_ref().and_then(|m| m.model.clone()) {
                     let (img, device) = (self.images[want.image].1.clone(), self.device.clone());
                     self.spawn(ctx, move || {

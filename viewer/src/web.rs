@@ -15,6 +15,9 @@ fn document() -> Option<web_sys::Document> {
     web_sys::window()?.document()
 }
 
+/// The demo model `web/build.sh` puts beside `index.html`.
+pub const DEMO_CHECKPOINT: &str = "demo.safetensors";
+
 /// Sets `data-state` on `<body>` (e.g. `ready:2` once maps for 2 heads are drawn).
 pub fn set_state(state: &str) {
     set_body_attribute("data-state", state);
@@ -97,6 +100,10 @@ pub fn start() {
                     let mut app =
                         ViewerApp::new(Device::flex(), "CPU (flex, WebAssembly, page thread)");
                     app.gpu_overlay = crate::gpu_overlay::install(cc);
+                    set_body_attribute(
+                        "data-overlay",
+                        if app.gpu_overlay { "shader" } else { "cpu" },
+                    );
                     match crate::worker::Remote::start(app.sender(), cc.egui_ctx.clone()) {
                         Ok(remote) => app.use_worker(remote, "CPU (flex, WebAssembly, worker)"),
                         Err(e) => log::warn!("{e}; computing on the page's thread"),
@@ -105,15 +112,31 @@ pub fn start() {
                     if let Err(e) = app.add_image(name, bytes) {
                         app.error = Some(e);
                     }
-                    if let Some(url) = query_param("checkpoint") {
-                        let (tx, ctx) = (app.sender(), cc.egui_ctx.clone());
+                    // `?checkpoint=` wins; otherwise the small demo model shipped with the
+                    // site (a ViT trained from scratch on the synthetic shapes) when present.
+                    let (url, demo) = match query_param("checkpoint") {
+                        Some(url) => (url, false),
+                        None => (DEMO_CHECKPOINT.to_string(), true),
+                    };
+                    let (tx, ctx) = (app.sender(), cc.egui_ctx.clone());
+                    if !demo {
                         app.status = format!("Fetching {url}…");
-                        wasm_bindgen_futures::spawn_local(async move {
-                            let name = url.rsplit('/').next().unwrap_or(&url).to_string();
-                            let _ = tx.send(Job::File(name, fetch_bytes(&url).await));
-                            ctx.request_repaint();
-                        });
                     }
+                    wasm_bindgen_futures::spawn_local(async move {
+                        let name = url.rsplit('/').next().unwrap_or(&url).to_string();
+                        match fetch_bytes(&url).await {
+                            Err(e) if demo => {
+                                log::info!(
+                                    "no demo model on this site ({e}); waiting for a checkpoint"
+                                );
+                                set_state("no-checkpoint");
+                            }
+                            result => {
+                                let _ = tx.send(Job::File(name, result));
+                            }
+                        }
+                        ctx.request_repaint();
+                    });
                     Ok(Box::new(app))
                 }),
             )

@@ -1,0 +1,92 @@
+"""Times the web viewer: request -> maps on screen, for a checkpoint, in headless Chromium.
+
+usage: python3 scripts/time_web_viewer.py <checkpoint.safetensors> [--runs 3]
+
+Serves web/dist plus the checkpoint on 127.0.0.1, opens the page with ?checkpoint= through
+chromedriver (Debian's chromium + chromium-driver), waits for the first sample's maps at the
+default 480 px and prints the latency the page measured (data-latency, seconds), per run.
+"""
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+ap = argparse.ArgumentParser()
+ap.add_argument("checkpoint")
+ap.add_argument("--runs", type=int, default=3)
+args = ap.parse_args()
+
+root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+site = tempfile.mkdtemp()
+shutil.copytree(os.path.join(root, "web", "dist"), site, dirs_exist_ok=True)
+shutil.copy(args.checkpoint, os.path.join(site, "model.safetensors"))
+
+
+class Quiet(SimpleHTTPRequestHandler):
+    def log_message(self, *a):
+        pass
+
+
+Quiet.extensions_map[".wasm"] = "application/wasm"
+Quiet.extensions_map[".js"] = "text/javascript"
+httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(Quiet, directory=site))
+threading.Thread(target=httpd.serve_forever, daemon=True).start()
+page = f"http://127.0.0.1:{httpd.server_address[1]}/index.html?checkpoint=model.safetensors"
+
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+port = s.getsockname()[1]
+s.close()
+driver = subprocess.Popen(["chromedriver", f"--port={port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+base = f"http://127.0.0.1:{port}"
+
+
+def call(method, path, body=None):
+    req = urllib.request.Request(base + path, method=method, data=None if body is None else json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=600) as r:
+        return json.loads(r.read())["value"]
+
+
+try:
+    for _ in range(100):
+        try:
+            call("GET", "/status")
+            break
+        except OSError:
+            time.sleep(0.1)
+    flags = ["--headless", "--no-sandbox", "--disable-quic", "--no-first-run", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--enable-unsafe-swiftshader", "--window-size=1280,800",
+             f"--user-data-dir={tempfile.mkdtemp()}"]
+    sid = call("POST", "/session", {"capabilities": {"alwaysMatch": {"browserName": "chrome",
+               "goog:chromeOptions": {"binary": "/usr/bin/chromium", "args": flags}}}})["sessionId"]
+    for run in range(args.runs):
+        call("POST", f"/session/{sid}/url", {"url": page})
+        start = time.time()
+        while True:
+            state = call("POST", f"/session/{sid}/execute/sync",
+                         {"script": "return document.body.getAttribute('data-state') || ''", "args": []})
+            if state.startswith("ready") or state == "error":
+                break
+            if time.time() - start > 600:
+                sys.exit("the page never drew its maps")
+            time.sleep(0.2)
+        latency = call("POST", f"/session/{sid}/execute/sync",
+                       {"script": "return document.body.getAttribute('data-latency')", "args": []})
+        backend = call("POST", f"/session/{sid}/execute/sync",
+                       {"script": "return document.body.getAttribute('data-backend')", "args": []})
+        print(json.dumps({"run": run, "state": state, "latency_s": float(latency or "nan"), "backend": backend,
+                          "page_load_to_maps_s": round(time.time() - start, 2)}))
+    call("DELETE", f"/session/{sid}")
+finally:
+    driver.kill()
+    httpd.shutdown()
