@@ -190,7 +190,7 @@ mod tests {
 
     #[test]
     fn every_shape_fits_its_unit_disc() {
-        for label in 0..CLASSES.len() {
+        for (label, name) in CLASSES.iter().enumerate() {
             let mut area = 0;
             for i in 0..160_000 {
                 let (u, v) = (
@@ -206,7 +206,7 @@ mod tests {
                     );
                 }
             }
-            assert!(area > 5_000, "{} is almost empty", CLASSES[label]);
+            assert!(area > 5_000, "{name} is almost empty");
         }
     }
 
