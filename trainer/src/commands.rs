@@ -370,6 +370,7 @@ pub fn eval_seg(
     checkpoint: &Path,
     data: &str,
     threshold: f32,
+    layer: Option<usize>,
     image_size: Option<u32>,
     limit: usize,
     device: DeviceChoice,
@@ -382,8 +383,10 @@ pub fn eval_seg(
     let model = build_model(&imported, checkpoint, &selected.device)?;
     let size = image_size.unwrap_or(imported.config.vit.img_size as u32);
     let source = open_source(data)?;
-    let r = crate::eval::segmentation(
+    let layer = layer.unwrap_or(model.backbone.depth() - 1);
+    let r = crate::eval::segmentation_at(
         &model.backbone,
+        layer,
         source.as_ref(),
         limit,
         size,
@@ -394,7 +397,7 @@ pub fn eval_seg(
         "{}",
         serde_json::to_string(&serde_json::json!({
             "jaccard_best_head": r.best_head, "jaccard_mean_heads": r.mean_heads, "jaccard_head_mean_map": r.head_mean_map,
-            "per_head": r.per_head, "images": r.images, "threshold": threshold,
+            "per_head": r.per_head, "images": r.images, "threshold": threshold, "layer": layer,
         }))?
     );
     Ok(())

@@ -134,6 +134,33 @@ pub fn segmentation(
     threshold: f32,
     device: &Device,
 ) -> Result<SegResult> {
+    segmentation_at(
+        backbone,
+        backbone.depth() - 1,
+        source,
+        limit,
+        size,
+        threshold,
+        device,
+    )
+}
+
+/// As [`segmentation`], for the CLS attention of block `layer`.
+pub fn segmentation_at(
+    backbone: &VisionTransformer,
+    layer: usize,
+    source: &dyn Source,
+    limit: usize,
+    size: u32,
+    threshold: f32,
+    device: &Device,
+) -> Result<SegResult> {
+    if layer >= backbone.depth() {
+        bail!(
+            "--layer {layer}: the model has blocks 0..{}",
+            backbone.depth() - 1
+        );
+    }
     let patch = backbone.patch_size();
     let heads = backbone.num_heads();
     let mut sums = vec![0.0f64; heads];
@@ -149,13 +176,7 @@ pub fn segmentation(
         let gt: Vec<bool> = (0..h * w)
             .map(|k| gt_img.get_pixel((k % w) as u32, (k / w) as u32).0[0] > 127)
             .collect();
-        let maps = crate::render::compute_maps(
-            backbone,
-            &prepared,
-            backbone.depth() - 1,
-            threshold,
-            device,
-        )?;
+        let maps = crate::render::compute_maps(backbone, &prepared, layer, threshold, device)?;
         for (j, m) in maps.masks.iter().enumerate() {
             sums[j] += jaccard(&upsample_nearest(m, maps.grid_h, maps.grid_w, patch), &gt) as f64;
         }

@@ -93,6 +93,9 @@ enum Command {
         /// Share of the attention mass the masks keep.
         #[arg(long, default_value_t = 0.6)]
         threshold: f32,
+        /// Block whose CLS attention is evaluated (default: the last, as in the paper).
+        #[arg(long)]
+        layer: Option<usize>,
         /// Images are resized to this square size (default: the checkpoint's training size).
         #[arg(long)]
         image_size: Option<u32>,
@@ -208,10 +211,19 @@ fn run(cli: Cli) -> Result<()> {
             checkpoint,
             data,
             threshold,
+            layer,
             image_size,
             limit,
             device,
-        } => commands::eval_seg(&checkpoint, &data, threshold, image_size, limit, device),
+        } => commands::eval_seg(
+            &checkpoint,
+            &data,
+            threshold,
+            layer,
+            image_size,
+            limit,
+            device,
+        ),
         Command::Import {
             file,
             output,

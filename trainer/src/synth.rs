@@ -57,6 +57,19 @@ impl Texture {
         }
     }
 
+    /// A high-contrast pattern (stripes, checkers or dots), never plain.
+    fn random_busy(rng: &mut ChaCha8Rng, size: f32) -> Self {
+        loop {
+            let t = Self::random(rng, size);
+            if matches!(
+                t,
+                Texture::Stripes { .. } | Texture::Checker { .. } | Texture::Dots { .. }
+            ) {
+                return t;
+            }
+        }
+    }
+
     /// Mixing weight of the second colour at (x, y).
     fn weight(self, x: f32, y: f32, size: f32) -> f32 {
         match self {
@@ -111,18 +124,23 @@ pub fn scene(seed: u64, index: u64, size: u32) -> Scene {
     let mut rng = ChaCha8Rng::seed_from_u64(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ index);
     let label = (index % CLASSES.len() as u64) as usize;
     let s = size as f32;
-    // As in photos, backgrounds recur (a few muted, subtly textured "scenes" shared by every
-    // image, like sky, walls or grass) while each object is unique (saturated, boldly
-    // textured): what tells one image from another is its object, which is what lets
-    // attention on the object emerge from self-distillation.
+    // Backgrounds recur (a few cluttered, boldly patterned "scenes" shared by every image,
+    // like foliage or tiled walls) while each object is unique and plain (one saturated
+    // colour with a faint texture): what tells one image from another is its object, and
+    // the object is the calm region a token can summarise, which is what lets attention on
+    // the object emerge from self-distillation in a small ViT.
     let mut bg_rng = ChaCha8Rng::seed_from_u64(0xBAC6_9000 + rng.random_range(0..BACKGROUNDS));
-    let muted = |c: [f32; 3], amount: f32| {
-        let grey = (c[0] + c[1] + c[2]) / 3.0;
-        c.map(|v| grey + (v - grey) * amount)
-    };
-    let bg1 = muted(random_color(&mut bg_rng), 0.35);
-    let bg2 = [0, 1, 2].map(|c| (bg1[c] + bg_rng.random_range(-0.12f32..0.12)).clamp(0.0, 1.0));
-    let bg_tex = Texture::random(&mut bg_rng, s);
+    let bg1 = random_color(&mut bg_rng);
+    let mut bg2 = random_color(&mut bg_rng);
+    while (0..3)
+        .map(|c| (bg1[c] - bg2[c]).powi(2))
+        .sum::<f32>()
+        .sqrt()
+        < 0.4
+    {
+        bg2 = random_color(&mut bg_rng);
+    }
+    let bg_tex = Texture::random_busy(&mut bg_rng, s);
     // Object colours far enough from the background's mean to be visible.
     let bg_mean = [0, 1, 2].map(|c| 0.5 * (bg1[c] + bg2[c]));
     let mut fg1 = random_color(&mut rng);
@@ -136,7 +154,7 @@ pub fn scene(seed: u64, index: u64, size: u32) -> Scene {
         }
         fg1 = random_color(&mut rng);
     }
-    let fg2 = random_color(&mut rng);
+    let fg2 = [0, 1, 2].map(|c| (fg1[c] + rng.random_range(-0.1f32..0.1)).clamp(0.0, 1.0));
     let fg_tex = Texture::random(&mut rng, s);
     let radius = s * rng.random_range(0.18f32..0.36);
     // Photographers centre their subject: objects sit nearer the middle than the edges, so

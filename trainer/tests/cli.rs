@@ -473,6 +473,35 @@ fn synth_eval_seg_and_knn_commands() {
     ]);
     let v: serde_json::Value = serde_json::from_str(seg.lines().last().unwrap()).unwrap();
     assert_eq!(v["images"], 12);
+    assert_eq!(v["layer"], 1, "the last block by default");
+    let first = ok(&[
+        "eval-seg",
+        "--checkpoint",
+        &ckpt,
+        "--data",
+        val_dir.to_str().unwrap(),
+        "--image-size",
+        "32",
+        "--layer",
+        "0",
+        "--device",
+        "cpu",
+    ]);
+    assert!(first.contains("\"layer\":0"), "{first}");
+    fails(
+        &[
+            "eval-seg",
+            "--checkpoint",
+            &ckpt,
+            "--data",
+            val_dir.to_str().unwrap(),
+            "--layer",
+            "7",
+            "--device",
+            "cpu",
+        ],
+        &["--layer 7", "blocks 0..1"],
+    );
     let best = v["jaccard_best_head"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&best) && best >= v["jaccard_mean_heads"].as_f64().unwrap());
     let knn = ok(&[
