@@ -22,4 +22,6 @@ fi
 wasm-bindgen --target web --no-typescript --out-dir web/dist/pkg --out-name dino-viewer "$wasm"
 rm -f web/dist/opt.wasm
 cp web/index.html web/worker.js web/dist/
+# The demo model the page opens when no ?checkpoint= is given (see assets/demo/README.md).
+cp assets/demo/dino-vit-tiny8-shapes.safetensors web/dist/demo.safetensors
 echo "web/dist is ready: python3 -m http.server -d web/dist 8000, then open http://localhost:8000"

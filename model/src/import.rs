@@ -381,7 +381,9 @@ pub fn import_bytes(bytes: &[u8], which: Which) -> Result<Imported> {
         ignored.extend(more);
         return finish(map, DINO_LAYER_NORM_EPS, source, ignored);
     }
-    if bytes.len() >= 8 && bytes.first() != Some(&0x80) {
+    // A safetensors file starts with its header length (u64 LE) and then the JSON header;
+    // old pickles start with 0x80, and so does a header length of 128 mod 256, hence the `{`.
+    if bytes.len() >= 8 && (bytes.first() != Some(&0x80) || bytes.get(8) == Some(&b'{')) {
         let (metadata, raw) = read_safetensors(bytes)?;
         if metadata.contains_key(CONFIG_KEY) {
             let ckpt = read_checkpoint(bytes)?;

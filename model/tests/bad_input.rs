@@ -148,3 +148,27 @@ fn safetensors_with_a_huge_header_length_is_an_error() {
     assert!(read_checkpoint(&bytes).is_err());
     assert!(import_bytes(&bytes, Which::Teacher).is_err());
 }
+
+/// A safetensors file whose header length is 128 mod 256 starts with the byte 0x80, like an
+/// old pickle; it must still be read as safetensors (found with a ViT-S/16 import).
+#[test]
+fn safetensors_whose_first_byte_is_0x80_still_imports() {
+    let imported = import_bytes(&fixture("official_backbone.pth"), Which::Teacher).unwrap();
+    for pad in 0..512 {
+        let mut meta = std::collections::BTreeMap::new();
+        meta.insert("pad".to_string(), "x".repeat(pad));
+        let bytes = dino_model::checkpoint::write_checkpoint(
+            &imported.config,
+            dino_model::checkpoint::KIND_MODEL,
+            &imported.tensors,
+            &meta,
+        )
+        .unwrap();
+        if bytes[0] == 0x80 {
+            let again = import_bytes(&bytes, Which::Teacher).unwrap();
+            assert_eq!(again.tensors.len(), imported.tensors.len());
+            return;
+        }
+    }
+    panic!("no padding gave a header length of 128 mod 256");
+}

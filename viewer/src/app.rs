@@ -17,8 +17,17 @@ pub const MAX_IMAGE_SIDE: u32 = 2048;
 /// Largest file accepted from a drop, picker or URL.
 pub const MAX_FILE_BYTES: usize = 1 << 30;
 
-/// The bundled sample photos (CC0 / public domain, see assets/samples/LICENSE.md).
-pub const SAMPLES: [(&str, &[u8]); 3] = [
+/// The bundled samples (CC0 / public domain, see assets/samples/LICENSE.md): two held-out
+/// synthetic scenes the demo model was never trained on, then three photos.
+pub const SAMPLES: [(&str, &[u8]); 5] = [
+    (
+        "shapes-star.png",
+        include_bytes!("../../assets/samples/shapes-star.png"),
+    ),
+    (
+        "shapes-ring.png",
+        include_bytes!("../../assets/samples/shapes-ring.png"),
+    ),
     (
         "chelsea.jpg",
         include_bytes!("../../assets/samples/chelsea.jpg"),
@@ -339,7 +348,8 @@ impl ViewerApp {
             ui.separator();
             ui.label("Samples:");
             for (name, bytes) in SAMPLES {
-                if ui.button(name.trim_end_matches(".jpg")).clicked()
+                let label = name.trim_end_matches(".jpg").trim_end_matches(".png");
+                if ui.button(label).clicked()
                     && let Err(e) = self.add_image(name, bytes)
                 {
                     self.error = Some(e);
