@@ -167,7 +167,8 @@ pub fn segmentation_at(
     let mut mean_sum = 0.0f64;
     let mut n = 0usize;
     for i in 0..source.len().min(limit) {
-        let s = source.get(i)?;
+        // An unreadable image is not evaluated, as training skips it.
+        let Ok(s) = source.get(i) else { continue };
         let Some(mask) = s.mask else { continue };
         let prepared = prepare(&s.image, Resize::Square(size), patch)?;
         let gt_img =

@@ -786,14 +786,16 @@ impl EvalSet {
 
     /// The k-NN memory bank and queries, when the data is labelled.
     fn knn_sets(&self) -> Option<(Labelled, Labelled)> {
+        // Unreadable samples are left out (training skips them too); unlabelled data has
+        // no k-NN.
         let labelled = |src: &dyn Source, idx: &[usize]| -> Option<Labelled> {
             let mut out = (Vec::new(), Vec::new());
             for &i in idx {
-                let s = src.get(i).ok()?;
+                let Ok(s) = src.get(i) else { continue };
                 out.0.push(s.image);
                 out.1.push(s.label?);
             }
-            Some(out)
+            (!out.0.is_empty()).then_some(out)
         };
         match &self.bank {
             Some(bank) => {
@@ -837,7 +839,9 @@ fn evaluate(
     let patch = cfg.patch_size;
     let mut tiles = Vec::new();
     for i in eval.spread(4) {
-        let sample = eval.source.get(i)?;
+        let Ok(sample) = eval.source.get(i) else {
+            continue;
+        };
         let prepared = dino_model::preprocess::prepare(
             &sample.image,
             dino_model::preprocess::Resize::Square(size),
