@@ -1,6 +1,6 @@
 """Times the web viewer: request -> maps on screen, for a checkpoint, in headless Chromium.
 
-usage: python3 scripts/time_web_viewer.py <checkpoint.safetensors> [--runs 3]
+usage: python3 scripts/time_web_viewer.py <checkpoint.safetensors> [--runs 3] [--no-webgpu]
 
 Serves web/dist plus the checkpoint on 127.0.0.1, opens the page with ?checkpoint= through
 chromedriver (Debian's chromium + chromium-driver), waits for the first sample's maps at the
@@ -23,6 +23,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 ap = argparse.ArgumentParser()
 ap.add_argument("checkpoint")
 ap.add_argument("--runs", type=int, default=3)
+ap.add_argument("--no-webgpu", action="store_true", help="hide WebGPU: the worker computes on the wasm CPU backend")
 args = ap.parse_args()
 
 root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
@@ -67,6 +68,8 @@ try:
     flags = ["--headless", "--no-sandbox", "--disable-quic", "--no-first-run", "--disable-background-networking",
              "--disable-component-update", "--disable-sync", "--enable-unsafe-swiftshader", "--window-size=1280,800",
              f"--user-data-dir={tempfile.mkdtemp()}"]
+    if not args.no_webgpu:
+        flags += ["--enable-unsafe-webgpu", "--use-webgpu-adapter=swiftshader"]
     sid = call("POST", "/session", {"capabilities": {"alwaysMatch": {"browserName": "chrome",
                "goog:chromeOptions": {"binary": "/usr/bin/chromium", "args": flags}}}})["sessionId"]
     for run in range(args.runs):

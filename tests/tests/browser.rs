@@ -177,6 +177,9 @@ fn web_viewer_renders_per_head_maps_in_headless_chromium() {
         "--disable-component-update",
         "--disable-sync",
         "--enable-unsafe-swiftshader",
+        // WebGPU on SwiftShader (Chromium's CPU Vulkan), so the network's WebGPU path runs.
+        "--enable-unsafe-webgpu",
+        "--use-webgpu-adapter=swiftshader",
         "--window-size=1280,800",
     ];
     let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
@@ -219,8 +222,10 @@ fn web_viewer_renders_per_head_maps_in_headless_chromium() {
     // The network ran in the Web Worker, not on the page's thread.
     let backend = driver.script("return document.body.getAttribute('data-backend') || ''");
     assert!(
-        backend.as_str().is_some_and(|b| b.contains("worker")),
-        "inference did not run in the worker: {backend}"
+        backend
+            .as_str()
+            .is_some_and(|b| b.contains("worker") && b.contains("WebGPU")),
+        "inference did not run on WebGPU in the worker: {backend}"
     );
     std::thread::sleep(Duration::from_secs(2));
     let shot: Value = ureq::get(&format!(

@@ -54,6 +54,8 @@ pub enum Job {
     Image(String, Result<RgbImage, String>),
     /// The web viewer's compute worker died; work falls back to the page.
     WorkerFailed(String),
+    /// The worker reports where it computes, then the job it finished.
+    Backend(String, Box<Job>),
 }
 
 /// Decodes an image file (with the decompression-bomb limits) and downscales photos larger
@@ -244,75 +246,83 @@ impl ViewerApp {
         })
     }
 
-    fn poll(&mut self, ctx: &egui::Context) {
-        while let Ok(job) = self.rx.try_recv() {
-            match job {
-                Job::Model(Ok(m)) => {
-                    self.status = format!(
-                        "Loaded {}: {} /{} ({} blocks, {} heads)",
-                        m.name,
-                        m.config.vit.arch,
-                        m.config.vit.patch_size,
-                        m.config.vit.depth,
-                        m.config.vit.num_heads
-                    );
-                    self.model = Some(m);
-                    self.layer = None;
-                    self.analysis = None;
-                    self.loading_model = false;
-                }
-                Job::Model(Err(e)) => {
-                    #[cfg(target_arch = "wasm32")]
+    fn handle(&mut self, ctx: &egui::Context, job: Job) {
+        match job {
+            Job::Backend(name, inner) => {
+                self.backend = name;
+                self.handle(ctx, *inner);
+            }
+            Job::Model(Ok(m)) => {
+                self.status = format!(
+                    "Loaded {}: {} /{} ({} blocks, {} heads)",
+                    m.name,
+                    m.config.vit.arch,
+                    m.config.vit.patch_size,
+                    m.config.vit.depth,
+                    m.config.vit.num_heads
+                );
+                self.model = Some(m);
+                self.layer = None;
+                self.analysis = None;
+                self.loading_model = false;
+            }
+            Job::Model(Err(e)) => {
+                #[cfg(target_arch = "wasm32")]
+                crate::web::set_state("error");
+                self.error = Some(e);
+                self.loading_model = false;
+            }
+            Job::File(name, Ok(bytes)) => self.open_file(ctx, name, bytes),
+            Job::File(name, Err(e)) => self.error = Some(format!("{name}: {e}")),
+            Job::Image(name, Ok(img)) => self.push_image(&name, img),
+            Job::Image(_, Err(e)) => self.error = Some(e),
+            Job::WorkerFailed(e) => {
+                // The weights died with the worker: start over on the page.
+                #[cfg(target_arch = "wasm32")]
+                {
+                    self.remote = None;
                     crate::web::set_state("error");
-                    self.error = Some(e);
-                    self.loading_model = false;
                 }
-                Job::File(name, Ok(bytes)) => self.open_file(ctx, name, bytes),
-                Job::File(name, Err(e)) => self.error = Some(format!("{name}: {e}")),
-                Job::Image(name, Ok(img)) => self.push_image(&name, img),
-                Job::Image(_, Err(e)) => self.error = Some(e),
-                Job::WorkerFailed(e) => {
-                    // The weights died with the worker: start over on the page.
-                    #[cfg(target_arch = "wasm32")]
-                    {
-                        self.remote = None;
-                        crate::web::set_state("error");
-                    }
-                    self.backend = "CPU (flex, WebAssembly, page thread)".into();
-                    self.model = None;
-                    self.pending = None;
-                    self.loading_model = false;
-                    self.error = Some(e);
-                }
-                Job::Analysis(result) => {
-                    self.pending = None;
-                    match result {
-                        Ok(a) => {
-                            // From the request to the maps being here: what a user waits.
-                            let waited = crate::infer::web_time_now() - self.pending_since;
-                            self.status = format!(
-                                "{} heads of block {} at {}x{} px: network {:.2} s, {:.2} s in all, on {}",
-                                a.heads,
-                                a.request.layer,
-                                a.display.width(),
-                                a.display.height(),
-                                a.seconds,
-                                waited,
-                                self.backend
-                            );
-                            #[cfg(target_arch = "wasm32")]
-                            crate::web::set_body_attribute("data-latency", &format!("{waited:.3}"));
-                            #[cfg(target_arch = "wasm32")]
-                            {
-                                crate::web::set_body_attribute("data-backend", &self.backend);
-                                crate::web::set_state(&format!("ready:{}", a.heads));
-                            }
-                            self.analysis = Some(a);
+                self.backend = "CPU (flex, WebAssembly, page thread)".into();
+                self.model = None;
+                self.pending = None;
+                self.loading_model = false;
+                self.error = Some(e);
+            }
+            Job::Analysis(result) => {
+                self.pending = None;
+                match result {
+                    Ok(a) => {
+                        // From the request to the maps being here: what a user waits.
+                        let waited = crate::infer::web_time_now() - self.pending_since;
+                        self.status = format!(
+                            "{} heads of block {} at {}x{} px: network {:.2} s, {:.2} s in all, on {}",
+                            a.heads,
+                            a.request.layer,
+                            a.display.width(),
+                            a.display.height(),
+                            a.seconds,
+                            waited,
+                            self.backend
+                        );
+                        #[cfg(target_arch = "wasm32")]
+                        crate::web::set_body_attribute("data-latency", &format!("{waited:.3}"));
+                        #[cfg(target_arch = "wasm32")]
+                        {
+                            crate::web::set_body_attribute("data-backend", &self.backend);
+                            crate::web::set_state(&format!("ready:{}", a.heads));
                         }
-                        Err(e) => self.error = Some(e),
+                        self.analysis = Some(a);
                     }
+                    Err(e) => self.error = Some(e),
                 }
             }
+        }
+    }
+
+    fn poll(&mut self, ctx: &egui::Context) {
+        while let Ok(job) = self.rx.try_recv() {
+            self.handle(ctx, job);
         }
         // Start the analysis the settings call for when nothing is running.
         if let Some(want) = self.wanted() {

@@ -61,13 +61,20 @@ impl Analysis {
     }
 }
 
-/// Runs the model on one image.
-pub fn analyse(
+/// The network's outputs for one image, before they are read back.
+struct Forward {
+    request: Request,
+    prepared: dino_model::preprocess::Prepared,
+    out: dino_model::AttentionOutput,
+    started: f64,
+}
+
+fn forward(
     model: &DinoModel,
     img: &RgbImage,
     request: Request,
     device: &Device,
-) -> Result<Analysis, String> {
+) -> Result<Forward, String> {
     let started = web_time_now();
     let patch = model.backbone.patch_size();
     let prepared =
@@ -84,29 +91,69 @@ pub fn analyse(
         .backbone
         .forward_with_attention(x, layer)
         .map_err(|e| e.to_string())?;
-    let [_, heads, _, _] = out.attention.dims();
-    let [_, _, dim] = out.tokens.dims();
-    let attention: Vec<f32> = out
-        .attention
-        .into_data()
-        .try_to_vec()
-        .map_err(|e| format!("{e:?}"))?;
-    let tokens: Vec<f32> = out
-        .tokens
-        .into_data()
-        .try_to_vec()
-        .map_err(|e| format!("{e:?}"))?;
-    Ok(Analysis {
+    Ok(Forward {
         request,
-        display: prepared.display,
-        grid_h: out.grid_h,
-        grid_w: out.grid_w,
-        heads,
-        attention,
-        features: tokens[dim..].to_vec(),
-        dim,
-        seconds: web_time_now() - started,
+        prepared,
+        out,
+        started,
     })
+}
+
+fn floats(data: TensorData) -> Result<Vec<f32>, String> {
+    data.try_to_vec().map_err(|e| format!("{e:?}"))
+}
+
+impl Forward {
+    fn finish(self, attention: Vec<f32>, tokens: Vec<f32>) -> Analysis {
+        let [_, heads, _, _] = self.out.attention.dims();
+        let [_, _, dim] = self.out.tokens.dims();
+        Analysis {
+            request: self.request,
+            display: self.prepared.display,
+            grid_h: self.out.grid_h,
+            grid_w: self.out.grid_w,
+            heads,
+            attention,
+            features: tokens[dim..].to_vec(),
+            dim,
+            seconds: web_time_now() - self.started,
+        }
+    }
+}
+
+/// Runs the model on one image.
+pub fn analyse(
+    model: &DinoModel,
+    img: &RgbImage,
+    request: Request,
+    device: &Device,
+) -> Result<Analysis, String> {
+    let f = forward(model, img, request, device)?;
+    let attention = floats(f.out.attention.clone().into_data())?;
+    let tokens = floats(f.out.tokens.clone().into_data())?;
+    Ok(f.finish(attention, tokens))
+}
+
+/// As [`analyse`], reading the results back asynchronously: WebGPU in a browser cannot
+/// block on the GPU.
+pub async fn analyse_async(
+    model: &DinoModel,
+    img: &RgbImage,
+    request: Request,
+    device: &Device,
+) -> Result<Analysis, String> {
+    let f = forward(model, img, request, device)?;
+    let read = |e| format!("reading the maps back: {e:?}");
+    let attention = floats(
+        f.out
+            .attention
+            .clone()
+            .into_data_async()
+            .await
+            .map_err(read)?,
+    )?;
+    let tokens = floats(f.out.tokens.clone().into_data_async().await.map_err(read)?)?;
+    Ok(f.finish(attention, tokens))
 }
 
 /// Seconds from an arbitrary origin, on every platform.

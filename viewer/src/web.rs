@@ -92,10 +92,17 @@ pub fn start() {
             log::error!("the page has no <canvas id=\"the_canvas_id\">");
             return;
         };
+        // egui draws with WebGL2, which every browser has; WebGPU, where present, is left to
+        // the network in the compute worker.
+        let mut options = eframe::WebOptions::default();
+        if let eframe::egui_wgpu::WgpuSetup::CreateNew(setup) = &mut options.wgpu_options.wgpu_setup
+        {
+            setup.instance_descriptor.backends = eframe::wgpu::Backends::GL;
+        }
         let result = eframe::WebRunner::new()
             .start(
                 canvas,
-                eframe::WebOptions::default(),
+                options,
                 Box::new(|cc| {
                     let mut app =
                         ViewerApp::new(Device::flex(), "CPU (flex, WebAssembly, page thread)");

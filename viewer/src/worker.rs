@@ -17,11 +17,40 @@ use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 
 use crate::app::Job;
-use crate::infer::{Analysis, LoadedModel, Request, analyse, load_model};
+use crate::infer::{Analysis, LoadedModel, Request, analyse_async, load_model};
 
 thread_local! {
     /// The network, inside the worker.
     static MODEL: RefCell<Option<Arc<dino_model::DinoModel>>> = const { RefCell::new(None) };
+    /// The compute device of the worker and its name, chosen on first use.
+    static DEVICE: RefCell<Option<(Device, String)>> = const { RefCell::new(None) };
+}
+
+/// WebGPU through burn's wgpu backend when the browser offers an adapter, else burn's CPU
+/// backend compiled to WebAssembly.
+async fn device() -> (Device, String) {
+    if let Some(d) = DEVICE.with(|d| d.borrow().clone()) {
+        return d;
+    }
+    use burn::backend::wgpu::try_init_setup_async;
+    use burn::backend::{AutoGraphicsApi, WgpuDevice};
+    let wgpu_device = WgpuDevice::default();
+    let chosen =
+        match try_init_setup_async::<AutoGraphicsApi>(&wgpu_device, Default::default()).await {
+            Ok(_) => (
+                Device::from(wgpu_device),
+                "WebGPU (burn wgpu, worker)".to_string(),
+            ),
+            Err(e) => {
+                log::info!("no WebGPU in this browser ({e}); computing on the CPU");
+                (
+                    Device::flex(),
+                    "CPU (flex, WebAssembly, worker)".to_string(),
+                )
+            }
+        };
+    DEVICE.with(|d| *d.borrow_mut() = Some(chosen.clone()));
+    chosen
 }
 
 fn set(obj: &Object, key: &str, value: impl Into<JsValue>) {
@@ -74,63 +103,68 @@ fn image_from(obj: &JsValue, prefix: &str) -> Result<RgbImage, String> {
         .ok_or_else(|| format!("the worker sent a malformed {w}x{h} image"))
 }
 
-/// Handles one message inside the worker and returns the reply (called from `worker.js`).
+/// Handles one message inside the worker and resolves to the reply (called from `worker.js`).
 #[wasm_bindgen]
-pub fn dino_worker_handle(msg: JsValue) -> JsValue {
+pub async fn dino_worker_handle(msg: JsValue) -> JsValue {
     let reply = Object::new();
     let op = get_str(&msg, "op");
     set(&reply, "op", op.as_str());
-    let result: Result<(), String> = (|| match op.as_str() {
-        "load" => {
-            let name = get_str(&msg, "name");
-            let loaded = load_model(&name, &get_bytes(&msg, "bytes"), &Device::flex())?;
-            set(&reply, "name", name.as_str());
-            let config = serde_json::to_string(&loaded.config).map_err(|e| e.to_string())?;
-            set(&reply, "config", config.as_str());
-            MODEL.with(|m| *m.borrow_mut() = loaded.model);
-            Ok(())
+    let (device, backend) = device().await;
+    set(&reply, "backend", backend.as_str());
+    let result: Result<(), String> = async {
+        match op.as_str() {
+            "load" => {
+                let name = get_str(&msg, "name");
+                let loaded = load_model(&name, &get_bytes(&msg, "bytes"), &device)?;
+                set(&reply, "name", name.as_str());
+                let config = serde_json::to_string(&loaded.config).map_err(|e| e.to_string())?;
+                set(&reply, "config", config.as_str());
+                MODEL.with(|m| *m.borrow_mut() = loaded.model);
+                Ok(())
+            }
+            "decode" => {
+                let name = get_str(&msg, "name");
+                set(&reply, "name", name.as_str());
+                let img = crate::app::decode_for_viewer(&name, &get_bytes(&msg, "bytes"))?;
+                image_reply(&reply, &img, "");
+                Ok(())
+            }
+            "analyse" => {
+                let request = Request {
+                    image: get_u32(&msg, "image") as usize,
+                    layer: get_u32(&msg, "layer") as usize,
+                    resolution: get_u32(&msg, "resolution"),
+                };
+                let img = image_from(&msg, "")?;
+                let model = MODEL
+                    .with(|m| m.borrow().clone())
+                    .ok_or("no checkpoint is loaded in the worker")?;
+                let a = analyse_async(&model, &img, request.clone(), &device).await?;
+                set(&reply, "image", request.image as u32);
+                set(&reply, "layer", request.layer as u32);
+                set(&reply, "resolution", request.resolution);
+                image_reply(&reply, &a.display, "display_");
+                set(&reply, "grid_h", a.grid_h as u32);
+                set(&reply, "grid_w", a.grid_w as u32);
+                set(&reply, "heads", a.heads as u32);
+                set(&reply, "dim", a.dim as u32);
+                set(&reply, "seconds", a.seconds);
+                set(
+                    &reply,
+                    "attention",
+                    Float32Array::from(a.attention.as_slice()),
+                );
+                set(
+                    &reply,
+                    "features",
+                    Float32Array::from(a.features.as_slice()),
+                );
+                Ok(())
+            }
+            other => Err(format!("unknown worker request {other:?}")),
         }
-        "decode" => {
-            let name = get_str(&msg, "name");
-            set(&reply, "name", name.as_str());
-            let img = crate::app::decode_for_viewer(&name, &get_bytes(&msg, "bytes"))?;
-            image_reply(&reply, &img, "");
-            Ok(())
-        }
-        "analyse" => {
-            let request = Request {
-                image: get_u32(&msg, "image") as usize,
-                layer: get_u32(&msg, "layer") as usize,
-                resolution: get_u32(&msg, "resolution"),
-            };
-            let img = image_from(&msg, "")?;
-            let model = MODEL
-                .with(|m| m.borrow().clone())
-                .ok_or("no checkpoint is loaded in the worker")?;
-            let a = analyse(&model, &img, request.clone(), &Device::flex())?;
-            set(&reply, "image", request.image as u32);
-            set(&reply, "layer", request.layer as u32);
-            set(&reply, "resolution", request.resolution);
-            image_reply(&reply, &a.display, "display_");
-            set(&reply, "grid_h", a.grid_h as u32);
-            set(&reply, "grid_w", a.grid_w as u32);
-            set(&reply, "heads", a.heads as u32);
-            set(&reply, "dim", a.dim as u32);
-            set(&reply, "seconds", a.seconds);
-            set(
-                &reply,
-                "attention",
-                Float32Array::from(a.attention.as_slice()),
-            );
-            set(
-                &reply,
-                "features",
-                Float32Array::from(a.features.as_slice()),
-            );
-            Ok(())
-        }
-        other => Err(format!("unknown worker request {other:?}")),
-    })();
+    }
+    .await;
     if let Err(e) = result {
         set(&reply, "error", e.as_str());
     }
@@ -149,6 +183,18 @@ fn job_from_reply(msg: &JsValue) -> Option<Job> {
     let error = get(msg, "error").as_string();
     let op = get_str(msg, "op");
     Some(match op.as_str() {
+        _ if op == "load" && error.is_none() => Job::Backend(
+            get_str(msg, "backend"),
+            Box::new(Job::Model(
+                serde_json::from_str(&get_str(msg, "config"))
+                    .map_err(|e| format!("the worker sent a bad config: {e}"))
+                    .map(|config| LoadedModel {
+                        name: get_str(msg, "name"),
+                        config,
+                        model: None,
+                    }),
+            )),
+        ),
         "load" => Job::Model(match error {
             Some(e) => Err(e),
             None => serde_json::from_str(&get_str(msg, "config"))
