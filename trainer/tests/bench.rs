@@ -1,6 +1,8 @@
 //! `dino bench` runs in all three modes on the CPU and prints well-formed JSON lines (what
 //! is checked is the output's shape, not the speed).
 
+mod common;
+
 use std::process::Command;
 
 fn bench(args: &[&str]) -> serde_json::Value {
@@ -20,25 +22,8 @@ fn bench(args: &[&str]) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("{e}: {stdout}"))
 }
 
+/// What these tests add to [`common::TINY_VIT`].
 const TINY: &[&str] = &[
-    "--arch",
-    "vit_tiny",
-    "--depth",
-    "1",
-    "--patch-size",
-    "8",
-    "--image-size",
-    "16",
-    "--local-size",
-    "8",
-    "--local-crops",
-    "2",
-    "--out-dim",
-    "64",
-    "--head-hidden-dim",
-    "64",
-    "--head-bottleneck-dim",
-    "32",
     "--batch-size",
     "4",
     "--device",
@@ -50,6 +35,7 @@ const TINY: &[&str] = &[
 #[test]
 fn step_data_and_viewer_modes_print_json() {
     let mut args = vec!["--mode", "step", "--warmup", "1", "--steps", "2"];
+    args.extend_from_slice(common::TINY_VIT);
     args.extend_from_slice(TINY);
     let v = bench(&args);
     assert_eq!(v["mode"], "step");
@@ -63,11 +49,13 @@ fn step_data_and_viewer_modes_print_json() {
     }
     assert_eq!(v["batch"], 4);
     let mut args = vec!["--mode", "data", "--steps", "3", "--workers", "1"];
+    args.extend_from_slice(common::TINY_VIT);
     args.extend_from_slice(TINY);
     let v = bench(&args);
     assert_eq!(v["images"], 12);
     assert!(v["img_per_sec_per_core"].as_f64().unwrap() > 0.0);
     let mut args = vec!["--mode", "viewer", "--steps", "1", "--viewer-size", "32"];
+    args.extend_from_slice(common::TINY_VIT);
     args.extend_from_slice(TINY);
     let v = bench(&args);
     assert_eq!(v["image_size"], 32);

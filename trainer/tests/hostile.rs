@@ -2,31 +2,15 @@
 //! write, data folders with non-UTF-8 names, unreadable files, dangling links and symlink
 //! loops, and checkpoint files that are empty, cut short or contradict their own config.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use dino_model::read_checkpoint;
 
-/// A ViT of 1 block on 16 px crops: a step takes milliseconds.
+/// What these tests add to [`common::TINY_VIT`].
 const TINY: &[&str] = &[
-    "--arch",
-    "vit_tiny",
-    "--depth",
-    "1",
-    "--patch-size",
-    "8",
-    "--image-size",
-    "16",
-    "--local-size",
-    "8",
-    "--local-crops",
-    "2",
-    "--out-dim",
-    "64",
-    "--head-hidden-dim",
-    "64",
-    "--head-bottleneck-dim",
-    "32",
     "--batch-size",
     "4",
     "--epochs",
@@ -64,7 +48,7 @@ fn train_args(run: &Path, resume: bool, max_steps: u32) -> Vec<std::ffi::OsStrin
         a.extend(["--resume".into(), run.as_os_str().to_owned()]);
     } else {
         a.extend(["-o".into(), run.as_os_str().to_owned()]);
-        a.extend(TINY.iter().map(|s| s.into()));
+        a.extend(common::TINY_VIT.iter().chain(TINY).map(|s| s.into()));
     }
     a.extend(["--max-steps".into(), max_steps.to_string().into()]);
     a

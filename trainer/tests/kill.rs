@@ -2,31 +2,16 @@
 //! checkpoint writes) again and again; every `--resume` must find a valid checkpoint, and
 //! the run finished through all those kills must equal an uninterrupted one bit for bit.
 
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use dino_model::read_checkpoint;
 
+/// What these tests add to [`common::TINY_VIT`].
 const TINY: &[&str] = &[
-    "--arch",
-    "vit_tiny",
-    "--depth",
-    "1",
-    "--patch-size",
-    "8",
-    "--image-size",
-    "16",
-    "--local-size",
-    "8",
-    "--local-crops",
-    "2",
-    "--out-dim",
-    "64",
-    "--head-hidden-dim",
-    "64",
-    "--head-bottleneck-dim",
-    "32",
     "--batch-size",
     "8",
     "--synthetic-count",
@@ -75,7 +60,7 @@ fn start_args(run: &Path, resume: bool) -> Vec<String> {
         v.extend(["--quiet".into(), "--workers".into(), "1".into()]);
     } else {
         v.extend(["-o".into(), run.display().to_string()]);
-        v.extend(TINY.iter().map(|s| s.to_string()));
+        v.extend(common::TINY_VIT.iter().chain(TINY).map(|s| s.to_string()));
     }
     v
 }

@@ -1,5 +1,8 @@
 //! Helpers shared by the trainer's integration tests.
 
+// Each test binary compiles this module and uses only part of it.
+#![allow(dead_code)]
+
 use std::path::Path;
 
 /// The loss of every step recorded in a run's `metrics.jsonl`, in order.
@@ -11,3 +14,25 @@ pub fn losses(run: &Path) -> Vec<f64> {
         .filter_map(|v| v["loss"].as_f64())
         .collect()
 }
+
+/// A ViT of one block on 16 px crops with a small head: a training step takes milliseconds.
+pub const TINY_VIT: &[&str] = &[
+    "--arch",
+    "vit_tiny",
+    "--depth",
+    "1",
+    "--patch-size",
+    "8",
+    "--image-size",
+    "16",
+    "--local-size",
+    "8",
+    "--local-crops",
+    "2",
+    "--out-dim",
+    "64",
+    "--head-hidden-dim",
+    "64",
+    "--head-bottleneck-dim",
+    "32",
+];
