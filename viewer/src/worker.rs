@@ -183,28 +183,20 @@ fn job_from_reply(msg: &JsValue) -> Option<Job> {
     let error = get(msg, "error").as_string();
     let op = get_str(msg, "op");
     Some(match op.as_str() {
-        _ if op == "load" && error.is_none() => Job::Backend(
+        // The worker names its device with the model, which is when the page shows it.
+        "load" => Job::Backend(
             get_str(msg, "backend"),
-            Box::new(Job::Model(
-                serde_json::from_str(&get_str(msg, "config"))
+            Box::new(Job::Model(match error {
+                Some(e) => Err(e),
+                None => serde_json::from_str(&get_str(msg, "config"))
                     .map_err(|e| format!("the worker sent a bad config: {e}"))
                     .map(|config| LoadedModel {
                         name: get_str(msg, "name"),
                         config,
                         model: None,
                     }),
-            )),
+            })),
         ),
-        "load" => Job::Model(match error {
-            Some(e) => Err(e),
-            None => serde_json::from_str(&get_str(msg, "config"))
-                .map_err(|e| format!("the worker sent a bad config: {e}"))
-                .map(|config| LoadedModel {
-                    name: get_str(msg, "name"),
-                    config,
-                    model: None,
-                }),
-        }),
         "decode" => {
             let name = get_str(msg, "name");
             Job::Image(name, error.map_or_else(|| image_from(msg, ""), Err))
