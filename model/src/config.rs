@@ -9,6 +9,21 @@ pub const DINO_LAYER_NORM_EPS: f64 = 1e-6;
 /// LayerNorm epsilon of the Hugging Face `ViTModel` port (`layer_norm_eps` in its config.json).
 pub const HF_LAYER_NORM_EPS: f64 = 1e-12;
 
+/// Arithmetic of the network's matrix products: the official `--use_fp16` (PyTorch autocast).
+///
+/// `F16` keeps every weight, the residual stream, LayerNorm, softmax, the L2 normalisation and
+/// the loss in f32 and runs the linear layers, GELU and attention in f16, as autocast does on
+/// a GPU. Weights stay f32 masters; the trainer pairs it with dynamic loss scaling.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// f32 everywhere.
+    #[default]
+    F32,
+    /// Mixed precision: f16 matrix products, f32 weights and reductions.
+    F16,
+}
+
 /// Hyperparameters of a Vision Transformer backbone, as in `vision_transformer.py`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VitConfig {

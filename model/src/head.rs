@@ -5,9 +5,9 @@ use burn::nn::{Linear, LinearConfig};
 use burn::tensor::activation::gelu;
 use burn::tensor::{Device, Tensor};
 
-use crate::config::HeadConfig;
+use crate::config::{HeadConfig, Precision};
 use crate::error::Result;
-use crate::vit::trunc_normal;
+use crate::vit::{to_f32, trunc_normal};
 
 /// MLP → L2 normalisation → weight-normalised linear layer to `out_dim` prototypes.
 #[derive(Module, Debug)]
@@ -19,6 +19,9 @@ pub struct DinoHead {
     /// Gain of the last layer (`head.last_layer.weight_g`), `[out_dim]`; frozen at 1 when
     /// `norm_last_layer` is set.
     pub last_layer_g: Param<Tensor<1>>,
+    /// How the matrix products are computed; not part of the weights.
+    #[module(skip)]
+    precision: Precision,
 }
 
 impl HeadConfig {
@@ -57,11 +60,18 @@ impl HeadConfig {
             mlp,
             last_layer_v: Param::from_tensor(v),
             last_layer_g: g,
+            precision: Precision::F32,
         })
     }
 }
 
 impl DinoHead {
+    /// The same head computing its matrix products in `precision`.
+    pub fn with_precision(mut self, precision: Precision) -> Self {
+        self.precision = precision;
+        self
+    }
+
     /// Number of prototypes.
     pub fn out_dim(&self) -> usize {
         self.last_layer_g.dims()[0]
@@ -83,15 +93,17 @@ impl DinoHead {
     /// # Shapes
     /// `[batch, in_dim]` → `[batch, bottleneck]`.
     pub fn bottleneck(&self, x: Tensor<2>) -> Tensor<2> {
+        let p = self.precision;
         let last = self.mlp.len() - 1;
-        let mut x = x;
+        let mut x = p.compute(x);
         for (i, layer) in self.mlp.iter().enumerate() {
-            x = layer.forward(x);
+            x = p.linear(layer, x);
             if i < last {
                 x = gelu(x);
             }
         }
-        // F.normalize(p=2, eps=1e-12): x / max(‖x‖, eps).
+        // F.normalize(p=2, eps=1e-12): x / max(‖x‖, eps); autocast runs it in f32.
+        let x = to_f32(x);
         let norm = x.clone().square().sum_dim(1).sqrt().clamp_min(1e-12);
         x / norm
     }
@@ -99,8 +111,12 @@ impl DinoHead {
     /// Prototype logits.
     ///
     /// # Shapes
-    /// `[batch, in_dim]` → `[batch, out_dim]`.
+    /// `[batch, in_dim]` → `[batch, out_dim]` (f32).
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        self.bottleneck(x).matmul(self.last_layer_weight())
+        let p = self.precision;
+        to_f32(
+            p.compute(self.bottleneck(x))
+                .matmul(p.compute(self.last_layer_weight())),
+        )
     }
 }

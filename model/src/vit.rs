@@ -5,9 +5,9 @@ use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::activation::{gelu, softmax};
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Device, Distribution, Tensor, TensorData};
+use burn::tensor::{Device, Distribution, FloatDType, Tensor, TensorData};
 
-use crate::config::VitConfig;
+use crate::config::{Precision, VitConfig};
 use crate::error::{ModelError, Result};
 use crate::interp::{bicubic_matrix, pos_embed_scales};
 
@@ -23,6 +23,39 @@ pub struct DropPathMasks {
     pub masks: Vec<[Tensor<3>; 2]>,
 }
 
+impl Precision {
+    /// The dtype matrix products run in.
+    pub fn compute_dtype(self) -> FloatDType {
+        match self {
+            Precision::F32 => FloatDType::F32,
+            Precision::F16 => FloatDType::F16,
+        }
+    }
+
+    /// `x` in the dtype matrix products run in (a no-op for f32).
+    pub fn compute<const D: usize>(self, x: Tensor<D>) -> Tensor<D> {
+        x.cast(self.compute_dtype())
+    }
+
+    /// A linear layer on `x` (already in the compute dtype) with its f32 master weights cast
+    /// to that dtype, as autocast does; the gradient flows back to the f32 weights.
+    pub fn linear<const D: usize>(self, layer: &Linear, x: Tensor<D>) -> Tensor<D> {
+        match self {
+            Precision::F32 => layer.forward(x),
+            Precision::F16 => burn::tensor::module::linear(
+                x,
+                self.compute(layer.weight.val()),
+                layer.bias.as_ref().map(|b| self.compute(b.val())),
+            ),
+        }
+    }
+}
+
+/// `x` back in f32, where autocast keeps full precision (residual stream, norms, softmax, loss).
+pub fn to_f32<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    x.cast(FloatDType::F32)
+}
+
 /// Multi-head self-attention with one fused `qkv` projection (`Attention` in the official code).
 #[derive(Module, Debug)]
 pub struct Attention {
@@ -34,13 +67,12 @@ pub struct Attention {
 }
 
 impl Attention {
-    fn qkv_heads(&self, x: Tensor<3>) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
+    fn qkv_heads(&self, x: Tensor<3>, p: Precision) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
         let [batch, tokens, dim] = x.dims();
         let head_dim = dim / self.num_heads;
         // [batch, tokens, 3 * dim] -> [3, batch, heads, tokens, head_dim]
-        let qkv = self
-            .qkv
-            .forward(x)
+        let qkv = p
+            .linear(&self.qkv, p.compute(x))
             .reshape([batch, tokens, 3, self.num_heads, head_dim])
             .permute([2, 0, 3, 1, 4]);
         let part = |i: usize| {
@@ -51,33 +83,35 @@ impl Attention {
         (part(0), part(1), part(2))
     }
 
-    fn merge_heads(&self, x: Tensor<4>) -> Tensor<3> {
+    fn merge_heads(&self, x: Tensor<4>, p: Precision) -> Tensor<3> {
         let [batch, heads, tokens, head_dim] = x.dims();
-        self.proj
-            .forward(x.swap_dims(1, 2).reshape([batch, tokens, heads * head_dim]))
+        let merged = x.swap_dims(1, 2).reshape([batch, tokens, heads * head_dim]);
+        to_f32(p.linear(&self.proj, p.compute(merged)))
     }
 
     /// Attention through the backend's fused kernel; no weights are materialised.
     ///
     /// # Shapes
-    /// `x`: `[batch, tokens, dim]` → `[batch, tokens, dim]`.
-    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let (q, k, v) = self.qkv_heads(x);
+    /// `x`: `[batch, tokens, dim]` (f32) → `[batch, tokens, dim]` (f32).
+    pub fn forward(&self, x: Tensor<3>, p: Precision) -> Tensor<3> {
+        let (q, k, v) = self.qkv_heads(x, p);
         let out = attention(q, k, v, None, None, AttentionModuleOptions::default());
-        self.merge_heads(out)
+        self.merge_heads(out, p)
     }
 
     /// Attention written out, returning the softmax weights as well.
     ///
     /// # Shapes
     /// `x`: `[batch, tokens, dim]` → (`[batch, tokens, dim]`, `[batch, heads, tokens, tokens]`).
-    pub fn forward_with_attention(&self, x: Tensor<3>) -> (Tensor<3>, Tensor<4>) {
-        let (q, k, v) = self.qkv_heads(x);
+    /// The weights come back in f32 (autocast runs softmax in f32).
+    pub fn forward_with_attention(&self, x: Tensor<3>, p: Precision) -> (Tensor<3>, Tensor<4>) {
+        let (q, k, v) = self.qkv_heads(x, p);
         let [_, _, _, head_dim] = q.dims();
         let scale = (head_dim as f64).powf(-0.5);
-        let weights = softmax(q.matmul(k.swap_dims(2, 3)).mul_scalar(scale), 3);
-        let out = weights.clone().matmul(v);
-        (self.merge_heads(out), weights)
+        let logits = to_f32(q.matmul(k.swap_dims(2, 3))).mul_scalar(scale);
+        let weights = softmax(logits, 3);
+        let out = p.compute(weights.clone()).matmul(v);
+        (self.merge_heads(out, p), weights)
     }
 }
 
@@ -92,9 +126,10 @@ pub struct Mlp {
 
 impl Mlp {
     /// # Shapes
-    /// `[..., dim]` → `[..., dim]`.
-    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        self.fc2.forward(gelu(self.fc1.forward(x)))
+    /// `[..., dim]` (f32) → `[..., dim]` (f32).
+    pub fn forward<const D: usize>(&self, x: Tensor<D>, p: Precision) -> Tensor<D> {
+        let hidden = gelu(p.linear(&self.fc1, p.compute(x)));
+        to_f32(p.linear(&self.fc2, hidden))
     }
 }
 
@@ -121,20 +156,20 @@ impl Block {
 
     /// # Shapes
     /// `[batch, tokens, dim]` → `[batch, tokens, dim]`.
-    pub fn forward(&self, x: Tensor<3>, drop: Option<&[Tensor<3>; 2]>) -> Tensor<3> {
-        let y = self.attn.forward(self.norm1.forward(x.clone()));
+    pub fn forward(&self, x: Tensor<3>, drop: Option<&[Tensor<3>; 2]>, p: Precision) -> Tensor<3> {
+        let y = self.attn.forward(self.norm1.forward(x.clone()), p);
         let x = Self::residual(x, y, drop.map(|d| &d[0]));
-        let y = self.mlp.forward(self.norm2.forward(x.clone()));
+        let y = self.mlp.forward(self.norm2.forward(x.clone()), p);
         Self::residual(x, y, drop.map(|d| &d[1]))
     }
 
     /// Like [`Block::forward`] (no drop-path), also returning this block's attention weights.
-    pub fn forward_with_attention(&self, x: Tensor<3>) -> (Tensor<3>, Tensor<4>) {
+    pub fn forward_with_attention(&self, x: Tensor<3>, p: Precision) -> (Tensor<3>, Tensor<4>) {
         let (y, attn) = self
             .attn
-            .forward_with_attention(self.norm1.forward(x.clone()));
+            .forward_with_attention(self.norm1.forward(x.clone()), p);
         let x = x + y;
-        let y = self.mlp.forward(self.norm2.forward(x.clone()));
+        let y = self.mlp.forward(self.norm2.forward(x.clone()), p);
         (x + y, attn)
     }
 }
@@ -171,6 +206,9 @@ pub struct VisionTransformer {
     patch_size: usize,
     grid: usize,
     drop_path_rate: f64,
+    /// How the matrix products are computed; not part of the weights.
+    #[module(skip)]
+    precision: Precision,
 }
 
 impl VitConfig {
@@ -229,6 +267,7 @@ impl VitConfig {
             patch_size: self.patch_size,
             grid,
             drop_path_rate: self.drop_path_rate,
+            precision: Precision::F32,
         })
     }
 }
@@ -240,6 +279,17 @@ pub fn trunc_normal<const D: usize>(shape: [usize; D], device: &Device) -> Tenso
 }
 
 impl VisionTransformer {
+    /// The same network computing its matrix products in `precision`.
+    pub fn with_precision(mut self, precision: Precision) -> Self {
+        self.precision = precision;
+        self
+    }
+
+    /// How the matrix products are computed.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
     /// Side of a patch in pixels.
     pub fn patch_size(&self) -> usize {
         self.patch_size
@@ -324,8 +374,12 @@ impl VisionTransformer {
             .reshape([batch, channels, gh, p, gw, p])
             .permute([0, 2, 4, 1, 3, 5])
             .reshape([batch, gh * gw, channels * p * p]);
-        let x = patches.matmul(self.patch_weight.val().unsqueeze::<3>())
-            + self.patch_bias.val().unsqueeze::<3>();
+        let p16 = self.precision;
+        let x = to_f32(
+            p16.compute(patches)
+                .matmul(p16.compute(self.patch_weight.val()).unsqueeze::<3>())
+                + p16.compute(self.patch_bias.val()).unsqueeze::<3>(),
+        );
         let dim = self.embed_dim();
         let cls = self.cls_token.val().expand([batch, 1, dim]);
         let x = Tensor::cat(vec![cls, x], 1);
@@ -339,7 +393,7 @@ impl VisionTransformer {
     pub fn forward_tokens(&self, images: Tensor<4>, drop: Option<&DropPathMasks>) -> Tensor<3> {
         let mut x = self.prepare_tokens(images);
         for (i, block) in self.blocks.iter().enumerate() {
-            x = block.forward(x, drop.and_then(|d| d.masks.get(i)));
+            x = block.forward(x, drop.and_then(|d| d.masks.get(i)), self.precision);
         }
         self.norm.forward(x)
     }
@@ -387,11 +441,11 @@ impl VisionTransformer {
         let mut attention = None;
         for (i, block) in self.blocks.iter().enumerate() {
             if i == layer {
-                let (y, a) = block.forward_with_attention(x);
+                let (y, a) = block.forward_with_attention(x, self.precision);
                 x = y;
                 attention = Some(a);
             } else {
-                x = block.forward(x, None);
+                x = block.forward(x, None, self.precision);
             }
         }
         Ok(AttentionOutput {

@@ -306,6 +306,14 @@ impl ModelConfig {
 }
 
 impl DinoModel {
+    /// The same model computing its matrix products in `precision` (weights unchanged).
+    pub fn with_precision(self, precision: crate::config::Precision) -> Self {
+        DinoModel {
+            backbone: self.backbone.with_precision(precision),
+            head: self.head.map(|h| h.with_precision(precision)),
+        }
+    }
+
     /// Every weight under its official name (backbone keys bare, head keys under `head.`),
     /// each name prefixed by `prefix`.
     pub fn save_tensors(&self, out: &mut TensorMap, prefix: &str) {

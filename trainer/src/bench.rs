@@ -6,12 +6,10 @@ use std::time::Instant;
 
 use anyhow::{Result, bail};
 use burn::tensor::{Device, Distribution, Tensor};
-use dino_model::{ModelConfig, TensorMap};
+use dino_model::ModelConfig;
 use serde_json::json;
 
 use crate::augment::AugmentConfig;
-use crate::loss::DinoLoss;
-use crate::optim::AdamW;
 use crate::train::{Networks, StepHyper, TrainConfig, dino_step};
 
 /// Forward FLOPs of the backbone for one image of `tokens` tokens (multiply-adds × 2).
@@ -59,16 +57,7 @@ pub fn bench_step(
     }
     let mc = cfg.model_config()?;
     let ad = device.clone().autodiff();
-    let cpu = Device::flex();
-    cpu.seed(cfg.seed);
-    let mut map = TensorMap::new();
-    mc.init(&cpu)?.save_tensors(&mut map, "");
-    let mut nets = Networks {
-        student: mc.load(&map, "", &ad)?,
-        teacher: mc.load(&map, "", device)?,
-        optim: AdamW::default(),
-        loss: DinoLoss::new(cfg.out_dim, cfg.student_temp, cfg.center_momentum),
-    };
+    let mut nets = Networks::fresh(cfg, &mc, device)?;
     let (b, a) = (cfg.batch_size, &cfg.augment);
     let hyper = StepHyper {
         lr: 1e-4,
@@ -97,14 +86,18 @@ pub fn bench_step(
             )
         });
         // The loss is read back every step (NaN check), which synchronises the device.
-        dino_step(nets, g, l, &[None, None], &hyper, device).nets
+        let out = dino_step(nets, g, l, &[None, None], &hyper, device);
+        (out.nets, out.skipped)
     };
     for _ in 0..warmup {
-        nets = run(nets);
+        nets = run(nets).0;
     }
     let start = Instant::now();
+    let mut skipped = 0;
     for _ in 0..steps {
-        nets = run(nets);
+        let (n, s) = run(nets);
+        nets = n;
+        skipped += usize::from(s);
     }
     let secs = start.elapsed().as_secs_f64();
     drop(nets);
@@ -113,7 +106,7 @@ pub fn bench_step(
     Ok(json!({
         "mode": "step", "device": device_name, "arch": cfg.arch, "patch": cfg.patch_size, "depth": mc.vit.depth,
         "batch": b, "global_crops": 2, "local_crops": a.local_crops, "global_size": a.global_size, "local_size": a.local_size,
-        "out_dim": cfg.out_dim, "precision": "f32", "warmup_steps": warmup, "steps": steps,
+        "out_dim": cfg.out_dim, "precision": cfg.precision, "skipped_steps": skipped, "warmup_steps": warmup, "steps": steps,
         "img_per_sec": img_per_sec, "ms_per_step": 1000.0 * secs / steps as f64,
         "gflop_per_image": flops / 1e9, "achieved_tflops": img_per_sec * flops / 1e12,
         "peak_device_memory_bytes": serde_json::Value::Null,
@@ -160,7 +153,7 @@ pub fn bench_viewer(
     runs: usize,
 ) -> Result<serde_json::Value> {
     let mc = cfg.model_config()?;
-    let model = mc.init(device)?;
+    let model = mc.init(device)?.with_precision(cfg.precision);
     let depth = model.backbone.depth();
     let mut times = Vec::new();
     for i in 0..=runs {
@@ -175,7 +168,7 @@ pub fn bench_viewer(
     times.sort_by(f64::total_cmp);
     Ok(json!({
         "mode": "viewer", "device": device_name, "arch": cfg.arch, "patch": cfg.patch_size, "image_size": size,
-        "heads": mc.vit.num_heads, "runs": runs, "median_ms": times[times.len() / 2], "min_ms": times[0],
+        "precision": cfg.precision, "heads": mc.vit.num_heads, "runs": runs, "median_ms": times[times.len() / 2], "min_ms": times[0],
     }))
 }
 

@@ -8,6 +8,8 @@ use std::path::PathBuf;
 use anyhow::{Result, bail};
 use clap::Args;
 
+use dino_model::Precision;
+
 use crate::device::DeviceChoice;
 use crate::train::TrainConfig;
 
@@ -113,9 +115,14 @@ pub struct TrainArgs {
     /// Seed of initialisation, data order and augmentation [default: 0]
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Arithmetic precision; only f32 is implemented (f16 needs master weights and loss scaling)
-    #[arg(long, value_enum, default_value_t = Precision::F32)]
-    pub precision: Precision,
+    /// f32, or f16: mixed precision as the official --use_fp16 (f16 matrix products, f32
+    /// master weights, dynamic loss scaling); for GPUs with shader-f16 [default: f32]
+    #[arg(long, value_parser = parse_precision)]
+    pub precision: Option<Precision>,
+    /// Loss scale a --precision f16 run starts from (PyTorch GradScaler's init_scale); it
+    /// adapts from there [default: 65536]
+    #[arg(long)]
+    pub loss_scale: Option<f64>,
     /// Compute device
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     pub device: DeviceChoice,
@@ -138,12 +145,12 @@ pub struct TrainArgs {
     pub quiet: bool,
 }
 
-/// `--precision`.
-#[derive(clap::ValueEnum, Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Precision {
-    /// 32-bit floats everywhere.
-    #[default]
-    F32,
+fn parse_precision(s: &str) -> Result<Precision, String> {
+    match s {
+        "f32" => Ok(Precision::F32),
+        "f16" => Ok(Precision::F16),
+        other => Err(format!("`{other}` is not a precision; expected f32 or f16")),
+    }
 }
 
 fn parse_range(s: &str) -> Result<(f64, f64), String> {
@@ -205,7 +212,9 @@ impl TrainArgs {
             warmup_teacher_temp_epochs,
             synthetic_count,
             synthetic_size,
-            seed
+            seed,
+            precision,
+            loss_scale
         );
         let a = &mut cfg.augment;
         for (name, flag, field) in [

@@ -1,6 +1,7 @@
 //! dino-trainer: the DINO training loop, data pipeline, evaluation and the commands behind
 //! the `dino` binary. A library so that end-to-end tests can drive it directly.
 
+pub mod amp;
 pub mod augment;
 pub mod bench;
 pub mod cli_train;

@@ -217,6 +217,46 @@ impl AdamW {
     }
 }
 
+struct Unscale<'a> {
+    grads: &'a mut GradientsParams,
+    inv_scale: f64,
+    magnitude: Option<Tensor<1>>,
+}
+
+impl ModuleVisitor for Unscale<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let Some(grad) = self.grads.remove::<D>(param.id) else {
+            return;
+        };
+        let grad = grad.mul_scalar(self.inv_scale);
+        // Σ|g| is inf or NaN exactly when some element is; summed on the device so the whole
+        // check costs one read-back.
+        let m = grad.clone().abs().sum();
+        self.magnitude = Some(match self.magnitude.take() {
+            Some(acc) => acc + m,
+            None => m,
+        });
+        self.grads.register::<D>(param.id, grad);
+    }
+}
+
+/// Divides every gradient by the loss scale (`GradScaler.unscale_`) and reports whether they
+/// are all finite; when not, the caller skips the optimiser step as `GradScaler.step` does.
+pub fn unscale_gradients(model: &DinoModel, grads: &mut GradientsParams, scale: f64) -> bool {
+    let mut v = Unscale {
+        grads,
+        inv_scale: 1.0 / scale,
+        magnitude: None,
+    };
+    model.visit(&mut v);
+    v.magnitude.is_none_or(|m| {
+        m.into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .is_ok_and(|v| v[0].is_finite())
+    })
+}
+
 struct Collect {
     path: PathTracker,
     values: HashMap<String, Tensor<1>>,

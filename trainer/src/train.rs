@@ -13,16 +13,17 @@ use anyhow::{Context, Result, bail};
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor, TensorData};
 use dino_model::checkpoint::{KIND_TRAINING, read_checkpoint, write_checkpoint};
-use dino_model::{DinoModel, HeadConfig, ModelConfig, RawTensor, TensorMap, VitConfig};
+use dino_model::{DinoModel, HeadConfig, ModelConfig, Precision, RawTensor, TensorMap, VitConfig};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use crate::amp::LossScaler;
 use crate::augment::AugmentConfig;
 use crate::data::{self, Source};
 use crate::loss::{DinoLoss, collapse_indicator};
-use crate::optim::{AdamW, StepParams, ema_update};
+use crate::optim::{AdamW, StepParams, ema_update, unscale_gradients};
 use crate::pipeline::{Batch, Loader, derive_seed};
 use crate::schedule::{ScheduleParams, Schedules};
 
@@ -85,6 +86,16 @@ pub struct TrainConfig {
     pub synthetic_size: u32,
     /// Seed of initialisation, data order, augmentation and stochastic depth.
     pub seed: u64,
+    /// f32, or mixed precision with dynamic loss scaling (`--use_fp16`).
+    #[serde(default)]
+    pub precision: Precision,
+    /// Loss scale an f16 run starts from.
+    #[serde(default = "default_loss_scale")]
+    pub loss_scale: f64,
+}
+
+fn default_loss_scale() -> f64 {
+    crate::amp::INIT_SCALE
 }
 
 impl Default for TrainConfig {
@@ -119,6 +130,8 @@ impl Default for TrainConfig {
             synthetic_count: 2048,
             synthetic_size: 128,
             seed: 0,
+            precision: Precision::F32,
+            loss_scale: crate::amp::INIT_SCALE,
         }
     }
 }
@@ -262,6 +275,9 @@ fn training_checkpoint(
         })?,
     );
     meta.insert("dino.train_config".into(), serde_json::to_string(cfg)?);
+    if let Some(scaler) = &nets.scaler {
+        meta.insert("dino.loss_scaler".into(), serde_json::to_string(scaler)?);
+    }
     Ok(write_checkpoint(mc, KIND_TRAINING, &map, &meta)?)
 }
 
@@ -275,6 +291,41 @@ pub struct Networks {
     pub optim: AdamW,
     /// The loss with its running centre.
     pub loss: DinoLoss,
+    /// Dynamic loss scaling, present with `--precision f16`.
+    pub scaler: Option<LossScaler>,
+}
+
+impl Networks {
+    /// A fresh run's networks: the student initialised from `cfg.seed`, the teacher an exact
+    /// copy (`teacher.load_state_dict(student.state_dict())`), both computing in
+    /// `cfg.precision`.
+    pub fn fresh(cfg: &TrainConfig, mc: &ModelConfig, device: &Device) -> Result<Self> {
+        if !(cfg.loss_scale >= 1.0 && cfg.loss_scale.is_finite()) {
+            bail!(
+                "--loss-scale {} is not a usable loss scale; give a power of two of at least 1 (default 65536)",
+                cfg.loss_scale
+            );
+        }
+        // Initialise on the CPU backend whatever the device: the same seed then gives the
+        // same weights on every backend, so runs compare across machines.
+        let cpu = Device::flex();
+        cpu.seed(cfg.seed);
+        let init = mc.init(&cpu)?;
+        let mut map = TensorMap::new();
+        init.save_tensors(&mut map, "");
+        Ok(Self {
+            student: mc
+                .load(&map, "", &device.clone().autodiff())?
+                .with_precision(cfg.precision),
+            teacher: mc.load(&map, "", device)?.with_precision(cfg.precision),
+            optim: AdamW::default(),
+            loss: DinoLoss::new(cfg.out_dim, cfg.student_temp, cfg.center_momentum),
+            scaler: (cfg.precision == Precision::F16).then_some(LossScaler {
+                scale: cfg.loss_scale,
+                growth_tracker: 0,
+            }),
+        })
+    }
 }
 
 /// The schedule values of one step.
@@ -302,6 +353,8 @@ pub struct StepOutput {
     pub loss: f64,
     /// Teacher entropy statistics.
     pub stats: crate::loss::TeacherStats,
+    /// Whether the optimiser step was skipped because a scaled f16 gradient overflowed.
+    pub skipped: bool,
 }
 
 /// One DINO iteration (`train_one_epoch`'s body): student on the global crops `[2B, 3, G, G]`
@@ -321,6 +374,7 @@ pub fn dino_step(
         teacher,
         mut optim,
         mut loss,
+        mut scaler,
     } = nets;
     let [rows_g, ..] = globals.dims();
     let ncrops = 2 + locals.as_ref().map_or(0, |l| l.dims()[0] / (rows_g / 2));
@@ -359,22 +413,41 @@ pub fn dino_step(
                 teacher,
                 optim,
                 loss,
+                scaler,
             },
             loss: value,
             stats,
+            skipped: true,
         };
     }
+    // `fp16_scaler.scale(loss).backward()`, then `unscale_` before clipping; a step whose
+    // gradients overflowed is skipped (`fp16_scaler.step`) and the scale backed off.
+    let loss_tensor = match &scaler {
+        Some(s) => loss_tensor.mul_scalar(s.scale),
+        None => loss_tensor,
+    };
     let mut grads = GradientsParams::from_grads(loss_tensor.backward(), &student);
-    let student = optim.step(
-        student,
-        &mut grads,
-        StepParams {
-            lr: hyper.lr,
-            weight_decay: hyper.weight_decay,
-            clip_grad: hyper.clip_grad,
-            freeze_last_layer: hyper.freeze_last_layer,
-        },
-    );
+    let finite = scaler
+        .as_ref()
+        .is_none_or(|s| unscale_gradients(&student, &mut grads, s.scale));
+    if let Some(s) = &mut scaler {
+        s.update(!finite);
+    }
+    let student = if finite {
+        optim.step(
+            student,
+            &mut grads,
+            StepParams {
+                lr: hyper.lr,
+                weight_decay: hyper.weight_decay,
+                clip_grad: hyper.clip_grad,
+                freeze_last_layer: hyper.freeze_last_layer,
+            },
+        )
+    } else {
+        student
+    };
+    // The official loop updates the teacher after every iteration, skipped steps included.
     let teacher = ema_update(teacher, &student, hyper.momentum);
     StepOutput {
         nets: Networks {
@@ -382,9 +455,11 @@ pub fn dino_step(
             teacher,
             optim,
             loss,
+            scaler,
         },
         loss: value,
         stats,
+        skipped: !finite,
     }
 }
 
@@ -470,6 +545,12 @@ pub fn train(
     let total_steps = (cfg.epochs * iters_per_epoch) as u64;
     let end_step = opts.max_steps.map_or(total_steps, |m| m.min(total_steps));
     let ad_device = device.clone().autodiff();
+    if cfg.precision == Precision::F16 && !device.supports_dtype(burn::tensor::DType::F16) {
+        bail!(
+            "--precision f16 needs f16 arithmetic, which {} does not offer (on wgpu: an adapter with shader-f16); train with --precision f32",
+            opts.device_name
+        );
+    }
 
     remove_stale_temp_files(&run.root.join("checkpoints"));
     if resume && !run.last().exists() {
@@ -512,36 +593,29 @@ pub fn train(
             .context("checkpoint has no DINO centre")?;
         let mut loss = DinoLoss::new(cfg.out_dim, cfg.student_temp, cfg.center_momentum);
         loss.center = center.data.clone();
+        let scaler = match ckpt.metadata.get("dino.loss_scaler") {
+            Some(json) => {
+                Some(serde_json::from_str::<LossScaler>(json).with_context(|| {
+                    format!("reading the loss scaler state in {}", path.display())
+                })?)
+            }
+            None => (cfg.precision == Precision::F16).then_some(LossScaler {
+                scale: cfg.loss_scale,
+                growth_tracker: 0,
+            }),
+        };
         (
             Networks {
-                student,
-                teacher,
+                student: student.with_precision(cfg.precision),
+                teacher: teacher.with_precision(cfg.precision),
                 optim,
                 loss,
+                scaler,
             },
             state.step,
         )
     } else {
-        // Initialise on the CPU backend whatever the device: the same seed then gives the
-        // same weights on every backend, so runs compare across machines.
-        let cpu = Device::flex();
-        cpu.seed(cfg.seed);
-        let init = mc.init(&cpu)?;
-        let mut map = TensorMap::new();
-        init.save_tensors(&mut map, "");
-        // The teacher starts as an exact copy of the student (`teacher.load_state_dict(student.state_dict())`).
-        let student = mc.load(&map, "", &ad_device)?;
-        let teacher = mc.load(&map, "", device)?;
-        let loss = DinoLoss::new(cfg.out_dim, cfg.student_temp, cfg.center_momentum);
-        (
-            Networks {
-                student,
-                teacher,
-                optim: AdamW::default(),
-                loss,
-            },
-            0,
-        )
+        (Networks::fresh(&cfg, &mc, device)?, 0)
     };
     std::fs::create_dir_all(run.root.join("checkpoints"))
         .with_context(|| format!("creating {}", run.root.display()))?;
@@ -612,6 +686,7 @@ pub fn train(
     let mut last_loss = f64::NAN;
     let mut collapse = String::from("ok");
     let mut last_saved = start_step;
+    let mut skipped = 0u64;
     let ncrops = cfg.ncrops();
     for step in start_step..end_step {
         let t0 = Instant::now();
@@ -643,6 +718,7 @@ pub fn train(
         let out = dino_step(nets, globals, locals, &drop, &hyper, device);
         nets = out.nets;
         let (loss_value, stats) = (out.loss, out.stats);
+        skipped += u64::from(out.skipped && loss_value.is_finite());
         if !loss_value.is_finite() {
             bar.abandon();
             bail!(
@@ -659,11 +735,16 @@ pub fn train(
             first_loss = loss_value;
         }
         last_loss = loss_value;
-        let record = serde_json::json!({
+        let mut record = serde_json::json!({
             "step": step, "epoch": epoch, "loss": loss_value, "lr": schedules.lr[it], "wd": schedules.wd[it],
             "momentum": schedules.momentum[it], "teacher_temp": temp, "img_per_sec": img_per_sec,
             "teacher_entropy": stats.entropy, "teacher_batch_entropy": stats.mean_entropy, "collapse": collapse,
         });
+        if let Some(scaler) = &nets.scaler {
+            // The scale after this step's update, and whether the update was skipped.
+            record["loss_scale"] = scaler.scale.into();
+            record["skipped"] = out.skipped.into();
+        }
         writeln!(metrics, "{record}")
             .with_context(|| format!("writing {}", run.metrics().display()))?;
         bar.set_position(step + 1);
@@ -714,6 +795,13 @@ pub fn train(
     let model_bytes = dino_model::checkpoint::model_checkpoint_bytes(&mc, &nets.teacher)?;
     crate::io::write_atomic(&run.teacher(), &model_bytes)?;
     plot_metrics(run)?;
+    if skipped > 0 {
+        log::info!(
+            "{skipped} of {} steps were skipped because an f16 gradient overflowed (the loss scale is now {}); a few early on are normal",
+            end_step - start_step,
+            nets.scaler.map_or(f64::NAN, |s| s.scale)
+        );
+    }
     let unreadable = loader.unreadable.load(std::sync::atomic::Ordering::Relaxed);
     if unreadable > 0 {
         log::warn!(

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use dino_model::read_checkpoint;
@@ -275,6 +275,14 @@ fn bad_inputs_give_clear_errors() {
         ],
         &["holds no images"],
     );
+    // A flag clap rejects is a usage error: exit code 2, as for every other bad flag.
+    let usage = dino(&["train", "-o", o, "--precision", "f64"]);
+    let stderr = String::from_utf8_lossy(&usage.stderr);
+    assert_eq!(usage.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("`f64` is not a precision; expected f32 or f16"),
+        "{stderr}"
+    );
     assert!(!out.join("checkpoints").join("last.safetensors").exists());
 }
 
@@ -390,12 +398,18 @@ fn training_on_an_image_folder_evaluates_on_its_labels_and_masks() {
     }
 }
 
-#[test]
-fn resumed_run_equals_the_straight_run() {
+/// 10 steps straight and 5 + `--resume` + 5 give identical weights, optimiser state and
+/// losses, with `extra` flags on both runs.
+fn resume_equals_straight(extra: &[&str]) -> (PathBuf, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (dir.path().join("straight"), dir.path().join("split"));
-    train(&a, &["--max-steps", "10", "--drop-path-rate", "0.2"]);
-    train(&b, &["--max-steps", "5", "--drop-path-rate", "0.2"]);
+    let with = |steps: &'static str| {
+        let mut v = vec!["--max-steps", steps, "--drop-path-rate", "0.2"];
+        v.extend_from_slice(extra);
+        v
+    };
+    train(&a, &with("10"));
+    train(&b, &with("5"));
     let b_str = b.to_str().unwrap();
     fails(
         &[
@@ -437,6 +451,35 @@ fn resumed_run_equals_the_straight_run() {
         );
     }
     assert_eq!(common::losses(&a), common::losses(&b));
+    (a, dir)
+}
+
+#[test]
+fn resumed_run_equals_the_straight_run() {
+    resume_equals_straight(&[]);
+}
+
+/// Mixed precision resumes exactly too: the loss scaler's state travels in the checkpoint.
+#[test]
+fn resumed_f16_run_equals_the_straight_run() {
+    let (run, _dir) = resume_equals_straight(&["--precision", "f16"]);
+    let ckpt =
+        read_checkpoint(&std::fs::read(run.join("checkpoints/last.safetensors")).unwrap()).unwrap();
+    let scaler: serde_json::Value =
+        serde_json::from_str(&ckpt.metadata["dino.loss_scaler"]).unwrap();
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let last: serde_json::Value = metrics
+        .lines()
+        .rev()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|r| r.get("loss").is_some())
+        .unwrap();
+    println!("scaler {scaler}, last step {last}");
+    assert_eq!(scaler["scale"], last["loss_scale"]);
+    assert!(last["loss"].as_f64().unwrap().is_finite());
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["precision"], "f16");
 }
 
 #[test]

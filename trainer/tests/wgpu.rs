@@ -1,6 +1,7 @@
 //! The wgpu backend trains the same numbers as the CPU backend: three DINO steps of a tiny
 //! ViT on `--device wgpu` (lavapipe in CI: Mesa's CPU Vulkan driver, a real shader path)
-//! against `--device cpu`, loss by loss.
+//! against `--device cpu`, loss by loss, in f32 and in mixed precision (`--precision f16`,
+//! WGSL's f16 through wgpu's shader-f16, which lavapipe offers).
 //!
 //! Needs a Vulkan/Metal/DX12 adapter; `scripts/setup-tests.sh` installs lavapipe. Set
 //! `DINOSCOPE_SKIP_WGPU_TEST=1` to skip explicitly on a machine without any adapter.
@@ -9,6 +10,86 @@ mod common;
 
 use std::process::Command;
 
+/// Runs the tiny 3-step training on `device` in `precision`; returns each step's
+/// (loss, loss scale, skipped) from metrics.jsonl.
+fn three_steps(dir: &std::path::Path, device: &str, precision: &str) -> Vec<(f64, f64, bool)> {
+    let run = dir.join(format!("{device}-{precision}"));
+    let out = Command::new(env!("CARGO_BIN_EXE_dino"))
+        .args([
+            "train",
+            "-o",
+            run.to_str().unwrap(),
+            "--device",
+            device,
+            "--precision",
+            precision,
+            "--quiet",
+        ])
+        // Low enough that this tiny head's f16 gradients do not overflow (see the README's
+        // mixed-precision notes), so the f16 backward pass and AdamW steps are compared too.
+        .args(["--loss-scale", "16"])
+        .args([
+            "--arch",
+            "vit_tiny",
+            "--depth",
+            "1",
+            "--patch-size",
+            "8",
+            "--image-size",
+            "16",
+            "--local-size",
+            "8",
+        ])
+        .args([
+            "--local-crops",
+            "1",
+            "--out-dim",
+            "32",
+            "--head-hidden-dim",
+            "32",
+            "--head-bottleneck-dim",
+            "16",
+        ])
+        .args([
+            "--batch-size",
+            "4",
+            "--synthetic-count",
+            "16",
+            "--synthetic-size",
+            "16",
+            "--epochs",
+            "2",
+        ])
+        .args(["--max-steps", "3", "--eval-every", "100000"])
+        // Keep lavapipe's shader compilation and autotuning short.
+        .env("CUBECL_AUTOTUNE_LEVEL", "minimal")
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "dino train --device {device} --precision {precision} failed (no wgpu adapter? install mesa-vulkan-drivers):\n{stderr}"
+    );
+    let losses = common::losses(&run);
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let steps: Vec<(f64, f64, bool)> = metrics
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v.get("loss").is_some())
+        .map(|v| {
+            (
+                v["loss"].as_f64().unwrap(),
+                v["loss_scale"].as_f64().unwrap_or(1.0),
+                v["skipped"].as_bool().unwrap_or(false),
+            )
+        })
+        .collect();
+    assert_eq!(steps.len(), 3);
+    assert_eq!(steps.iter().map(|s| s.0).collect::<Vec<_>>(), losses);
+    steps
+}
+
 #[test]
 fn wgpu_and_cpu_backends_give_the_same_losses() {
     if std::env::var("DINOSCOPE_SKIP_WGPU_TEST").is_ok_and(|v| v == "1") {
@@ -16,69 +97,26 @@ fn wgpu_and_cpu_backends_give_the_same_losses() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let mut curves = Vec::new();
-    for device in ["cpu", "wgpu"] {
-        let run = dir.path().join(device);
-        let out = Command::new(env!("CARGO_BIN_EXE_dino"))
-            .args([
-                "train",
-                "-o",
-                run.to_str().unwrap(),
-                "--device",
-                device,
-                "--quiet",
-            ])
-            .args([
-                "--arch",
-                "vit_tiny",
-                "--depth",
-                "1",
-                "--patch-size",
-                "8",
-                "--image-size",
-                "16",
-                "--local-size",
-                "8",
-            ])
-            .args([
-                "--local-crops",
-                "1",
-                "--out-dim",
-                "32",
-                "--head-hidden-dim",
-                "32",
-                "--head-bottleneck-dim",
-                "16",
-            ])
-            .args([
-                "--batch-size",
-                "4",
-                "--synthetic-count",
-                "16",
-                "--synthetic-size",
-                "16",
-                "--epochs",
-                "2",
-            ])
-            .args(["--max-steps", "3", "--eval-every", "100000"])
-            // Keep lavapipe's shader compilation and autotuning short.
-            .env("CUBECL_AUTOTUNE_LEVEL", "minimal")
-            .env("RUST_LOG", "warn")
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            out.status.success(),
-            "dino train --device {device} failed (no wgpu adapter? install mesa-vulkan-drivers):\n{stderr}"
-        );
-        curves.push(common::losses(&run));
-    }
-    println!("cpu  {:?}\nwgpu {:?}", curves[0], curves[1]);
-    assert_eq!(curves[0].len(), 3);
-    for (a, b) in curves[0].iter().zip(&curves[1]) {
-        assert!(
-            (a - b).abs() < 1e-4,
-            "losses differ between backends: {a} vs {b}"
-        );
+    // f32 agrees to accumulation order; f16 keeps 11 significant bits, so a loss near 3
+    // moves by a few 1e-3 when the two backends sum products in different orders.
+    for (precision, tolerance) in [("f32", 1e-4), ("f16", 2e-2)] {
+        let cpu = three_steps(dir.path(), "cpu", precision);
+        let wgpu = three_steps(dir.path(), "wgpu", precision);
+        if precision == "f16" {
+            assert!(
+                cpu.iter().all(|s| !s.2),
+                "a step overflowed at scale 16: {cpu:?}"
+            );
+        }
+        println!("{precision} cpu  {cpu:?}\n{precision} wgpu {wgpu:?}");
+        for (a, b) in cpu.iter().zip(&wgpu) {
+            assert!(
+                (a.0 - b.0).abs() < tolerance,
+                "{precision}: losses differ between backends: {} vs {}",
+                a.0,
+                b.0
+            );
+            assert_eq!((a.1, a.2), (b.1, b.2), "{precision}: loss scaling differs");
+        }
     }
 }
