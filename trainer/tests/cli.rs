@@ -165,9 +165,13 @@ fn import_info_and_attention_on_an_official_checkpoint() {
     let info = ok(&["info", small.to_str().unwrap()]);
     assert!(info.contains("head:        absent"), "{info}");
     let device = burn::tensor::Device::flex();
-    let x = burn::tensor::Tensor::<4>::random(
-        [1, 3, 32, 32],
-        burn::tensor::Distribution::Normal(0.0, 1.0),
+    // A fixed input: with random draws the error is a random variable whose tail (f16 weights
+    // of this random fixture, amplified by LayerNorm) crossed the bound in 1 run of ~20.
+    let pixels: Vec<f32> = (0..3 * 32 * 32)
+        .map(|i| ((i as f32) * 0.37).sin() * 1.5)
+        .collect();
+    let x = burn::tensor::Tensor::<4>::from_data(
+        burn::tensor::TensorData::new(pixels, [1, 3, 32, 32]),
         &device,
     );
     let cls = |path: &Path| -> Vec<f32> {
@@ -186,6 +190,7 @@ fn import_info_and_attention_on_an_official_checkpoint() {
         .zip(&b)
         .map(|(p, q)| (p - q).abs())
         .fold(0.0f32, f32::max);
+    println!("f16 copy: largest CLS difference {err}");
     assert!(err < 2e-2, "f16 copy differs by {err}");
     // The .pth works directly too, and so does the Hugging Face file.
     ok(&[
