@@ -9,7 +9,10 @@ utils.get_params_groups + torch.optim.AdamW, utils.clip_gradients,
 utils.cancel_gradients_last_layer and the EMA teacher, with the schedules of
 utils.cosine_scheduler. It records the initial weights (as an official checkpoint), every
 step's crops, loss, schedule values and centre, the final student and teacher, and a few
-full-length schedules. Nothing of the official code is copied; it is imported from --dino-repo.
+full-length schedules. Then the same 5 iterations again from the same weights and crops with
+the two other optimisers of main_dino.py (`--optimizer sgd`: torch.optim.SGD with momentum
+0.9; `--optimizer lars`: utils.LARS), into train_optimizers.safetensors / .json. Nothing of
+the official code is copied; it is imported from --dino-repo.
 """
 import argparse
 import json
@@ -58,6 +61,7 @@ def main():
                 "teacher": teacher.state_dict(), "epoch": 0},
                f"{args.out}/train_initial.pth")
 
+    initial = {k: v.clone() for k, v in student.state_dict().items()}
     ncrops = 2 + n_local
     dino_loss = DINOLoss(out_dim, ncrops, 0.04, 0.07, 2, epochs)
     params_groups = utils.get_params_groups(student)
@@ -66,17 +70,13 @@ def main():
     wd_schedule = utils.cosine_scheduler(0.04, 0.4, epochs, iters_per_epoch)
     momentum_schedule = utils.cosine_scheduler(0.9, 1, epochs, iters_per_epoch)
 
-    tensors, record = {}, {"steps": []}
-    for it in range(steps):
+    def one_step(student, teacher, dino_loss, optimizer, it, lr, images):
+        """The body of train_one_epoch for iteration `it`; returns the loss."""
         epoch = it // iters_per_epoch
         for i, param_group in enumerate(optimizer.param_groups):
-            param_group["lr"] = lr_schedule[it]
+            param_group["lr"] = lr
             if i == 0:
                 param_group["weight_decay"] = wd_schedule[it]
-        images = [torch.randn(batch, 3, global_size, global_size) for _ in range(2)]
-        images += [torch.randn(batch, 3, local_size, local_size) for _ in range(n_local)]
-        tensors[f"step{it}.globals"] = torch.cat(images[:2])
-        tensors[f"step{it}.locals"] = torch.cat(images[2:])
         teacher_output = teacher(images[:2])
         student_output = student(images)
         loss = dino_loss(student_output, teacher_output, epoch)
@@ -89,6 +89,18 @@ def main():
             m = momentum_schedule[it]
             for param_q, param_k in zip(student.parameters(), teacher.parameters()):
                 param_k.data.mul_(m).add_((1 - m) * param_q.detach().data)
+        return loss
+
+    tensors, record = {}, {"steps": []}
+    crops = []
+    for it in range(steps):
+        epoch = it // iters_per_epoch
+        images = [torch.randn(batch, 3, global_size, global_size) for _ in range(2)]
+        images += [torch.randn(batch, 3, local_size, local_size) for _ in range(n_local)]
+        crops.append(images)
+        tensors[f"step{it}.globals"] = torch.cat(images[:2])
+        tensors[f"step{it}.locals"] = torch.cat(images[2:])
+        loss = one_step(student, teacher, dino_loss, optimizer, it, lr_schedule[it], images)
         tensors[f"step{it}.center"] = dino_loss.center.clone()
         record["steps"].append({
             "loss": loss.item(), "lr": float(lr_schedule[it]), "wd": float(wd_schedule[it]),
@@ -116,6 +128,37 @@ def main():
                         "out_dim": out_dim, "clip_grad": clip_grad, "torch": torch.__version__}
     with open(f"{args.out}/train_steps.json", "w") as f:
         json.dump(record, f, indent=1)
+
+    # The other two optimisers of main_dino.py on the same weights and crops. Their learning
+    # rates are scaled up (SGD ×10, LARS ×1000: its trust ratio eta·‖p‖/‖dp‖ with eta 1e-3
+    # makes each step tiny) so that 5 steps move the weights far beyond rounding.
+    others, other_record = {}, {}
+    for name, lr_scale in [("sgd", 10.0), ("lars", 1000.0)]:
+        student, teacher = network(), network()
+        student.load_state_dict(initial)
+        teacher.load_state_dict(initial)
+        for p in teacher.parameters():
+            p.requires_grad = False
+        dino_loss = DINOLoss(out_dim, ncrops, 0.04, 0.07, 2, epochs)
+        params_groups = utils.get_params_groups(student)
+        if name == "sgd":
+            optimizer = torch.optim.SGD(params_groups, lr=0, momentum=0.9)
+        else:
+            optimizer = utils.LARS(params_groups)
+        steps_record = []
+        for it in range(steps):
+            lr = float(lr_schedule[it]) * lr_scale
+            loss = one_step(student, teacher, dino_loss, optimizer, it, lr, crops[it])
+            steps_record.append({"loss": loss.item(), "lr": lr})
+            others[f"{name}.step{it}.center"] = dino_loss.center.clone()
+        for k, v in student.state_dict().items():
+            others[f"{name}.final.student.{k}"] = v
+        for k, v in teacher.state_dict().items():
+            others[f"{name}.final.teacher.{k}"] = v
+        other_record[name] = steps_record
+    save_file({k: v.contiguous() for k, v in others.items()}, f"{args.out}/train_optimizers.safetensors")
+    with open(f"{args.out}/train_optimizers.json", "w") as f:
+        json.dump(other_record, f, indent=1)
     print("wrote training fixtures to", args.out)
 
 

@@ -11,6 +11,7 @@ use clap::Args;
 use dino_model::Precision;
 
 use crate::device::DeviceChoice;
+use crate::optim::OptimizerKind;
 use crate::train::TrainConfig;
 
 /// `dino train` arguments. Defaults are the official `main_dino.py` ones.
@@ -123,6 +124,9 @@ pub struct TrainArgs {
     /// adapts from there [default: 65536]
     #[arg(long)]
     pub loss_scale: Option<f64>,
+    /// adamw, sgd (momentum 0.9) or lars, as main_dino.py --optimizer [default: adamw]
+    #[arg(long, value_parser = parse_optimizer)]
+    pub optimizer: Option<OptimizerKind>,
     /// Compute device
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     pub device: DeviceChoice,
@@ -143,6 +147,17 @@ pub struct TrainArgs {
     /// No progress bar; a log line every 10 steps
     #[arg(long, short)]
     pub quiet: bool,
+}
+
+fn parse_optimizer(s: &str) -> Result<OptimizerKind, String> {
+    match s {
+        "adamw" => Ok(OptimizerKind::AdamW),
+        "sgd" => Ok(OptimizerKind::Sgd),
+        "lars" => Ok(OptimizerKind::Lars),
+        other => Err(format!(
+            "`{other}` is not an optimizer; expected adamw, sgd or lars"
+        )),
+    }
 }
 
 fn parse_precision(s: &str) -> Result<Precision, String> {
@@ -214,7 +229,8 @@ impl TrainArgs {
             synthetic_size,
             seed,
             precision,
-            loss_scale
+            loss_scale,
+            optimizer
         );
         let a = &mut cfg.augment;
         for (name, flag, field) in [

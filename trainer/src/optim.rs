@@ -1,6 +1,6 @@
-//! AdamW with DINO's parameter groups and per-parameter gradient clipping, and the EMA
-//! teacher update, written against burn's module mapper so that every rule of
-//! `main_dino.py` / `utils.py` is explicit:
+//! The optimisers of `main_dino.py` (AdamW, SGD with momentum, LARS) with DINO's parameter
+//! groups and per-parameter gradient clipping, and the EMA teacher update, written against
+//! burn's module mapper so that every rule of `main_dino.py` / `utils.py` is explicit:
 //!
 //! - weight decay only on weights with 2 or more dimensions that are not biases
 //!   (`utils.get_params_groups`); the official `last_layer.weight_g` is `[out, 1]`, so it
@@ -9,7 +9,10 @@
 //! - while `epoch < freeze_last_layer` the last layer gets no gradient at all, so AdamW
 //!   skips it, weight decay included (`utils.cancel_gradients_last_layer`);
 //! - AdamW is PyTorch's: decoupled decay `p ← p(1 − lr·wd)`, bias-corrected moments, a
-//!   step count per parameter.
+//!   step count per parameter;
+//! - SGD is PyTorch's with momentum 0.9: `d = g + wd·p`, `buf ← 0.9·buf + d`, `p ← p − lr·buf`;
+//! - LARS is `utils.LARS`: on every parameter that is not 1-D, `d = g + wd·p` scaled by the
+//!   trust ratio `0.001·‖p‖/‖d‖` (1 when either norm is 0); `mu ← 0.9·mu + d`, `p ← p − lr·mu`.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -25,10 +28,49 @@ pub const BETA2: f64 = 0.999;
 /// Adam ε (PyTorch default).
 pub const EPS: f64 = 1e-8;
 
-/// AdamW state for every parameter, keyed by the parameter's module path.
+/// Momentum of SGD and LARS (`torch.optim.SGD(..., momentum=0.9)`, `LARS(momentum=0.9)`).
+pub const MOMENTUM: f64 = 0.9;
+/// LARS trust coefficient (`eta=0.001`).
+pub const LARS_ETA: f64 = 0.001;
+
+/// `--optimizer`: the three choices of `main_dino.py`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    /// `torch.optim.AdamW` (the default, for ViTs).
+    #[default]
+    AdamW,
+    /// `torch.optim.SGD` with momentum 0.9.
+    Sgd,
+    /// `utils.LARS` (for convnets and large batches).
+    Lars,
+}
+
+impl OptimizerKind {
+    /// The names of the per-parameter state tensors, as PyTorch's state dict calls them.
+    pub fn buffer_names(self) -> &'static [&'static str] {
+        match self {
+            OptimizerKind::AdamW => &["exp_avg", "exp_avg_sq"],
+            OptimizerKind::Sgd => &["momentum_buffer"],
+            OptimizerKind::Lars => &["mu"],
+        }
+    }
+}
+
+/// One parameter's optimiser state: its buffers (see [`OptimizerKind::buffer_names`]), the
+/// steps it took and its shape.
+#[derive(Debug, Clone)]
+struct ParamState {
+    buffers: Vec<Tensor<1>>,
+    step: u64,
+    shape: Vec<usize>,
+}
+
+/// The optimiser and its state for every parameter, keyed by the parameter's module path.
 #[derive(Debug, Clone, Default)]
-pub struct AdamW {
-    moments: HashMap<String, (Tensor<1>, Tensor<1>, u64, Vec<usize>)>,
+pub struct Optimizer {
+    kind: OptimizerKind,
+    state: HashMap<String, ParamState>,
 }
 
 /// The hyperparameters of one optimiser step.
@@ -76,7 +118,7 @@ impl PathTracker {
 
 struct StepMapper<'a> {
     grads: &'a mut GradientsParams,
-    state: &'a mut AdamW,
+    state: &'a mut Optimizer,
     params: StepParams,
     path: PathTracker,
 }
@@ -115,9 +157,16 @@ impl ModuleMapper for StepMapper<'_> {
             g = g * coef;
         }
         let device = p.device();
-        let (m, v, step) = match self.state.moments.remove(&path) {
-            Some((m, v, step, _)) => (m, v, step),
-            None => (Tensor::zeros([n], &device), Tensor::zeros([n], &device), 0),
+        let kind = self.state.kind;
+        let (buffers, step) = match self.state.state.remove(&path) {
+            Some(s) => (s.buffers, s.step),
+            None => (
+                kind.buffer_names()
+                    .iter()
+                    .map(|_| Tensor::zeros([n], &device))
+                    .collect(),
+                0,
+            ),
         };
         let step = step + 1;
         let StepParams {
@@ -128,23 +177,95 @@ impl ModuleMapper for StepMapper<'_> {
         } else {
             0.0
         };
-        let p = if wd != 0.0 {
-            p.mul_scalar(1.0 - lr * wd)
-        } else {
-            p
+        let (p, buffers) = match kind {
+            OptimizerKind::AdamW => adamw(p, g, buffers, step, lr, wd),
+            OptimizerKind::Sgd => {
+                let d = if wd != 0.0 {
+                    g + p.clone().mul_scalar(wd)
+                } else {
+                    g
+                };
+                momentum(p, d, buffers, lr)
+            }
+            OptimizerKind::Lars => {
+                if official_ndim(&path, shape.len()) == 1 {
+                    momentum(p, g, buffers, lr)
+                } else {
+                    let d = g + p.clone().mul_scalar(wd);
+                    let d = d.clone() * trust_ratio(&p, &d);
+                    momentum(p, d, buffers, lr)
+                }
+            }
         };
-        let m = m.mul_scalar(BETA1) + g.clone().mul_scalar(1.0 - BETA1);
-        let v = v.mul_scalar(BETA2) + g.square().mul_scalar(1.0 - BETA2);
-        let bc1 = 1.0 - BETA1.powi(step as i32);
-        let bc2 = 1.0 - BETA2.powi(step as i32);
-        let denom = v.clone().sqrt().div_scalar(bc2.sqrt()).add_scalar(EPS);
-        let p = p - (m.clone() / denom).mul_scalar(lr / bc1);
-        self.state.moments.insert(path, (m, v, step, shape.clone()));
+        self.state.state.insert(
+            path,
+            ParamState {
+                buffers,
+                step,
+                shape: shape.clone(),
+            },
+        );
         let mut out: Tensor<D> = Tensor::from_inner(p.reshape(to_array::<D>(&shape)));
         if require_grad {
             out = out.require_grad();
         }
         Param::from_mapped_value(id, out, mapper)
+    }
+}
+
+/// PyTorch's AdamW: decoupled decay, then the bias-corrected moment update.
+fn adamw(
+    p: Tensor<1>,
+    g: Tensor<1>,
+    buffers: Vec<Tensor<1>>,
+    step: u64,
+    lr: f64,
+    wd: f64,
+) -> (Tensor<1>, Vec<Tensor<1>>) {
+    let [m, v]: [Tensor<1>; 2] = buffers.try_into().expect("AdamW keeps two buffers");
+    let p = if wd != 0.0 {
+        p.mul_scalar(1.0 - lr * wd)
+    } else {
+        p
+    };
+    let m = m.mul_scalar(BETA1) + g.clone().mul_scalar(1.0 - BETA1);
+    let v = v.mul_scalar(BETA2) + g.square().mul_scalar(1.0 - BETA2);
+    let bc1 = 1.0 - BETA1.powi(step as i32);
+    let bc2 = 1.0 - BETA2.powi(step as i32);
+    let denom = v.clone().sqrt().div_scalar(bc2.sqrt()).add_scalar(EPS);
+    let p = p - (m.clone() / denom).mul_scalar(lr / bc1);
+    (p, vec![m, v])
+}
+
+/// The heavy-ball update SGD and LARS share: `buf ← 0.9·buf + d`, `p ← p − lr·buf`.
+fn momentum(
+    p: Tensor<1>,
+    d: Tensor<1>,
+    buffers: Vec<Tensor<1>>,
+    lr: f64,
+) -> (Tensor<1>, Vec<Tensor<1>>) {
+    let [buf]: [Tensor<1>; 1] = buffers.try_into().expect("one momentum buffer");
+    let buf = buf.mul_scalar(MOMENTUM) + d;
+    (p - buf.clone().mul_scalar(lr), vec![buf])
+}
+
+/// LARS's `eta·‖p‖/‖d‖`, or 1 when either norm is 0; kept on the device.
+fn trust_ratio(p: &Tensor<1>, d: &Tensor<1>) -> Tensor<1> {
+    let p_norm = p.clone().square().sum().sqrt();
+    let d_norm = d.clone().square().sum().sqrt();
+    let ratio = p_norm.clone().mul_scalar(LARS_ETA) / d_norm.clone();
+    ratio
+        .mask_fill(d_norm.equal_elem(0.0), 1.0)
+        .mask_fill(p_norm.equal_elem(0.0), 1.0)
+}
+
+/// The number of dimensions PyTorch sees: our weight-norm gain is a vector, the official
+/// `last_layer.weight_g` is `[out, 1]`.
+fn official_ndim(path: &str, rank: usize) -> usize {
+    if path.ends_with("last_layer_g") {
+        2
+    } else {
+        rank
     }
 }
 
@@ -154,8 +275,21 @@ fn to_array<const D: usize>(shape: &[usize]) -> [usize; D] {
     a
 }
 
-impl AdamW {
-    /// Applies one AdamW step with DINO's rules to every parameter that has a gradient.
+impl Optimizer {
+    /// An optimiser of `kind` with no state yet.
+    pub fn new(kind: OptimizerKind) -> Self {
+        Self {
+            kind,
+            state: HashMap::new(),
+        }
+    }
+
+    /// Which optimiser this is.
+    pub fn kind(&self) -> OptimizerKind {
+        self.kind
+    }
+
+    /// Applies one optimiser step with DINO's rules to every parameter that has a gradient.
     pub fn step(
         &mut self,
         model: DinoModel,
@@ -171,49 +305,60 @@ impl AdamW {
         model.map(&mut mapper)
     }
 
-    /// The state as named host tensors (`<path>.exp_avg`, `<path>.exp_avg_sq`) and step counts.
+    /// The state as named host tensors (`<path>.<buffer>`, PyTorch's buffer names: `exp_avg`
+    /// and `exp_avg_sq` for AdamW, `momentum_buffer` for SGD, `mu` for LARS) and step counts.
     pub fn export(&self) -> (BTreeMap<String, RawTensor>, BTreeMap<String, u64>) {
         let mut tensors = BTreeMap::new();
         let mut steps = BTreeMap::new();
-        for (path, (m, v, step, shape)) in &self.moments {
-            let to_raw = |t: &Tensor<1>| {
-                RawTensor::new(
-                    shape.clone(),
-                    t.clone()
-                        .into_data()
-                        .convert::<f32>()
-                        .try_into_vec::<f32>()
-                        .expect("f32 state"),
-                )
-            };
-            tensors.insert(format!("{path}.exp_avg"), to_raw(m));
-            tensors.insert(format!("{path}.exp_avg_sq"), to_raw(v));
-            steps.insert(path.clone(), *step);
+        for (path, st) in &self.state {
+            for (name, t) in self.kind.buffer_names().iter().zip(&st.buffers) {
+                let data = t
+                    .clone()
+                    .into_data()
+                    .convert::<f32>()
+                    .try_into_vec::<f32>()
+                    .expect("f32 state");
+                tensors.insert(
+                    format!("{path}.{name}"),
+                    RawTensor::new(st.shape.clone(), data),
+                );
+            }
+            steps.insert(path.clone(), st.step);
         }
         (tensors, steps)
     }
 
-    /// Rebuilds the state from [`AdamW::export`]'s output.
+    /// Rebuilds a `kind` optimiser's state from [`Optimizer::export`]'s output.
     pub fn import(
+        kind: OptimizerKind,
         tensors: &BTreeMap<String, RawTensor>,
         steps: &BTreeMap<String, u64>,
         device: &Device,
     ) -> anyhow::Result<Self> {
-        let mut moments = HashMap::new();
+        let mut state = HashMap::new();
         for (path, step) in steps {
-            let get = |suffix: &str| {
-                tensors.get(&format!("{path}.{suffix}")).ok_or_else(|| {
-                    anyhow::anyhow!("optimizer state `{path}.{suffix}` missing from the checkpoint")
-                })
-            };
-            let (m, v) = (get("exp_avg")?, get("exp_avg_sq")?);
-            let n = m.numel();
-            let t = |r: &RawTensor| {
-                Tensor::<1>::from_data(TensorData::new(r.data.clone(), [n]), device)
-            };
-            moments.insert(path.clone(), (t(m), t(v), *step, m.shape.clone()));
+            let mut buffers = Vec::new();
+            let mut shape = Vec::new();
+            for name in kind.buffer_names() {
+                let raw = tensors.get(&format!("{path}.{name}")).ok_or_else(|| {
+                    anyhow::anyhow!("optimizer state `{path}.{name}` missing from the checkpoint")
+                })?;
+                buffers.push(Tensor::<1>::from_data(
+                    TensorData::new(raw.data.clone(), [raw.numel()]),
+                    device,
+                ));
+                shape = raw.shape.clone();
+            }
+            state.insert(
+                path.clone(),
+                ParamState {
+                    buffers,
+                    step: *step,
+                    shape,
+                },
+            );
         }
-        Ok(Self { moments })
+        Ok(Self { kind, state })
     }
 }
 

@@ -1,7 +1,7 @@
 //! The DINO training loop (`main_dino.py`): student on every crop, teacher on the two global
-//! crops, DINO loss with centring and sharpening, AdamW with the official schedules and
-//! parameter groups, EMA teacher; run directory, checkpoints, metrics, resume, live
-//! attention pictures and periodic evaluation.
+//! crops, DINO loss with centring and sharpening, AdamW (or SGD, LARS) with the official
+//! schedules and parameter groups, EMA teacher, optional mixed precision; run directory,
+//! checkpoints, metrics, resume, live attention pictures and periodic evaluation.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -23,7 +23,7 @@ use crate::amp::LossScaler;
 use crate::augment::AugmentConfig;
 use crate::data::{self, Source};
 use crate::loss::{DinoLoss, collapse_indicator};
-use crate::optim::{AdamW, StepParams, ema_update, unscale_gradients};
+use crate::optim::{Optimizer, OptimizerKind, StepParams, ema_update, unscale_gradients};
 use crate::pipeline::{Batch, Loader, derive_seed};
 use crate::schedule::{ScheduleParams, Schedules};
 
@@ -89,6 +89,9 @@ pub struct TrainConfig {
     /// f32, or mixed precision with dynamic loss scaling (`--use_fp16`).
     #[serde(default)]
     pub precision: Precision,
+    /// `adamw` (official default), `sgd` or `lars`.
+    #[serde(default)]
+    pub optimizer: OptimizerKind,
     /// Loss scale an f16 run starts from.
     #[serde(default = "default_loss_scale")]
     pub loss_scale: f64,
@@ -132,6 +135,7 @@ impl Default for TrainConfig {
             seed: 0,
             precision: Precision::F32,
             loss_scale: crate::amp::INIT_SCALE,
+            optimizer: OptimizerKind::AdamW,
         }
     }
 }
@@ -287,8 +291,8 @@ pub struct Networks {
     pub student: DinoModel,
     /// The EMA teacher, on the plain device.
     pub teacher: DinoModel,
-    /// AdamW state of the student.
-    pub optim: AdamW,
+    /// Optimiser state of the student.
+    pub optim: Optimizer,
     /// The loss with its running centre.
     pub loss: DinoLoss,
     /// Dynamic loss scaling, present with `--precision f16`.
@@ -318,7 +322,7 @@ impl Networks {
                 .load(&map, "", &device.clone().autodiff())?
                 .with_precision(cfg.precision),
             teacher: mc.load(&map, "", device)?.with_precision(cfg.precision),
-            optim: AdamW::default(),
+            optim: Optimizer::new(cfg.optimizer),
             loss: DinoLoss::new(cfg.out_dim, cfg.student_temp, cfg.center_momentum),
             scaler: (cfg.precision == Precision::F16).then_some(LossScaler {
                 scale: cfg.loss_scale,
@@ -359,7 +363,7 @@ pub struct StepOutput {
 
 /// One DINO iteration (`train_one_epoch`'s body): student on the global crops `[2B, 3, G, G]`
 /// and the local crops `[L·B, 3, l, l]` (grouped by resolution as `MultiCropWrapper`),
-/// teacher on the global crops, loss, backward, AdamW, EMA. A non-finite loss returns the
+/// teacher on the global crops, loss, backward, optimiser step, EMA. A non-finite loss returns the
 /// networks unchanged so the caller can stop with the last good state.
 pub fn dino_step(
     nets: Networks,
@@ -586,7 +590,8 @@ pub fn train(
             .iter()
             .filter_map(|(k, v)| k.strip_prefix("optim.").map(|s| (s.to_string(), v.clone())))
             .collect();
-        let optim = AdamW::import(&moments, &state.optimizer_steps, device)?;
+        let optim = Optimizer::import(cfg.optimizer, &moments, &state.optimizer_steps, device)
+            .with_context(|| format!("optimizer state in {}", path.display()))?;
         let center = ckpt
             .tensors
             .get("dino_loss.center")

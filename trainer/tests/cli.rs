@@ -464,6 +464,37 @@ fn resumed_run_equals_the_straight_run() {
     resume_equals_straight(&[]);
 }
 
+/// So do runs with the other optimisers: LARS's momentum buffers (`<param>.mu`) travel in the
+/// checkpoint, and resuming with another --optimizer is refused.
+#[test]
+fn resumed_lars_run_equals_the_straight_run() {
+    let (run, _dir) = resume_equals_straight(&["--optimizer", "lars"]);
+    let ckpt =
+        read_checkpoint(&std::fs::read(run.join("checkpoints/last.safetensors")).unwrap()).unwrap();
+    assert!(
+        ckpt.tensors
+            .contains_key("optim.backbone.blocks.0.attn.qkv.weight.mu"),
+        "{:?}",
+        ckpt.tensors
+            .keys()
+            .filter(|k| k.starts_with("optim."))
+            .take(4)
+            .collect::<Vec<_>>()
+    );
+    fails(
+        &[
+            "train",
+            "--resume",
+            run.to_str().unwrap(),
+            "--optimizer",
+            "sgd",
+            "--device",
+            "cpu",
+        ],
+        &["--optimizer", "different configuration"],
+    );
+}
+
 /// Mixed precision resumes exactly too: the loss scaler's state travels in the checkpoint.
 #[test]
 fn resumed_f16_run_equals_the_straight_run() {

@@ -13,7 +13,7 @@ use dino_model::import::{Which, import_bytes};
 use dino_model::{Precision, RawTensor, TensorMap};
 use dino_trainer::amp::LossScaler;
 use dino_trainer::loss::DinoLoss;
-use dino_trainer::optim::{AdamW, param_groups};
+use dino_trainer::optim::{Optimizer, OptimizerKind, param_groups};
 use dino_trainer::schedule::{cosine_scheduler, teacher_temp_schedule};
 use dino_trainer::train::{Networks, StepHyper, dino_step};
 use serde_json::Value;
@@ -63,6 +63,7 @@ fn official(map: &TensorMap, prefix: &str) -> BTreeMap<String, RawTensor> {
 fn replay(
     precision: Precision,
     scale: f64,
+    optimizer: OptimizerKind,
 ) -> (Vec<(f64, f64, f32, bool)>, Vec<(String, f32, String, f64)>) {
     let device = Device::flex();
     let ad = device.clone().autodiff();
@@ -77,7 +78,7 @@ fn replay(
             .load(&imported.tensors, "", &device)
             .unwrap()
             .with_precision(precision),
-        optim: AdamW::default(),
+        optim: Optimizer::new(optimizer),
         loss: DinoLoss::new(64, 0.1, 0.9),
         scaler: (precision == Precision::F16).then_some(LossScaler {
             scale,
@@ -86,10 +87,23 @@ fn replay(
     };
     let (_, expected) = read_safetensors(&fixture("train_steps.safetensors")).unwrap();
     let rec = record();
+    // SGD and LARS ran on the same crops and schedules with their own learning rates; their
+    // losses, centres and final weights are in train_optimizers.*.
+    let (prefix, reference, other_steps) = match optimizer {
+        OptimizerKind::AdamW => (String::new(), expected.clone(), None),
+        other => {
+            let name = serde_json::to_value(other).unwrap();
+            let name = name.as_str().unwrap().to_string();
+            let (_, t) = read_safetensors(&fixture("train_optimizers.safetensors")).unwrap();
+            let r: Value = serde_json::from_slice(&fixture("train_optimizers.json")).unwrap();
+            (format!("{name}."), t, Some(r[&name].clone()))
+        }
+    };
     let mut steps = Vec::new();
     for (i, s) in rec["steps"].as_array().unwrap().iter().enumerate() {
+        let own = other_steps.as_ref().map_or(s, |o| &o[i]);
         let hyper = StepHyper {
-            lr: s["lr"].as_f64().unwrap(),
+            lr: own["lr"].as_f64().unwrap(),
             weight_decay: s["wd"].as_f64().unwrap(),
             momentum: s["momentum"].as_f64().unwrap(),
             teacher_temp: s["teacher_temp"].as_f64().unwrap(),
@@ -100,13 +114,13 @@ fn replay(
         let locals = to4(&expected[&format!("step{i}.locals")], &ad);
         let out = dino_step(nets, globals, Some(locals), &[None, None], &hyper, &device);
         nets = out.nets;
-        let want = s["loss"].as_f64().unwrap();
+        let want = own["loss"].as_f64().unwrap();
         let center_err = max_err(
             &nets.loss.center,
-            &expected[&format!("step{i}.center")].data,
+            &reference[&format!("{prefix}step{i}.center")].data,
         );
         println!(
-            "{precision:?} step {i}: loss {:.7} official {want:.7} (diff {:.2e}), centre max abs error {center_err:.2e}{}",
+            "{precision:?} {optimizer:?} step {i}: loss {:.7} official {want:.7} (diff {:.2e}), centre max abs error {center_err:.2e}{}",
             out.loss,
             (out.loss - want).abs(),
             if out.skipped { ", skipped" } else { "" }
@@ -117,7 +131,7 @@ fn replay(
     for (who, model) in [("student", &nets.student), ("teacher", &nets.teacher)] {
         let mut ours = TensorMap::new();
         model.save_tensors(&mut ours, "");
-        let theirs = official(&expected, &format!("final.{who}."));
+        let theirs = official(&reference, &format!("{prefix}final.{who}."));
         let mut worst = (0.0f32, String::new());
         // Cosine between our total update (final − initial) and the official one, over every
         // weight: rounding noise turns a few near-zero-gradient elements around under Adam, a
@@ -150,7 +164,7 @@ fn replay(
         }
         let cosine = dot / (n_ours.sqrt() * n_theirs.sqrt());
         println!(
-            "{precision:?} {who} after 5 steps: max abs weight error {:.2e} ({}), update cosine {cosine:.6}",
+            "{precision:?} {optimizer:?} {who} after 5 steps: max abs weight error {:.2e} ({}), update cosine {cosine:.6}",
             worst.0, worst.1
         );
         worst_per_net.push((who.to_string(), worst.0, worst.1, cosine));
@@ -160,7 +174,7 @@ fn replay(
 
 #[test]
 fn five_official_iterations_are_reproduced() {
-    let (steps, worst) = replay(Precision::F32, 1.0);
+    let (steps, worst) = replay(Precision::F32, 1.0, OptimizerKind::AdamW);
     for (i, (loss, want, center_err, skipped)) in steps.into_iter().enumerate() {
         assert!(!skipped);
         // Within 1e-6 of the loss: a few f32 ulps, whatever the summation order.
@@ -232,7 +246,7 @@ fn parameter_groups_match_get_params_groups() {
 /// fixture overflows, so every step is taken as in the reference.
 #[test]
 fn five_official_iterations_in_mixed_precision_stay_within_f16_rounding() {
-    let (steps, worst) = replay(Precision::F16, 1024.0);
+    let (steps, worst) = replay(Precision::F16, 1024.0, OptimizerKind::AdamW);
     for (i, (loss, want, center_err, skipped)) in steps.into_iter().enumerate() {
         assert!(!skipped, "step {i} overflowed at scale 1024");
         // f16 keeps 11 significant bits: 2.5 × 2⁻¹¹ ≈ 1.2e-3 for a loss of 2.5.
@@ -275,7 +289,7 @@ fn an_overflowing_f16_step_is_skipped_and_the_scale_halved() {
             .load(&imported.tensors, "", &device)
             .unwrap()
             .with_precision(Precision::F16),
-        optim: AdamW::default(),
+        optim: Optimizer::new(OptimizerKind::AdamW),
         loss: DinoLoss::new(64, 0.1, 0.9),
         scaler: Some(LossScaler::default()),
     };
@@ -307,6 +321,30 @@ fn an_overflowing_f16_step_is_skipped_and_the_scale_halved() {
             let before = &imported.tensors[name].data;
             // The teacher is m·t + (1 − m)·s with s = t: unchanged up to rounding.
             assert!(max_err(&t.data, before) < 1e-6, "{name} changed");
+        }
+    }
+}
+
+/// `--optimizer sgd` and `--optimizer lars` against `torch.optim.SGD(momentum=0.9)` and the
+/// official `utils.LARS`, on the same 5 iterations (learning rates ×10 and ×1000 so that the
+/// updates dwarf rounding; LARS's trust ratio keeps its steps small).
+#[test]
+fn sgd_and_lars_match_the_official_optimizers() {
+    for kind in [OptimizerKind::Sgd, OptimizerKind::Lars] {
+        let (steps, worst) = replay(Precision::F32, 1.0, kind);
+        for (i, (loss, want, center_err, _)) in steps.into_iter().enumerate() {
+            assert!(
+                (loss - want).abs() < 1e-5 * want.abs(),
+                "{kind:?} step {i}: loss {loss} vs {want}"
+            );
+            assert!(
+                center_err < 1e-5,
+                "{kind:?} step {i}: centre error {center_err}"
+            );
+        }
+        for (who, err, name, cosine) in worst {
+            assert!(err < 1e-4, "{kind:?} {who}: {name} differs by {err}");
+            assert!(cosine > 0.99999, "{kind:?} {who}: update cosine {cosine}");
         }
     }
 }
