@@ -133,6 +133,10 @@ pub struct TrainArgs {
     /// Save checkpoints/last.safetensors every N steps (and at each epoch end)
     #[arg(long, default_value_t = 100)]
     pub checkpoint_every: u64,
+    /// Keep the teacher of epochs 0, N, 2N, … as checkpoints/teacher_eEEEE.safetensors for
+    /// the viewer (official --saveckp_freq; 0: never)
+    #[arg(long, default_value_t = 20)]
+    pub saveckp_freq: usize,
     /// Attention pictures and evaluation every N steps (0: at each epoch end)
     #[arg(long, default_value_t = 0)]
     pub eval_every: u64,

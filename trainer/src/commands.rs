@@ -262,6 +262,7 @@ pub fn train(args: &crate::cli_train::TrainArgs) -> Result<()> {
     let opts = RunOptions {
         max_steps: args.max_steps,
         checkpoint_every: args.checkpoint_every,
+        saveckp_freq: args.saveckp_freq,
         eval_every: args.eval_every,
         eval_data: args.eval_data.clone(),
         workers,

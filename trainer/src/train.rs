@@ -195,6 +195,9 @@ pub struct RunOptions {
     pub max_steps: Option<u64>,
     /// Save `last.safetensors` every N steps (and at each epoch end).
     pub checkpoint_every: u64,
+    /// Keep the teacher of every Nth epoch (0, N, 2N, …) as `teacher_eEEEE.safetensors`
+    /// (the official `--saveckp_freq`); 0 disables.
+    pub saveckp_freq: usize,
     /// Write attention pictures and run evaluations every N steps (0 = each epoch end).
     pub eval_every: u64,
     /// Data of the periodic evaluation (see [`EvalSet`]).
@@ -225,6 +228,13 @@ impl RunDir {
     /// `checkpoints/teacher.safetensors`, the model the viewer opens.
     pub fn teacher(&self) -> PathBuf {
         self.root.join("checkpoints").join("teacher.safetensors")
+    }
+    /// `checkpoints/teacher_e<epoch>.safetensors`, the teacher kept at the end of `epoch`
+    /// (0-based, as the official `checkpoint{epoch:04}.pth`).
+    pub fn epoch_teacher(&self, epoch: usize) -> PathBuf {
+        self.root
+            .join("checkpoints")
+            .join(format!("teacher_e{epoch:04}.safetensors"))
     }
     /// `metrics.jsonl`.
     pub fn metrics(&self) -> PathBuf {
@@ -777,6 +787,23 @@ pub fn train(
                 )
             })?;
             last_saved = done;
+        }
+        // At an epoch's end `done` is a positive multiple of the epoch length.
+        let finished_epoch = (done / iters_per_epoch as u64) as usize;
+        if epoch_end
+            && opts.saveckp_freq > 0
+            && (finished_epoch - 1).is_multiple_of(opts.saveckp_freq)
+        {
+            let path = run.epoch_teacher(finished_epoch - 1);
+            let bytes = dino_model::checkpoint::model_checkpoint_bytes(&mc, &nets.teacher)?;
+            crate::io::write_atomic(&path, &bytes).with_context(|| {
+                bar.abandon();
+                format!(
+                    "saving {} failed (is the disk full?); the run can continue with `dino train --resume {}`",
+                    path.display(),
+                    run.root.display()
+                )
+            })?;
         }
         let eval_due = if opts.eval_every == 0 {
             epoch_end

@@ -295,7 +295,17 @@ fn bad_inputs_give_clear_errors() {
 fn tiny_training_run_learns_without_collapse_and_writes_a_run_dir() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
-    let text = train(&run, &["--max-steps", "24", "--eval-every", "24"]);
+    let text = train(
+        &run,
+        &[
+            "--max-steps",
+            "24",
+            "--eval-every",
+            "24",
+            "--saveckp-freq",
+            "2",
+        ],
+    );
     assert!(text.contains("trained to step 24"), "{text}");
     let losses = common::losses(&run);
     assert_eq!(losses.len(), 24);
@@ -332,6 +342,21 @@ fn tiny_training_run_learns_without_collapse_and_writes_a_run_dir() {
         read_checkpoint(&std::fs::read(run.join("checkpoints/teacher.safetensors")).unwrap())
             .unwrap();
     assert_eq!(teacher.config.unwrap().vit.depth, 2);
+    // 64 scenes / batch 16 = 4 steps per epoch: epochs 0..5, the teacher of 0, 2 and 4 kept.
+    for epoch in 0..6 {
+        let kept = run.join(format!("checkpoints/teacher_e{epoch:04}.safetensors"));
+        assert_eq!(kept.is_file(), epoch % 2 == 0, "{}", kept.display());
+    }
+    let e4 =
+        read_checkpoint(&std::fs::read(run.join("checkpoints/teacher_e0004.safetensors")).unwrap())
+            .unwrap();
+    assert_ne!(
+        e4.tensors["blocks.0.attn.qkv.weight"],
+        read_checkpoint(&std::fs::read(run.join("checkpoints/teacher.safetensors")).unwrap())
+            .unwrap()
+            .tensors["blocks.0.attn.qkv.weight"],
+        "the epoch-4 teacher is a snapshot, not the final one"
+    );
     // The first evaluation is the random-init baseline, and `dino plot` redraws the curves.
     let first_eval = metrics.lines().find(|l| l.contains("\"eval\"")).unwrap();
     assert!(first_eval.starts_with("{\"eval\":0,"), "{first_eval}");
