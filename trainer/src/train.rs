@@ -775,6 +775,28 @@ pub fn train(
         }
         let done = step + 1;
         let epoch_end = done % iters_per_epoch as u64 == 0;
+        // Before last.safetensors moves past this epoch, so that a kill in between replays
+        // the epoch's end and writes the snapshot again. At an epoch's end `done` is a
+        // positive multiple of the epoch length.
+        let finished_epoch = (done / iters_per_epoch as u64) as usize;
+        if epoch_end
+            && opts.saveckp_freq > 0
+            && (finished_epoch - 1).is_multiple_of(opts.saveckp_freq)
+        {
+            let path = run.epoch_teacher(finished_epoch - 1);
+            let bytes = dino_model::checkpoint::model_checkpoint_bytes(&mc, &nets.teacher)?;
+            crate::io::write_atomic(&path, &bytes).with_context(|| {
+                bar.abandon();
+                format!(
+                    "saving the teacher of epoch {} at step {done} ({}) failed; {} still holds step {last_saved}. \
+                     Free some disk space, then continue with `dino train --resume {}`",
+                    finished_epoch - 1,
+                    path.display(),
+                    run.last().display(),
+                    run.root.display()
+                )
+            })?;
+        }
         if done % opts.checkpoint_every.max(1) == 0 || epoch_end || done == end_step {
             let bytes = training_checkpoint(&cfg, &mc, &nets, done)?;
             crate::io::write_atomic(&run.last(), &bytes).with_context(|| {
@@ -787,23 +809,6 @@ pub fn train(
                 )
             })?;
             last_saved = done;
-        }
-        // At an epoch's end `done` is a positive multiple of the epoch length.
-        let finished_epoch = (done / iters_per_epoch as u64) as usize;
-        if epoch_end
-            && opts.saveckp_freq > 0
-            && (finished_epoch - 1).is_multiple_of(opts.saveckp_freq)
-        {
-            let path = run.epoch_teacher(finished_epoch - 1);
-            let bytes = dino_model::checkpoint::model_checkpoint_bytes(&mc, &nets.teacher)?;
-            crate::io::write_atomic(&path, &bytes).with_context(|| {
-                bar.abandon();
-                format!(
-                    "saving {} failed (is the disk full?); the run can continue with `dino train --resume {}`",
-                    path.display(),
-                    run.root.display()
-                )
-            })?;
         }
         let eval_due = if opts.eval_every == 0 {
             epoch_end

@@ -109,9 +109,13 @@ fn disk_full_during_a_checkpoint_write_keeps_the_previous_checkpoint() {
     let out = cmd.output().unwrap();
     let msg = text(&out);
     assert_eq!(out.status.code(), Some(1), "{msg}");
+    // Step 4 ends epoch 0, whose teacher snapshot (--saveckp-freq) is written first; either
+    // write may be the one that fails, and both messages say the same things.
     for expect in [
-        "saving the checkpoint of step 4 failed",
+        "step 4",
+        "failed",
         "last.safetensors still holds step 3",
+        "Free some disk space",
         "--resume",
     ] {
         assert!(msg.contains(expect), "missing {expect:?} in:\n{msg}");
