@@ -18,25 +18,25 @@ use crate::train::TrainConfig;
 #[derive(Args, Debug, Clone, Default)]
 pub struct TrainArgs {
     /// Run directory (config.json, checkpoints/, metrics.jsonl, attention/, loss.png).
-    #[arg(short, long, default_value = "runs/dino")]
+    #[arg(short, long, default_value = "runs/dino", alias = "output_dir")]
     pub output: PathBuf,
     /// Continue the run in this directory exactly where it stopped.
     #[arg(long, value_name = "RUN_DIR", conflicts_with = "output")]
     pub resume: Option<PathBuf>,
     /// `synthetic`, an image folder (class subfolders = labels), `cifar-10-batches-bin` or STL-10 binaries [default: synthetic]
-    #[arg(long)]
+    #[arg(long, alias = "data_path")]
     pub data: Option<String>,
     /// vit_tiny, vit_small or vit_base [default: vit_small]
     #[arg(long)]
     pub arch: Option<String>,
     /// Patch size in pixels [default: 16]
-    #[arg(long)]
+    #[arg(long, alias = "patch_size")]
     pub patch_size: Option<usize>,
     /// Number of transformer blocks, to train a shallower ViT than the preset's 12
     #[arg(long)]
     pub depth: Option<usize>,
     /// Prototypes of the DINO head [default: 65536]
-    #[arg(long)]
+    #[arg(long, alias = "out_dim")]
     pub out_dim: Option<usize>,
     /// Hidden width of the head MLP [default: 2048]
     #[arg(long)]
@@ -45,13 +45,13 @@ pub struct TrainArgs {
     #[arg(long)]
     pub head_bottleneck_dim: Option<usize>,
     /// Freeze the last layer's weight-norm gain [default: true]
-    #[arg(long)]
+    #[arg(long, alias = "norm_last_layer", value_parser = parse_bool_flag)]
     pub norm_last_layer: Option<bool>,
     /// Stochastic depth rate of the student [default: 0.1]
-    #[arg(long)]
+    #[arg(long, alias = "drop_path_rate")]
     pub drop_path_rate: Option<f64>,
     /// Images per step [default: 64]
-    #[arg(long)]
+    #[arg(long, alias = "batch_size_per_gpu")]
     pub batch_size: Option<usize>,
     /// Epochs the schedules span [default: 100]
     #[arg(long)]
@@ -63,37 +63,37 @@ pub struct TrainArgs {
     #[arg(long)]
     pub lr: Option<f64>,
     /// Final learning rate of the cosine schedule [default: 1e-6]
-    #[arg(long)]
+    #[arg(long, alias = "min_lr")]
     pub min_lr: Option<f64>,
     /// Linear learning-rate warm-up epochs [default: 10]
-    #[arg(long)]
+    #[arg(long, alias = "warmup_epochs")]
     pub warmup_epochs: Option<usize>,
     /// Initial weight decay [default: 0.04]
-    #[arg(long)]
+    #[arg(long, alias = "weight_decay")]
     pub weight_decay: Option<f64>,
     /// Final weight decay [default: 0.4]
-    #[arg(long)]
+    #[arg(long, alias = "weight_decay_end")]
     pub weight_decay_end: Option<f64>,
     /// Per-parameter gradient norm clip, 0 disables [default: 3.0]
-    #[arg(long)]
+    #[arg(long, alias = "clip_grad")]
     pub clip_grad: Option<f64>,
     /// Epochs with the head's last layer frozen [default: 1]
-    #[arg(long)]
+    #[arg(long, alias = "freeze_last_layer")]
     pub freeze_last_layer: Option<usize>,
     /// Initial teacher EMA momentum, cosine to 1 [default: 0.996]
-    #[arg(long)]
+    #[arg(long, alias = "momentum_teacher")]
     pub momentum_teacher: Option<f64>,
     /// Teacher temperature at the start of its warm-up [default: 0.04]
-    #[arg(long)]
+    #[arg(long, alias = "warmup_teacher_temp")]
     pub warmup_teacher_temp: Option<f64>,
     /// Teacher temperature after the warm-up [default: 0.04]
-    #[arg(long)]
+    #[arg(long, alias = "teacher_temp")]
     pub teacher_temp: Option<f64>,
     /// Epochs of teacher temperature warm-up [default: 0]
-    #[arg(long)]
+    #[arg(long, alias = "warmup_teacher_temp_epochs")]
     pub warmup_teacher_temp_epochs: Option<usize>,
     /// Number of local crops [default: 8]
-    #[arg(long)]
+    #[arg(long, alias = "local_crops_number")]
     pub local_crops: Option<usize>,
     /// Side of the global crops [default: 224]
     #[arg(long)]
@@ -102,10 +102,10 @@ pub struct TrainArgs {
     #[arg(long)]
     pub local_size: Option<u32>,
     /// Area range of the global crops, e.g. 0.4,1.0 [default: 0.4,1.0]
-    #[arg(long, value_parser = parse_range)]
+    #[arg(long, value_parser = parse_range, alias = "global_crops_scale")]
     pub global_crops_scale: Option<(f64, f64)>,
     /// Area range of the local crops [default: 0.05,0.4]
-    #[arg(long, value_parser = parse_range)]
+    #[arg(long, value_parser = parse_range, alias = "local_crops_scale")]
     pub local_crops_scale: Option<(f64, f64)>,
     /// Scenes in the synthetic set [default: 2048]
     #[arg(long)]
@@ -120,6 +120,9 @@ pub struct TrainArgs {
     /// master weights, dynamic loss scaling); for GPUs with shader-f16 [default: f32]
     #[arg(long, value_parser = parse_precision)]
     pub precision: Option<Precision>,
+    /// The official spelling of --precision: true = f16, false = f32
+    #[arg(long, alias = "use_fp16", value_parser = parse_bool_flag, conflicts_with = "precision", hide = true)]
+    pub use_fp16: Option<bool>,
     /// Loss scale a --precision f16 run starts from (PyTorch GradScaler's init_scale); it
     /// adapts from there [default: 65536]
     #[arg(long)]
@@ -135,7 +138,7 @@ pub struct TrainArgs {
     pub checkpoint_every: u64,
     /// Keep the teacher of epochs 0, N, 2N, … as checkpoints/teacher_eEEEE.safetensors for
     /// the viewer (official --saveckp_freq; 0: never)
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 20, alias = "saveckp_freq")]
     pub saveckp_freq: usize,
     /// Attention pictures and evaluation every N steps (0: at each epoch end)
     #[arg(long, default_value_t = 0)]
@@ -146,11 +149,22 @@ pub struct TrainArgs {
     #[arg(long)]
     pub eval_data: Option<String>,
     /// Data loader threads (default: available cores)
-    #[arg(long)]
+    #[arg(long, alias = "num_workers")]
     pub workers: Option<usize>,
     /// No progress bar; a log line every 10 steps
     #[arg(long, short)]
     pub quiet: bool,
+}
+
+/// `utils.bool_flag`: on/true/1 and off/false/0.
+fn parse_bool_flag(s: &str) -> Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "on" | "true" | "1" => Ok(true),
+        "off" | "false" | "0" => Ok(false),
+        _ => Err(format!(
+            "`{s}` is not a boolean; expected true/false, on/off or 1/0"
+        )),
+    }
 }
 
 fn parse_optimizer(s: &str) -> Result<OptimizerKind, String> {
@@ -199,13 +213,19 @@ impl TrainArgs {
     pub fn apply(&self, base: TrainConfig) -> (TrainConfig, Vec<(&'static str, String, String)>) {
         let mut cfg = base;
         let mut given = Vec::new();
+        // --use_fp16 is --precision under its official name.
+        let mut args = self.clone();
+        if let Some(fp16) = self.use_fp16 {
+            args.precision = Some(if fp16 { Precision::F16 } else { Precision::F32 });
+        }
+        let args = &args;
         let depth = self.depth.map(Some);
         if let Some(d) = depth {
             given.push(("depth", format!("{d:?}"), format!("{:?}", cfg.depth)));
             cfg.depth = d;
         }
         apply!(
-            self,
+            args,
             cfg,
             given,
             data,
@@ -310,6 +330,70 @@ mod tests {
         };
         let err = args.for_resume(saved).unwrap_err().to_string();
         assert!(err.contains("--arch") && err.contains("--lr"), "{err}");
+    }
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        train: TrainArgs,
+    }
+
+    /// A `main_dino.py` command line pastes in as it is (bar the crop scales, which take
+    /// MIN,MAX): the official flag names, `utils.bool_flag` values and --use_fp16.
+    #[test]
+    fn official_flag_names_are_accepted() {
+        use clap::Parser;
+        let cli = Cli::try_parse_from([
+            "dino",
+            "--arch",
+            "vit_tiny",
+            "--patch_size",
+            "8",
+            "--out_dim",
+            "4096",
+            "--norm_last_layer",
+            "off",
+            "--batch_size_per_gpu",
+            "32",
+            "--local_crops_number",
+            "6",
+            "--warmup_teacher_temp_epochs",
+            "30",
+            "--use_fp16",
+            "true",
+            "--output_dir",
+            "out",
+            "--data_path",
+            "imgs",
+            "--saveckp_freq",
+            "5",
+            "--num_workers",
+            "3",
+            "--momentum_teacher",
+            "0.99",
+            "--local_crops_scale",
+            "0.05,0.3",
+        ])
+        .unwrap();
+        let (cfg, _) = cli.train.apply(TrainConfig::default());
+        assert_eq!(cfg.arch, "vit_tiny");
+        assert_eq!((cfg.patch_size, cfg.out_dim, cfg.batch_size), (8, 4096, 32));
+        assert!(!cfg.norm_last_layer);
+        assert_eq!(cfg.augment.local_crops, 6);
+        assert_eq!(cfg.augment.local_scale, (0.05, 0.3));
+        assert_eq!(cfg.warmup_teacher_temp_epochs, 30);
+        assert_eq!(cfg.momentum_teacher, 0.99);
+        assert_eq!(cfg.precision, Precision::F16);
+        assert_eq!(cfg.data, "imgs");
+        assert_eq!(cli.train.output, PathBuf::from("out"));
+        assert_eq!((cli.train.saveckp_freq, cli.train.workers), (5, Some(3)));
+        let off = Cli::try_parse_from(["dino", "--use_fp16", "0"]).unwrap();
+        assert_eq!(
+            off.train.apply(TrainConfig::default()).0.precision,
+            Precision::F32
+        );
+        assert!(Cli::try_parse_from(["dino", "--use_fp16", "true", "--precision", "f32"]).is_err());
+        assert!(Cli::try_parse_from(["dino", "--norm_last_layer", "maybe"]).is_err());
     }
 
     #[test]
