@@ -2,7 +2,6 @@
 
 use burn::module::{Module, Param};
 use burn::nn::{Linear, LinearConfig};
-use burn::tensor::activation::gelu;
 use burn::tensor::{Device, Tensor};
 
 use crate::config::{HeadConfig, Precision};
@@ -99,7 +98,7 @@ impl DinoHead {
         for (i, layer) in self.mlp.iter().enumerate() {
             x = p.linear(layer, x);
             if i < last {
-                x = gelu(x);
+                x = p.gelu(x);
             }
         }
         // F.normalize(p=2, eps=1e-12): x / max(‖x‖, eps); autocast runs it in f32.

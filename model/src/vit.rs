@@ -51,6 +51,14 @@ impl Precision {
     }
 }
 
+impl Precision {
+    /// GELU evaluated in f32 and rounded back to the compute dtype, as PyTorch's half-precision
+    /// kernels do.
+    pub fn gelu<const D: usize>(self, x: Tensor<D>) -> Tensor<D> {
+        self.compute(gelu(to_f32(x)))
+    }
+}
+
 /// `x` back in f32, where autocast keeps full precision (residual stream, norms, softmax, loss).
 pub fn to_f32<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     x.cast(FloatDType::F32)
@@ -94,9 +102,16 @@ impl Attention {
     /// # Shapes
     /// `x`: `[batch, tokens, dim]` (f32) → `[batch, tokens, dim]` (f32).
     pub fn forward(&self, x: Tensor<3>, p: Precision) -> Tensor<3> {
-        let (q, k, v) = self.qkv_heads(x, p);
-        let out = attention(q, k, v, None, None, AttentionModuleOptions::default());
-        self.merge_heads(out, p)
+        match p {
+            Precision::F32 => {
+                let (q, k, v) = self.qkv_heads(x, p);
+                let out = attention(q, k, v, None, None, AttentionModuleOptions::default());
+                self.merge_heads(out, p)
+            }
+            // Autocast runs the softmax in f32 between two f16 products; the fused kernel's
+            // CPU fallback would run it in f16.
+            Precision::F16 => self.forward_with_attention(x, p).0,
+        }
     }
 
     /// Attention written out, returning the softmax weights as well.
@@ -128,7 +143,7 @@ impl Mlp {
     /// # Shapes
     /// `[..., dim]` (f32) → `[..., dim]` (f32).
     pub fn forward<const D: usize>(&self, x: Tensor<D>, p: Precision) -> Tensor<D> {
-        let hidden = gelu(p.linear(&self.fc1, p.compute(x)));
+        let hidden = p.gelu(p.linear(&self.fc1, p.compute(x)));
         to_f32(p.linear(&self.fc2, hidden))
     }
 }

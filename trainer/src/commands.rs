@@ -255,6 +255,9 @@ pub fn train(args: &crate::cli_train::TrainArgs) -> Result<()> {
             )
         }
     };
+    if args.loss_scale.is_some() && cfg.precision != dino_model::Precision::F16 {
+        bail!("--loss-scale only applies to mixed precision; add --precision f16 or drop it");
+    }
     let selected = select(args.device)?;
     let workers = args
         .workers

@@ -365,14 +365,25 @@ impl Optimizer {
 struct Unscale<'a> {
     grads: &'a mut GradientsParams,
     inv_scale: f64,
+    cancel_last_layer: bool,
     magnitude: Option<Tensor<1>>,
+    path: PathTracker,
 }
 
 impl ModuleVisitor for Unscale<'_> {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.enter(name);
+    }
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.exit();
+    }
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         let Some(grad) = self.grads.remove::<D>(param.id) else {
             return;
         };
+        if self.cancel_last_layer && is_last_layer(&self.path.path()) {
+            return;
+        }
         let grad = grad.mul_scalar(self.inv_scale);
         // Σ|g| is inf or NaN exactly when some element is; summed on the device so the whole
         // check costs one read-back.
@@ -387,11 +398,22 @@ impl ModuleVisitor for Unscale<'_> {
 
 /// Divides every gradient by the loss scale (`GradScaler.unscale_`) and reports whether they
 /// are all finite; when not, the caller skips the optimiser step as `GradScaler.step` does.
-pub fn unscale_gradients(model: &DinoModel, grads: &mut GradientsParams, scale: f64) -> bool {
+///
+/// `cancel_last_layer` drops the frozen last layer's gradients first: without clipping the
+/// official loop cancels them before `GradScaler.step` unscales, so an overflow there must
+/// not skip the step (with clipping, `unscale_` comes first and they do count).
+pub fn unscale_gradients(
+    model: &DinoModel,
+    grads: &mut GradientsParams,
+    scale: f64,
+    cancel_last_layer: bool,
+) -> bool {
     let mut v = Unscale {
         grads,
         inv_scale: 1.0 / scale,
+        cancel_last_layer,
         magnitude: None,
+        path: PathTracker { stack: Vec::new() },
     };
     model.visit(&mut v);
     v.magnitude.is_none_or(|m| {
@@ -538,5 +560,79 @@ mod tests {
         assert!(!is_regularized("backbone.patch_bias", 1));
         assert!(is_regularized("head.last_layer_g", 1));
         assert!(is_last_layer("head.last_layer_v"));
+    }
+}
+
+#[cfg(test)]
+mod unscale_tests {
+    use super::*;
+    use dino_model::{HeadConfig, ModelConfig, VitConfig};
+
+    struct Fill<'a> {
+        grads: &'a mut GradientsParams,
+        path: PathTracker,
+    }
+
+    impl ModuleVisitor for Fill<'_> {
+        fn enter_module(&mut self, name: &str, _container_type: &str) {
+            self.path.enter(name);
+        }
+        fn exit_module(&mut self, _name: &str, _container_type: &str) {
+            self.path.exit();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            // 2 everywhere, and an overflow (inf) in the last layer only.
+            let value = if is_last_layer(&self.path.path()) {
+                f32::INFINITY
+            } else {
+                2.0
+            };
+            let g = Tensor::<D>::ones(param.dims(), &param.device()).mul_scalar(value);
+            self.grads.register::<D>(param.id, g);
+        }
+    }
+
+    /// An overflow confined to the frozen last layer skips the step only where the official
+    /// loop unscales before cancelling (clipping on), and unscaling divides by the scale.
+    #[test]
+    fn unscale_divides_and_finds_overflow_where_grad_scaler_would() {
+        let mut vit = VitConfig::vit_tiny(8);
+        vit.depth = 1;
+        vit.img_size = 16;
+        let head = HeadConfig {
+            hidden_dim: 16,
+            bottleneck_dim: 8,
+            ..HeadConfig::dino(192, 16)
+        };
+        let model = ModelConfig {
+            vit,
+            head: Some(head),
+        }
+        .init(&Device::flex())
+        .unwrap();
+        let fill = |grads: &mut GradientsParams| {
+            model.visit(&mut Fill {
+                grads,
+                path: PathTracker { stack: Vec::new() },
+            })
+        };
+        let mut grads = GradientsParams::new();
+        fill(&mut grads);
+        assert!(!unscale_gradients(&model, &mut grads, 8.0, false));
+        let mut grads = GradientsParams::new();
+        fill(&mut grads);
+        assert!(unscale_gradients(&model, &mut grads, 8.0, true));
+        let cls = grads
+            .get::<3>(model.backbone.cls_token.id)
+            .unwrap()
+            .into_data()
+            .try_into_vec::<f32>()
+            .unwrap();
+        assert!(cls.iter().all(|&g| g == 0.25), "2 / 8 = 0.25: {cls:?}");
+        assert!(
+            grads
+                .get::<2>(model.head.as_ref().unwrap().last_layer_v.id)
+                .is_none()
+        );
     }
 }

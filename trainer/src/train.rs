@@ -441,9 +441,10 @@ pub fn dino_step(
         None => loss_tensor,
     };
     let mut grads = GradientsParams::from_grads(loss_tensor.backward(), &student);
-    let finite = scaler
-        .as_ref()
-        .is_none_or(|s| unscale_gradients(&student, &mut grads, s.scale));
+    let finite = scaler.as_ref().is_none_or(|s| {
+        let cancel_first = hyper.freeze_last_layer && hyper.clip_grad <= 0.0;
+        unscale_gradients(&student, &mut grads, s.scale, cancel_first)
+    });
     if let Some(s) = &mut scaler {
         s.update(!finite);
     }

@@ -280,6 +280,13 @@ fn bad_inputs_give_clear_errors() {
         ],
         &["holds no images"],
     );
+    fails(
+        &["train", "-o", o, "--loss-scale", "1024", "--device", "cpu"],
+        &[
+            "--loss-scale only applies to mixed precision",
+            "--precision f16",
+        ],
+    );
     // A flag clap rejects is a usage error: exit code 2, as for every other bad flag.
     let usage = dino(&["train", "-o", o, "--precision", "f64"]);
     let stderr = String::from_utf8_lossy(&usage.stderr);

@@ -27,7 +27,11 @@ fn three_steps(dir: &std::path::Path, device: &str, precision: &str) -> Vec<(f64
         ])
         // Low enough that this tiny head's f16 gradients do not overflow (see the README's
         // mixed-precision notes), so the f16 backward pass and AdamW steps are compared too.
-        .args(["--loss-scale", "16"])
+        .args(if precision == "f16" {
+            &["--loss-scale", "16"][..]
+        } else {
+            &[]
+        })
         .args([
             "--arch",
             "vit_tiny",
