@@ -10,10 +10,12 @@ use clap::ValueEnum;
 )]
 #[serde(rename_all = "lowercase")]
 pub enum DeviceChoice {
-    /// The best wgpu adapter when one works, else the CPU.
+    /// A hardware GPU through wgpu (discrete first, then integrated), else the CPU backend;
+    /// software adapters (lavapipe, WARP) are passed over, the CPU backend outruns them.
     #[default]
     Auto,
-    /// burn's wgpu backend on the default adapter (Vulkan, Metal or DX12).
+    /// burn's wgpu backend on the default adapter (Vulkan, Metal or DX12), software ones
+    /// included.
     Wgpu,
     /// burn's wgpu backend pinned to Vulkan with the SPIR-V compiler (build feature `vulkan`).
     Vulkan,
@@ -49,16 +51,33 @@ pub fn select(choice: DeviceChoice) -> Result<Selected> {
     match choice {
         DeviceChoice::Cpu => Ok(cpu()),
         #[cfg(feature = "wgpu")]
-        DeviceChoice::Wgpu | DeviceChoice::Auto => {
+        DeviceChoice::Auto => {
+            use burn::tensor::DeviceKind;
+            for (kind, name) in [
+                (DeviceKind::DiscreteGpu(0), "wgpu (discrete GPU)"),
+                (DeviceKind::IntegratedGpu(0), "wgpu (integrated GPU)"),
+            ] {
+                let device = Device::wgpu(kind);
+                if probe(&device) {
+                    return Ok(Selected {
+                        device,
+                        name: name.into(),
+                    });
+                }
+            }
+            log::info!(
+                "no hardware GPU adapter found; training on the CPU backend (--device wgpu would take a software adapter such as lavapipe, which is slower)"
+            );
+            Ok(cpu())
+        }
+        #[cfg(feature = "wgpu")]
+        DeviceChoice::Wgpu => {
             let device = Device::wgpu(burn::tensor::DeviceKind::DefaultDevice);
             if probe(&device) {
                 Ok(Selected {
                     device,
                     name: "wgpu (default adapter)".into(),
                 })
-            } else if choice == DeviceChoice::Auto {
-                log::warn!("no usable wgpu adapter; falling back to the CPU backend");
-                Ok(cpu())
             } else {
                 bail!(
                     "no usable wgpu adapter was found; install a Vulkan/Metal/DX12 driver or use --device cpu"

@@ -435,6 +435,35 @@ fn training_on_an_image_folder_evaluates_on_its_labels_and_masks() {
     }
 }
 
+/// `--device auto` (the default) never lands on a software adapter: CI has lavapipe and no
+/// GPU, where it must train on the CPU backend; on a machine with a GPU it names the GPU.
+#[test]
+fn auto_device_is_a_hardware_gpu_or_the_cpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let mut args = vec!["train", "-o", run.to_str().unwrap()];
+    // TINY ends with `--device cpu --quiet ...`; take everything before the device flag.
+    let device_at = TINY.iter().position(|a| *a == "--device").unwrap();
+    args.extend_from_slice(&TINY[..device_at]);
+    args.extend_from_slice(&["--max-steps", "1", "--eval-every", "1000", "--quiet"]);
+    let out = dino(&args);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    let device = text
+        .split("trained to step 1 on ")
+        .nth(1)
+        .and_then(|t| t.split(':').next())
+        .unwrap_or_else(|| panic!("no summary line in {text}"));
+    assert!(
+        ["cpu (flex)", "wgpu (discrete GPU)", "wgpu (integrated GPU)"].contains(&device),
+        "auto picked {device:?}"
+    );
+}
+
 /// 10 steps straight and 5 + `--resume` + 5 give identical weights, optimiser state and
 /// losses, with `extra` flags on both runs.
 fn resume_equals_straight(extra: &[&str]) -> (PathBuf, tempfile::TempDir) {
