@@ -101,12 +101,14 @@ pub struct TrainArgs {
     /// Side of the local crops [default: 96]
     #[arg(long)]
     pub local_size: Option<u32>,
-    /// Area range of the global crops, e.g. 0.4,1.0 [default: 0.4,1.0]
-    #[arg(long, value_parser = parse_range, alias = "global_crops_scale")]
-    pub global_crops_scale: Option<(f64, f64)>,
-    /// Area range of the local crops [default: 0.05,0.4]
-    #[arg(long, value_parser = parse_range, alias = "local_crops_scale")]
-    pub local_crops_scale: Option<(f64, f64)>,
+    /// Area range of the global crops: MIN,MAX or MIN MAX [default: 0.4,1.0]
+    #[arg(long, num_args = 1..=2, value_delimiter = ',', value_name = "MIN,MAX",
+          value_parser = parse_scale, alias = "global_crops_scale")]
+    pub global_crops_scale: Option<Vec<f64>>,
+    /// Area range of the local crops: MIN,MAX or MIN MAX [default: 0.05,0.4]
+    #[arg(long, num_args = 1..=2, value_delimiter = ',', value_name = "MIN,MAX",
+          value_parser = parse_scale, alias = "local_crops_scale")]
+    pub local_crops_scale: Option<Vec<f64>>,
     /// Scenes in the synthetic set [default: 2048]
     #[arg(long)]
     pub synthetic_count: Option<usize>,
@@ -186,16 +188,13 @@ fn parse_precision(s: &str) -> Result<Precision, String> {
     }
 }
 
-fn parse_range(s: &str) -> Result<(f64, f64), String> {
-    let (a, b) = s.split_once(',').ok_or("expected two numbers as MIN,MAX")?;
-    let (a, b): (f64, f64) = (
-        a.trim().parse().map_err(|e| format!("{e}"))?,
-        b.trim().parse().map_err(|e| format!("{e}"))?,
-    );
-    if !(0.0 < a && a <= b && b <= 1.0) {
-        return Err("expected 0 < MIN <= MAX <= 1".into());
+/// One end of a crop-scale range: a fraction of the image area in (0, 1].
+fn parse_scale(s: &str) -> Result<f64, String> {
+    let v: f64 = s.trim().parse().map_err(|e| format!("`{s}`: {e}"))?;
+    if !(0.0 < v && v <= 1.0) {
+        return Err(format!("{v} is not an area fraction in (0, 1]"));
     }
-    Ok((a, b))
+    Ok(v)
 }
 
 macro_rules! apply {
@@ -207,10 +206,13 @@ macro_rules! apply {
     };
 }
 
+/// A flag the user gave: (name, given value, value it replaced).
+pub type GivenFlag = (&'static str, String, String);
+
 impl TrainArgs {
     /// Applies the flags the user gave on top of `base`; returns the config and, for each
     /// given flag, (name, given value, previous value).
-    pub fn apply(&self, base: TrainConfig) -> (TrainConfig, Vec<(&'static str, String, String)>) {
+    pub fn apply(&self, base: TrainConfig) -> Result<(TrainConfig, Vec<GivenFlag>)> {
         let mut cfg = base;
         let mut given = Vec::new();
         // --use_fp16 is --precision under its official name.
@@ -273,26 +275,33 @@ impl TrainArgs {
         for (name, flag, field) in [
             (
                 "global_crops_scale",
-                self.global_crops_scale,
+                self.global_crops_scale.as_deref(),
                 &mut a.global_scale,
             ),
             (
                 "local_crops_scale",
-                self.local_crops_scale,
+                self.local_crops_scale.as_deref(),
                 &mut a.local_scale,
             ),
         ] {
             if let Some(v) = flag {
+                let &[min, max] = v else {
+                    bail!(
+                        "--{} takes two numbers, MIN,MAX or MIN MAX",
+                        name.replace('_', "-")
+                    );
+                };
+                let v = (min, max);
                 given.push((name, format!("{v:?}"), format!("{field:?}")));
                 *field = v;
             }
         }
-        (cfg, given)
+        Ok((cfg, given))
     }
 
     /// The config of a resumed run: flags given now must agree with the saved run.
     pub fn for_resume(&self, saved: TrainConfig) -> Result<TrainConfig> {
-        let (cfg, given) = self.apply(saved.clone());
+        let (cfg, given) = self.apply(saved.clone())?;
         let conflicts: Vec<String> = given
             .iter()
             .filter(|(_, new, old)| new != old)
@@ -375,7 +384,7 @@ mod tests {
             "0.05,0.3",
         ])
         .unwrap();
-        let (cfg, _) = cli.train.apply(TrainConfig::default());
+        let (cfg, _) = cli.train.apply(TrainConfig::default()).unwrap();
         assert_eq!(cfg.arch, "vit_tiny");
         assert_eq!((cfg.patch_size, cfg.out_dim, cfg.batch_size), (8, 4096, 32));
         assert!(!cfg.norm_last_layer);
@@ -389,7 +398,7 @@ mod tests {
         assert_eq!((cli.train.saveckp_freq, cli.train.workers), (5, Some(3)));
         let off = Cli::try_parse_from(["dino", "--use_fp16", "0"]).unwrap();
         assert_eq!(
-            off.train.apply(TrainConfig::default()).0.precision,
+            off.train.apply(TrainConfig::default()).unwrap().0.precision,
             Precision::F32
         );
         assert!(Cli::try_parse_from(["dino", "--use_fp16", "true", "--precision", "f32"]).is_err());
@@ -397,9 +406,37 @@ mod tests {
     }
 
     #[test]
-    fn ranges_parse() {
-        assert_eq!(parse_range("0.4,1").unwrap(), (0.4, 1.0));
-        assert!(parse_range("0.5,0.1").is_err());
-        assert!(parse_range("x").is_err());
+    fn crop_scales_parse_in_both_spellings() {
+        use clap::Parser;
+        let scale = |args: &[&str]| {
+            let mut argv = vec!["dino"];
+            argv.extend_from_slice(args);
+            let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
+            cli.train
+                .apply(TrainConfig::default())
+                .map(|(c, _)| c.augment.global_scale)
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(
+            scale(&["--global-crops-scale", "0.3,1"]).unwrap(),
+            (0.3, 1.0)
+        );
+        assert_eq!(
+            scale(&["--global_crops_scale", "0.3", "1."]).unwrap(),
+            (0.3, 1.0)
+        );
+        assert!(scale(&["--global-crops-scale", "0.3"]).is_err());
+        assert!(scale(&["--global-crops-scale", "0,1"]).is_err());
+        assert!(scale(&["--global-crops-scale", "x,1"]).is_err());
+        let reversed = Cli::try_parse_from(["dino", "--local-crops-scale", "0.4,0.05"]).unwrap();
+        let err = reversed
+            .train
+            .apply(TrainConfig::default())
+            .unwrap()
+            .0
+            .model_config()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("MIN must not exceed MAX"), "{err}");
     }
 }

@@ -250,7 +250,7 @@ pub fn train(args: &crate::cli_train::TrainArgs) -> Result<()> {
             }
             (
                 run,
-                args.apply(crate::train::TrainConfig::default()).0,
+                args.apply(crate::train::TrainConfig::default())?.0,
                 false,
             )
         }
@@ -426,7 +426,7 @@ pub fn bench(
     steps: usize,
     viewer_size: usize,
 ) -> Result<()> {
-    let (cfg, _) = args.apply(crate::train::TrainConfig::default());
+    let (cfg, _) = args.apply(crate::train::TrainConfig::default())?;
     let line = match mode {
         BenchMode::Step => {
             let selected = select(args.device)?;

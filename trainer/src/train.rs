@@ -159,6 +159,14 @@ impl TrainConfig {
                 self.patch_size
             );
         }
+        for (flag, (min, max)) in [
+            ("--global-crops-scale", self.augment.global_scale),
+            ("--local-crops-scale", self.augment.local_scale),
+        ] {
+            if min > max {
+                bail!("{flag} {min},{max}: MIN must not exceed MAX");
+            }
+        }
         let head = HeadConfig {
             hidden_dim: self.head_hidden_dim,
             bottleneck_dim: self.head_bottleneck_dim,
