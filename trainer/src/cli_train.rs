@@ -122,6 +122,10 @@ pub struct TrainArgs {
     /// master weights, dynamic loss scaling); for GPUs with shader-f16 [default: f32]
     #[arg(long, value_parser = parse_precision)]
     pub precision: Option<Precision>,
+    /// Official flag accepted at its default (false) so pasted commands run; a BatchNorm head
+    /// is for ResNets, which we do not train
+    #[arg(long, alias = "use_bn_in_head", value_parser = parse_no_bn_in_head, hide = true)]
+    pub use_bn_in_head: Option<bool>,
     /// The official spelling of --precision: true = f16, false = f32
     #[arg(long, alias = "use_fp16", value_parser = parse_bool_flag, conflicts_with = "precision", hide = true)]
     pub use_fp16: Option<bool>,
@@ -166,6 +170,15 @@ fn parse_bool_flag(s: &str) -> Result<bool, String> {
         _ => Err(format!(
             "`{s}` is not a boolean; expected true/false, on/off or 1/0"
         )),
+    }
+}
+
+fn parse_no_bn_in_head(s: &str) -> Result<bool, String> {
+    match parse_bool_flag(s)? {
+        false => Ok(false),
+        true => Err(
+            "BatchNorm in the DINO head (the official option for ResNets) is not supported; ViTs train without it (false)".into(),
+        ),
     }
 }
 
@@ -403,6 +416,12 @@ mod tests {
         );
         assert!(Cli::try_parse_from(["dino", "--use_fp16", "true", "--precision", "f32"]).is_err());
         assert!(Cli::try_parse_from(["dino", "--norm_last_layer", "maybe"]).is_err());
+        assert!(Cli::try_parse_from(["dino", "--use_bn_in_head", "false"]).is_ok());
+        let err = Cli::try_parse_from(["dino", "--use_bn_in_head", "true"])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("not supported"), "{err}");
     }
 
     #[test]
