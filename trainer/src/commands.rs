@@ -288,12 +288,25 @@ pub fn train(args: &crate::cli_train::TrainArgs) -> Result<()> {
     Ok(())
 }
 
+/// A bar with count, rate and ETA on stderr (hidden when stderr is not a terminal).
+fn work_bar(len: u64, what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg} ({per_sec}) ETA {eta}",
+        )
+        .expect("valid template"),
+    );
+    bar.set_message(what.to_string());
+    bar
+}
+
 /// `dino synth`.
 pub fn synth(output: &Path, n: usize, size: u32, seed: u64) -> Result<()> {
     if size < 16 {
         bail!("--size must be at least 16 pixels");
     }
-    let bar = indicatif::ProgressBar::new(n as u64);
+    let bar = work_bar(n as u64, "scenes");
     for i in 0..n {
         let scene = crate::synth::scene(seed, i as u64, size);
         let dir = output.join(crate::synth::CLASSES[scene.label]);
@@ -355,8 +368,10 @@ pub fn knn(
     let classes = train_src.classes().len().max(val_src.classes().len());
     let (ti, tl) = crate::eval::labelled(train_src.as_ref(), limit)?;
     let (vi, vl) = crate::eval::labelled(val_src.as_ref(), limit)?;
-    let ft = crate::eval::features(&model.backbone, &ti, size, &selected.device)?;
-    let fv = crate::eval::features(&model.backbone, &vi, size, &selected.device)?;
+    let bar = work_bar((ti.len() + vi.len()) as u64, "CLS features");
+    let ft = crate::eval::features(&model.backbone, &ti, size, &selected.device, &bar)?;
+    let fv = crate::eval::features(&model.backbone, &vi, size, &selected.device, &bar)?;
+    bar.finish_and_clear();
     let r = crate::eval::knn(&ft, &tl, &fv, &vl, k, temperature, classes);
     println!(
         "{{\"knn_top1\": {:.2}, \"knn_top5\": {:.2}, \"chance\": {:.2}, \"k\": {k}, \"temperature\": {temperature}, \"train\": {}, \"val\": {}, \"classes\": {classes}}}",
@@ -388,6 +403,7 @@ pub fn eval_seg(
     let size = image_size.unwrap_or(imported.config.vit.img_size as u32);
     let source = open_source(data)?;
     let layer = layer.unwrap_or(model.backbone.depth() - 1);
+    let bar = work_bar(source.len().min(limit) as u64, "attention masks");
     let r = crate::eval::segmentation_at(
         &model.backbone,
         layer,
@@ -396,7 +412,9 @@ pub fn eval_seg(
         size,
         threshold,
         &selected.device,
+        &bar,
     )?;
+    bar.finish_and_clear();
     println!(
         "{}",
         serde_json::to_string(&serde_json::json!({

@@ -16,6 +16,7 @@ pub fn features(
     images: &[RgbImage],
     size: u32,
     device: &Device,
+    progress: &indicatif::ProgressBar,
 ) -> Result<Vec<Vec<f32>>> {
     let patch = backbone.patch_size();
     let mut out = Vec::with_capacity(images.len());
@@ -40,6 +41,7 @@ pub fn features(
             let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
             out.push(row.iter().map(|v| v / norm).collect());
         }
+        progress.inc(chunk.len() as u64);
     }
     Ok(out)
 }
@@ -142,10 +144,13 @@ pub fn segmentation(
         size,
         threshold,
         device,
+        &indicatif::ProgressBar::hidden(),
     )
 }
 
-/// As [`segmentation`], for the CLS attention of block `layer`.
+/// As [`segmentation`], for the CLS attention of block `layer`; `progress` advances by one
+/// per sample looked at.
+#[allow(clippy::too_many_arguments)]
 pub fn segmentation_at(
     backbone: &VisionTransformer,
     layer: usize,
@@ -154,6 +159,7 @@ pub fn segmentation_at(
     size: u32,
     threshold: f32,
     device: &Device,
+    progress: &indicatif::ProgressBar,
 ) -> Result<SegResult> {
     if layer >= backbone.depth() {
         bail!(
@@ -167,6 +173,7 @@ pub fn segmentation_at(
     let mut mean_sum = 0.0f64;
     let mut n = 0usize;
     for i in 0..source.len().min(limit) {
+        progress.inc(1);
         // An unreadable image is not evaluated, as training skips it.
         let Ok(s) = source.get(i) else { continue };
         let Some(mask) = s.mask else { continue };

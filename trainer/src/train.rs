@@ -1031,8 +1031,9 @@ fn evaluate(
     }
     if let Some(((bank, bank_labels), (queries, query_labels))) = eval.knn_sets() {
         let classes = eval.source.classes().len().max(1);
-        let fb = crate::eval::features(&teacher.backbone, &bank, size, device)?;
-        let fq = crate::eval::features(&teacher.backbone, &queries, size, device)?;
+        let quiet = indicatif::ProgressBar::hidden();
+        let fb = crate::eval::features(&teacher.backbone, &bank, size, device, &quiet)?;
+        let fq = crate::eval::features(&teacher.backbone, &queries, size, device, &quiet)?;
         let knn = crate::eval::knn(&fb, &bank_labels, &fq, &query_labels, 20, 0.07, classes);
         record["knn_top1"] = knn.top1.into();
         record["knn_chance"] = knn.chance.into();
