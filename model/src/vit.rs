@@ -49,9 +49,7 @@ impl Precision {
             ),
         }
     }
-}
 
-impl Precision {
     /// GELU evaluated in f32 and rounded back to the compute dtype, as PyTorch's half-precision
     /// kernels do.
     pub fn gelu<const D: usize>(self, x: Tensor<D>) -> Tensor<D> {

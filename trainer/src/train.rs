@@ -141,6 +141,14 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
+    /// The loss scaler an f16 run starts with (`None` in f32).
+    pub fn fresh_loss_scaler(&self) -> Option<LossScaler> {
+        (self.precision == Precision::F16).then_some(LossScaler {
+            scale: self.loss_scale,
+            growth_tracker: 0,
+        })
+    }
+
     /// The model this run trains.
     pub fn model_config(&self) -> Result<ModelConfig> {
         let mut vit = VitConfig::by_name(&self.arch, self.patch_size)?;
@@ -342,10 +350,7 @@ impl Networks {
             teacher: mc.load(&map, "", device)?.with_precision(cfg.precision),
             optim: Optimizer::new(cfg.optimizer),
             loss: DinoLoss::new(cfg.out_dim, cfg.student_temp, cfg.center_momentum),
-            scaler: (cfg.precision == Precision::F16).then_some(LossScaler {
-                scale: cfg.loss_scale,
-                growth_tracker: 0,
-            }),
+            scaler: cfg.fresh_loss_scaler(),
         })
     }
 }
@@ -623,10 +628,7 @@ pub fn train(
                     format!("reading the loss scaler state in {}", path.display())
                 })?)
             }
-            None => (cfg.precision == Precision::F16).then_some(LossScaler {
-                scale: cfg.loss_scale,
-                growth_tracker: 0,
-            }),
+            None => cfg.fresh_loss_scaler(),
         };
         (
             Networks {
