@@ -6,6 +6,8 @@ pub mod attention;
 pub mod checkpoint;
 pub mod config;
 pub mod error;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod gpu;
 pub mod head;
 pub mod import;
 pub mod interp;

@@ -53,15 +53,30 @@ pub fn select(choice: DeviceChoice) -> Result<Selected> {
         #[cfg(feature = "wgpu")]
         DeviceChoice::Auto => {
             use burn::tensor::DeviceKind;
-            for (kind, name) in [
-                (DeviceKind::DiscreteGpu(0), "wgpu (discrete GPU)"),
-                (DeviceKind::IntegratedGpu(0), "wgpu (integrated GPU)"),
+            use dino_model::gpu::GpuKind;
+            // Only kinds wgpu lists are tried: asking burn for a missing one panics on its
+            // device runner thread, which logs a warning even when the panic is caught.
+            let gpus = dino_model::gpu::hardware_gpus();
+            for (want, kind, name) in [
+                (
+                    GpuKind::Discrete,
+                    DeviceKind::DiscreteGpu(0),
+                    "wgpu (discrete GPU)",
+                ),
+                (
+                    GpuKind::Integrated,
+                    DeviceKind::IntegratedGpu(0),
+                    "wgpu (integrated GPU)",
+                ),
             ] {
+                let Some((_, adapter)) = gpus.iter().find(|(k, _)| *k == want) else {
+                    continue;
+                };
                 let device = Device::wgpu(kind);
                 if probe(&device) {
                     return Ok(Selected {
                         device,
-                        name: name.into(),
+                        name: format!("{name}: {adapter}"),
                     });
                 }
             }

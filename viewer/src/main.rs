@@ -67,12 +67,27 @@ fn main() -> eframe::Result {
 #[cfg(not(target_arch = "wasm32"))]
 fn pick_device() -> (burn::tensor::Device, String) {
     use burn::tensor::{Device, DeviceKind, Tensor};
-    for (kind, name) in [
-        (DeviceKind::DiscreteGpu(0), "GPU (wgpu, discrete)"),
-        (DeviceKind::IntegratedGpu(0), "GPU (wgpu, integrated)"),
+    use dino_model::gpu::GpuKind;
+    // Only kinds wgpu lists are tried: asking burn for a missing one panics on its device
+    // runner thread, which logs a warning even when the panic is caught.
+    let gpus = dino_model::gpu::hardware_gpus();
+    for (want, kind, name) in [
+        (
+            GpuKind::Discrete,
+            DeviceKind::DiscreteGpu(0),
+            "GPU (wgpu, discrete)",
+        ),
+        (
+            GpuKind::Integrated,
+            DeviceKind::IntegratedGpu(0),
+            "GPU (wgpu, integrated)",
+        ),
     ] {
+        if !gpus.iter().any(|(k, _)| *k == want) {
+            continue;
+        }
         let device = Device::wgpu(kind);
-        // Adapter creation panics inside burn when there is none; probe quietly.
+        // A listed adapter can still fail to open (driver trouble); probe quietly.
         let hook = std::panic::take_hook();
         std::panic::set_hook(Box::new(|_| {}));
         let d = device.clone();
