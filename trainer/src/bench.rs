@@ -12,6 +12,55 @@ use serde_json::json;
 use crate::augment::AugmentConfig;
 use crate::train::{Networks, StepHyper, TrainConfig, dino_step};
 
+/// The compute pool's size: burn's CPU backend runs its kernels on rayon's global pool, which
+/// takes `RAYON_NUM_THREADS` or else one thread per logical core.
+pub fn compute_threads() -> usize {
+    rayon::current_num_threads()
+}
+
+/// The SIMD extensions this CPU offers to the CPU backend's kernels (gemm and macerator pick
+/// the widest at run time).
+pub fn simd_features() -> String {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let mut found = Vec::new();
+        macro_rules! probe {
+            ($($f:tt),*) => {$(if std::arch::is_x86_feature_detected!($f) { found.push($f); })*};
+        }
+        probe!("sse4.2", "avx2", "fma", "avx512f");
+        found.join("+")
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        "neon".to_string()
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        "none".to_string()
+    }
+}
+
+/// Fields every `dino bench` line carries, so lines from different machines and builds can be
+/// told apart and paired with the official code's (scripts/benchmarks.py).
+fn common_fields(line: &mut serde_json::Value) {
+    line["impl"] = json!("dinoscope");
+    line["threads"] = json!(compute_threads());
+    line["simd"] = json!(simd_features());
+    line["backends"] = json!(compiled_backends());
+}
+
+/// The backends this binary was built with (`--features`), so a carried binary can be checked.
+pub fn compiled_backends() -> Vec<&'static str> {
+    let mut b = vec!["cpu"];
+    if cfg!(feature = "wgpu") {
+        b.push("wgpu");
+    }
+    if cfg!(feature = "vulkan") {
+        b.push("vulkan");
+    }
+    b
+}
+
 /// Forward FLOPs of the backbone for one image of `tokens` tokens (multiply-adds × 2).
 pub fn backbone_flops(c: &ModelConfig, tokens: usize) -> f64 {
     let (d, n) = (c.vit.embed_dim as f64, tokens as f64);
@@ -89,8 +138,12 @@ pub fn bench_step(
         let out = dino_step(nets, g, l, &[None, None], &hyper, device);
         (out.nets, out.skipped)
     };
+    // The first step pays for shader compilation and autotuning on a GPU (cold cache).
+    let mut first_step_secs = None;
     for _ in 0..warmup {
+        let start = Instant::now();
         nets = run(nets).0;
+        first_step_secs.get_or_insert(start.elapsed().as_secs_f64());
     }
     let start = Instant::now();
     let mut skipped = 0;
@@ -103,14 +156,16 @@ pub fn bench_step(
     drop(nets);
     let img_per_sec = (steps * b) as f64 / secs;
     let flops = step_flops_per_image(cfg)?;
-    Ok(json!({
+    let mut line = json!({
         "mode": "step", "device": device_name, "arch": cfg.arch, "patch": cfg.patch_size, "depth": mc.vit.depth,
         "batch": b, "global_crops": 2, "local_crops": a.local_crops, "global_size": a.global_size, "local_size": a.local_size,
-        "out_dim": cfg.out_dim, "precision": cfg.precision, "skipped_steps": skipped, "warmup_steps": warmup, "steps": steps,
+        "out_dim": cfg.out_dim, "precision": cfg.precision, "skipped_steps": skipped, "warmup_steps": warmup, "steps": steps, "first_step_secs": first_step_secs,
         "img_per_sec": img_per_sec, "ms_per_step": 1000.0 * secs / steps as f64,
         "gflop_per_image": flops / 1e9, "achieved_tflops": img_per_sec * flops / 1e12,
         "peak_device_memory_bytes": serde_json::Value::Null,
-    }))
+    });
+    common_fields(&mut line);
+    Ok(line)
 }
 
 /// Decoding + multi-crop augmentation throughput of the real loader, per core.
@@ -137,11 +192,13 @@ pub fn bench_data(cfg: &TrainConfig, workers: usize, batches: u64) -> Result<ser
         images += batch?.labels.len();
     }
     let secs = start.elapsed().as_secs_f64();
-    Ok(json!({
+    let mut line = json!({
         "mode": "data", "data": cfg.data, "workers": workers, "batch": cfg.batch_size, "images": images,
         "local_crops": cfg.augment.local_crops, "global_size": cfg.augment.global_size, "local_size": cfg.augment.local_size,
         "img_per_sec": images as f64 / secs, "img_per_sec_per_core": images as f64 / secs / workers as f64,
-    }))
+    });
+    common_fields(&mut line);
+    Ok(line)
 }
 
 /// The viewer's work for one image: forward with the last block's attention at `size` px.
@@ -166,10 +223,12 @@ pub fn bench_viewer(
         }
     }
     times.sort_by(f64::total_cmp);
-    Ok(json!({
+    let mut line = json!({
         "mode": "viewer", "device": device_name, "arch": cfg.arch, "patch": cfg.patch_size, "image_size": size,
         "precision": cfg.precision, "heads": mc.vit.num_heads, "runs": runs, "median_ms": times[times.len() / 2], "min_ms": times[0],
-    }))
+    });
+    common_fields(&mut line);
+    Ok(line)
 }
 
 #[cfg(test)]

@@ -1,0 +1,164 @@
+#!/usr/bin/env python3
+"""Turn benchmark JSON lines into the side-by-side tables of BENCHMARKS.md.
+
+Usage: python3 scripts/benchmarks.py RESULTS.jsonl [--section cpu] [--write BENCHMARKS.md]
+
+RESULTS.jsonl holds the lines of `dino bench` ("impl": "dinoscope") and of
+scripts/bench_reference.py ("impl": "official"), as scripts/bench-cpu.sh writes them, plus one
+{"mode": "meta", …} line describing the machine. Lines that describe the same work (mode and
+configuration) are paired; each row shows both and the ratio ours / official, where higher is
+better for throughput (img/s) and the ratio of latencies is inverted so > 1 always means
+dinoscope is faster. Without --write the tables go to stdout; with it, the text between
+`<!-- SECTION:begin -->` and `<!-- SECTION:end -->` in that file is replaced (the markers are
+appended when missing), so each section can be regenerated on its own.
+"""
+import argparse
+import json
+import sys
+
+# What identifies "the same work" in each mode.
+KEYS = {
+    "step": ["device_kind", "arch", "patch", "depth", "batch", "global_size", "local_size", "local_crops",
+             "out_dim", "precision", "threads"],
+    "data": ["global_size", "local_size", "local_crops", "workers"],
+    "viewer": ["device_kind", "arch", "patch", "image_size", "threads"],
+}
+
+
+def device_kind(line):
+    d = str(line.get("device", "cpu")).lower()
+    return "cpu" if d.startswith("cpu") else "gpu"
+
+
+def key(line):
+    line = dict(line, device_kind=device_kind(line))
+    return (line["mode"],) + tuple(str(line.get(k)) for k in KEYS[line["mode"]])
+
+
+def load(path):
+    lines = []
+    with open(path) as f:
+        for n, raw in enumerate(f, 1):
+            raw = raw.strip()
+            if not raw.startswith("{"):
+                continue
+            try:
+                lines.append(json.loads(raw))
+            except json.JSONDecodeError as e:
+                sys.exit(f"{path}:{n}: not a JSON line ({e}); rerun the benchmark that wrote it")
+    return lines
+
+
+def pair(lines):
+    """(ours, official) per configuration, in the order the configurations first appear."""
+    rows = {}
+    for line in lines:
+        if line.get("mode") not in KEYS:
+            continue
+        side = "official" if line.get("impl") == "official" else "ours"
+        rows.setdefault(key(line), {})[side] = line
+    return list(rows.values())
+
+
+def fmt(v, digits=1):
+    return "–" if v is None else f"{v:,.{digits}f}"
+
+
+def ratio(ours, official, higher_is_better):
+    if ours is None or official is None or ours == 0 or official == 0:
+        return "–"
+    r = ours / official if higher_is_better else official / ours
+    return f"**{r:.2f}×**"
+
+
+def step_table(rows):
+    out = ["| model | crops | batch | out_dim | threads | dinoscope img/s | official img/s | ratio |",
+           "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        a, b = r.get("ours"), r.get("official")
+        ref = a or b
+        model = f"{ref['arch']}/{ref['patch']} depth {ref['depth']}"
+        crops = f"2×{ref['global_size']} + {ref['local_crops']}×{ref['local_size']}"
+        threads = ref.get("threads", "–")
+        out.append(f"| {model} | {crops} | {ref['batch']} | {ref['out_dim']} | {threads} | "
+                   f"{fmt(a and a['img_per_sec'])} | {fmt(b and b['img_per_sec'])} | "
+                   f"{ratio(a and a['img_per_sec'], b and b['img_per_sec'], True)} |")
+    return out
+
+
+def data_table(rows):
+    out = ["| crops | cores | dinoscope img/s per core | official img/s per core | ratio |",
+           "|---|---|---|---|---|"]
+    for r in rows:
+        a, b = r.get("ours"), r.get("official")
+        ref = a or b
+        crops = f"2×{ref['global_size']} + {ref['local_crops']}×{ref['local_size']}"
+        out.append(f"| {crops} | {ref['workers']} | {fmt(a and a['img_per_sec_per_core'])} | "
+                   f"{fmt(b and b['img_per_sec_per_core'])} | "
+                   f"{ratio(a and a['img_per_sec_per_core'], b and b['img_per_sec_per_core'], True)} |")
+    return out
+
+
+def viewer_table(rows):
+    out = ["| model | input | threads | dinoscope median ms | official median ms | ratio (speed) |",
+           "|---|---|---|---|---|---|"]
+    for r in rows:
+        a, b = r.get("ours"), r.get("official")
+        ref = a or b
+        out.append(f"| {ref['arch']}/{ref['patch']} | {ref['image_size']} px | {ref.get('threads', '–')} | "
+                   f"{fmt(a and a['median_ms'], 0)} | {fmt(b and b['median_ms'], 0)} | "
+                   f"{ratio(a and a['median_ms'], b and b['median_ms'], False)} |")
+    return out
+
+
+def render(lines, section):
+    meta = next((l for l in lines if l.get("mode") == "meta"), {})
+    rows = pair(lines)
+    by_mode = {m: [r for r in rows if (r.get("ours") or r.get("official"))["mode"] == m] for m in KEYS}
+    text = [f"<!-- {section}:begin -->",
+            f"Measured {meta.get('date', '?')} on {meta.get('machine', '?')}; "
+            f"{meta.get('versions', '')}. Every pair ran back to back in one run of "
+            f"`{meta.get('command', '?')}`; ratio > 1 means dinoscope is faster.", ""]
+    titles = {"step": "DINO training step", "data": "Data pipeline (decode + multi-crop, real photos)",
+              "viewer": "Viewer network (forward with the last block's attention)"}
+    tables = {"step": step_table, "data": data_table, "viewer": viewer_table}
+    for m in KEYS:
+        if by_mode[m]:
+            text += [f"**{titles[m]}**", ""] + tables[m](by_mode[m]) + [""]
+    ours = [l for l in lines if l.get("impl") != "official" and l.get("mode") in KEYS]
+    extra = sorted({f"{k}={l[k]}" for l in ours for k in ("simd", "device") if k in l})
+    if extra:
+        text += ["dinoscope ran with " + ", ".join(extra) + ".", ""]
+    text.append(f"<!-- {section}:end -->")
+    return "\n".join(text)
+
+
+def write(path, section, block):
+    try:
+        doc = open(path).read()
+    except FileNotFoundError:
+        doc = "# Benchmarks\n"
+    begin, end = f"<!-- {section}:begin -->", f"<!-- {section}:end -->"
+    if begin in doc and end in doc:
+        doc = doc[:doc.index(begin)] + block + doc[doc.index(end) + len(end):]
+    else:
+        doc = doc.rstrip("\n") + "\n\n" + block + "\n"
+    with open(path, "w") as f:
+        f.write(doc)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("results")
+    p.add_argument("--section", default="cpu")
+    p.add_argument("--write")
+    a = p.parse_args()
+    block = render(load(a.results), a.section)
+    if a.write:
+        write(a.write, a.section, block)
+    else:
+        print(block)
+
+
+if __name__ == "__main__":
+    main()
