@@ -50,14 +50,21 @@ def load(path):
 
 
 def pair(lines):
-    """(ours, official) per configuration, in the order the configurations first appear."""
-    rows = {}
+    """Rows of (ours, official): each of our lines with the official line of the same work
+    (several of ours, e.g. WGSL and SPIR-V, can share one official line), in order."""
+    official = {}
     for line in lines:
-        if line.get("mode") not in KEYS:
+        if line.get("mode") in KEYS and line.get("impl") == "official":
+            official[key(line)] = line
+    rows, used = [], set()
+    for line in lines:
+        if line.get("mode") not in KEYS or line.get("impl") == "official":
             continue
-        side = "official" if line.get("impl") == "official" else "ours"
-        rows.setdefault(key(line), {})[side] = line
-    return list(rows.values())
+        k = key(line)
+        rows.append({"ours": line, "official": official.get(k)})
+        used.add(k)
+    rows += [{"official": l} for k, l in official.items() if k not in used]
+    return rows
 
 
 def fmt(v, digits=1):
@@ -72,17 +79,18 @@ def ratio(ours, official, higher_is_better):
 
 
 def step_table(rows):
-    out = ["| model | crops | batch | out_dim | threads | dinoscope img/s | official img/s | ratio |",
-           "|---|---|---|---|---|---|---|---|"]
+    out = ["| model | crops | batch | out_dim | precision | threads | dinoscope (device) | dinoscope img/s | first step s | official img/s | ratio |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         a, b = r.get("ours"), r.get("official")
         ref = a or b
         model = f"{ref['arch']}/{ref['patch']} depth {ref['depth']}"
         crops = f"2×{ref['global_size']} + {ref['local_crops']}×{ref['local_size']}"
         threads = ref.get("threads", "–")
-        out.append(f"| {model} | {crops} | {ref['batch']} | {ref['out_dim']} | {threads} | "
-                   f"{fmt(a and a['img_per_sec'])} | {fmt(b and b['img_per_sec'])} | "
-                   f"{ratio(a and a['img_per_sec'], b and b['img_per_sec'], True)} |")
+        device = a["device"] if a else "–"
+        out.append(f"| {model} | {crops} | {ref['batch']} | {ref['out_dim']} | {ref.get('precision', 'f32')} | "
+                   f"{threads} | {device} | {fmt(a and a['img_per_sec'])} | {fmt(a and a.get('first_step_secs'))} | "
+                   f"{fmt(b and b['img_per_sec'])} | {ratio(a and a['img_per_sec'], b and b['img_per_sec'], True)} |")
     return out
 
 
@@ -115,20 +123,30 @@ def render(lines, section):
     meta = next((l for l in lines if l.get("mode") == "meta"), {})
     rows = pair(lines)
     by_mode = {m: [r for r in rows if (r.get("ours") or r.get("official"))["mode"] == m] for m in KEYS}
+    versions = f"; {meta['versions']}" if meta.get("versions") else ""
     text = [f"<!-- {section}:begin -->",
-            f"Measured {meta.get('date', '?')} on {meta.get('machine', '?')}; "
-            f"{meta.get('versions', '')}. Every pair ran back to back in one run of "
-            f"`{meta.get('command', '?')}`; ratio > 1 means dinoscope is faster.", ""]
+            f"Measured {meta.get('date', '?')} on {meta.get('machine', '?')}{versions}. Every pair ran "
+            f"back to back in one run of `{meta.get('command', '?')}`; ratio > 1 means dinoscope is faster.", ""]
     titles = {"step": "DINO training step", "data": "Data pipeline (decode + multi-crop, real photos)",
               "viewer": "Viewer network (forward with the last block's attention)"}
     tables = {"step": step_table, "data": data_table, "viewer": viewer_table}
     for m in KEYS:
         if by_mode[m]:
             text += [f"**{titles[m]}**", ""] + tables[m](by_mode[m]) + [""]
+    demo = [l for l in lines if l.get("mode") == "demo"]
+    for d in demo:
+        text += [f"**Class demo** (`dino train` with the README's class-demo flags, `--device auto`): "
+                 f"{d.get('steps')} steps at {fmt(d.get('img_per_sec'))} img/s; Jaccard of the best head "
+                 f"{fmt(d.get('jaccard_start'), 3)} at step 0 → {fmt(d.get('jaccard_best_head'), 3)}.", ""]
+    parts = [l for l in lines if l.get("mode") == "status"]
+    if parts:
+        bad = [f"{p['part']} ({p['status']})" for p in parts if p.get("status") != "ok"]
+        text += [f"Parts: {len(parts) - len(bad)} of {len(parts)} finished within their budgets"
+                 + (f"; not finished: {', '.join(bad)}." if bad else "."), ""]
     ours = [l for l in lines if l.get("impl") != "official" and l.get("mode") in KEYS]
-    extra = sorted({f"{k}={l[k]}" for l in ours for k in ("simd", "device") if k in l})
-    if extra:
-        text += ["dinoscope ran with " + ", ".join(extra) + ".", ""]
+    simd = sorted({l["simd"] for l in ours if l.get("simd")})
+    if simd:
+        text += ["dinoscope's CPU kernels had " + ", ".join(simd) + " (run-time detected).", ""]
     text.append(f"<!-- {section}:end -->")
     return "\n".join(text)
 

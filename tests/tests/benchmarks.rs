@@ -1,0 +1,99 @@
+//! BENCHMARKS.md is generated, never typed: the CPU section must be exactly what
+//! `scripts/benchmarks.py` makes of the recorded run (`docs/benchmarks/bench-cpu.jsonl`, the
+//! output of `scripts/bench-cpu.sh`), and every measured pair must show up as a ratio.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn render(results: &Path, section: &str) -> String {
+    let out = Command::new("python3")
+        .current_dir(repo())
+        .args(["scripts/benchmarks.py"])
+        .arg(results)
+        .args(["--section", section])
+        .output()
+        .expect("python3 runs scripts/benchmarks.py");
+    assert!(
+        out.status.success(),
+        "benchmarks.py: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn section(doc: &str, name: &str) -> String {
+    let (begin, end) = (
+        format!("<!-- {name}:begin -->"),
+        format!("<!-- {name}:end -->"),
+    );
+    let start = doc.find(&begin).expect("section begin marker");
+    let stop = doc.find(&end).expect("section end marker") + end.len();
+    doc[start..stop].to_string()
+}
+
+#[test]
+fn the_cpu_section_is_regenerated_from_the_recorded_run() {
+    let recorded = repo().join("docs/benchmarks/bench-cpu.jsonl");
+    let made = render(&recorded, "cpu");
+    let doc = std::fs::read_to_string(repo().join("BENCHMARKS.md")).unwrap();
+    assert_eq!(
+        made.trim_end(),
+        section(&doc, "cpu"),
+        "BENCHMARKS.md's CPU section differs from what scripts/benchmarks.py makes of {}: \
+         regenerate it with `python3 scripts/benchmarks.py {} --section cpu --write BENCHMARKS.md`",
+        recorded.display(),
+        recorded.display()
+    );
+    // Every step, data and viewer measurement of ours found its official counterpart.
+    let rows: Vec<&str> = made.lines().filter(|l| l.starts_with("| ")).collect();
+    let measured: Vec<&&str> = rows
+        .iter()
+        .filter(|l| !l.starts_with("| model") && !l.starts_with("| crops"))
+        .collect();
+    assert!(measured.len() >= 4, "{made}");
+    for row in measured {
+        assert!(row.contains("×**"), "a row without a ratio: {row}");
+    }
+}
+
+#[test]
+fn unpaired_and_bad_lines_are_reported_not_hidden() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("r.jsonl");
+    // A GPU-style run: two of ours (WGSL, SPIR-V) share one official line; one part timed out.
+    std::fs::write(
+        &path,
+        r#"{"mode": "meta", "date": "2026-12-01", "machine": "test", "command": "x"}
+{"mode": "step", "impl": "dinoscope", "device": "wgpu (discrete GPU)", "arch": "vit_small", "patch": 16, "depth": 12, "batch": 64, "global_size": 224, "local_size": 96, "local_crops": 8, "out_dim": 65536, "precision": "f32", "threads": 16, "img_per_sec": 300.0, "first_step_secs": 40.0}
+{"mode": "step", "impl": "dinoscope", "device": "vulkan (SPIR-V)", "arch": "vit_small", "patch": 16, "depth": 12, "batch": 64, "global_size": 224, "local_size": 96, "local_crops": 8, "out_dim": 65536, "precision": "f32", "threads": 16, "img_per_sec": 450.0}
+{"mode": "step", "impl": "official", "device": "cuda", "arch": "vit_small", "patch": 16, "depth": 12, "batch": 64, "global_size": 224, "local_size": 96, "local_crops": 8, "out_dim": 65536, "precision": "f32", "threads": 16, "img_per_sec": 600.0}
+{"mode": "status", "part": "step-vit_tiny-vulkan-f16", "status": "timeout", "secs": 75}
+"#,
+    )
+    .unwrap();
+    let made = render(&path, "gpu");
+    assert!(
+        made.contains("**0.50×**") && made.contains("**0.75×**"),
+        "{made}"
+    );
+    assert!(
+        made.contains("step-vit_tiny-vulkan-f16 (timeout)"),
+        "{made}"
+    );
+    std::fs::write(&path, "{\"mode\": \"step\", \"impl\"\n").unwrap();
+    let out = Command::new("python3")
+        .current_dir(repo())
+        .arg("scripts/benchmarks.py")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a JSON line"));
+}
