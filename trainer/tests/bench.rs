@@ -61,3 +61,41 @@ fn step_data_and_viewer_modes_print_json() {
     assert_eq!(v["image_size"], 32);
     assert!(v["median_ms"].as_f64().unwrap() > 0.0);
 }
+
+#[test]
+fn lines_say_which_build_and_pool_produced_them() {
+    // scripts/benchmarks.py pairs lines by these fields; RAYON_NUM_THREADS sets the pool.
+    let mut args = vec!["--mode", "step", "--warmup", "1", "--steps", "1"];
+    args.extend_from_slice(common::TINY_VIT);
+    args.extend_from_slice(TINY);
+    let out = Command::new(env!("CARGO_BIN_EXE_dino"))
+        .arg("bench")
+        .args(&args)
+        .env("RAYON_NUM_THREADS", "3")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(v["impl"], "dinoscope");
+    assert_eq!(v["threads"], 3, "{v}");
+    assert!(v["simd"].is_string(), "{v}");
+    assert!(
+        v["first_step_secs"].as_f64().is_some_and(|s| s > 0.0),
+        "{v}"
+    );
+    let backends: Vec<&str> = v["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|b| b.as_str())
+        .collect();
+    assert!(
+        backends.contains(&"cpu") && backends.contains(&"wgpu"),
+        "{v}"
+    );
+}
