@@ -5,6 +5,7 @@ readers accept, so the fuzzer starts from deep inside the formats.
 """
 import argparse
 import io
+import struct
 import json
 import os
 import zipfile
@@ -90,7 +91,7 @@ write("checkpoint", "tiny.safetensors", ours)
 write("hf_safetensors", "ours.safetensors", ours)
 
 img = Image.new("RGB", (9, 7), (200, 30, 90))
-for fmt, ext, kw in [("PNG", "png", {}), ("JPEG", "jpg", {}), ("WEBP", "webp", {"lossless": True}), ("BMP", "bmp", {}), ("GIF", "gif", {})]:
+for fmt, ext, kw in [("PNG", "png", {}), ("JPEG", "jpg", {}), ("WEBP", "webp", {"lossless": True}), ("BMP", "bmp", {}), ("GIF", "gif", {}), ("TIFF", "tiff", {})]:
     buf = io.BytesIO()
     img.save(buf, fmt, **kw)
     write("image", "rgb." + ext, buf.getvalue())
@@ -98,3 +99,15 @@ for mode in ["L", "LA", "RGBA", "I;16"]:
     buf = io.BytesIO()
     Image.new(mode, (5, 6)).save(buf, "PNG")
     write("image", f"{mode.replace(';', '')}.png", buf.getvalue())
+
+# DINOv2 / DINOv3 seeds are the family parity fixtures (scripts/make_family_fixtures.py):
+# the hf_with_config target reads a u16 LE length, config.json, then the weights.
+fam = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "model", "tests", "fixtures", "families")
+for case in ["v2reg", "v3swiglu"]:
+    with open(os.path.join(fam, f"{case}_hf", "config.json"), "rb") as f:
+        cfg = f.read()
+    with open(os.path.join(fam, f"{case}_hf", "model.safetensors"), "rb") as f:
+        weights = f.read()
+    write("hf_with_config", f"{case}.bin", struct.pack("<H", len(cfg)) + cfg + weights)
+with open(os.path.join(fam, "v3.pth"), "rb") as f:
+    write("pth", "dinov3.pth", f.read())

@@ -1,35 +1,64 @@
 //! Attention post-processing: pure functions on plain vectors, shared by the `dino
 //! attention` command and the viewer, following the official `visualize_attention.py`.
 
-/// The CLS token's attention to every patch, one row-major `[grid_h, grid_w]` map per head.
+/// One query token's attention to every patch, one row-major `[grid_h, grid_w]` map per head.
 ///
-/// `attention` is one image's `[heads, tokens, tokens]` softmax attention (tokens = 1 + patches).
-pub fn cls_maps(attention: &[f32], heads: usize, tokens: usize) -> Vec<Vec<f32>> {
+/// `attention` is one image's `[heads, tokens, tokens]` softmax attention with `prefix`
+/// tokens (CLS, then registers) before the patches; the prefix columns are skipped and the
+/// rows are not renormalised, as in the official `visualize_attention.py`.
+pub fn token_maps(
+    attention: &[f32],
+    heads: usize,
+    tokens: usize,
+    prefix: usize,
+    row: usize,
+) -> Vec<Vec<f32>> {
     assert_eq!(
         attention.len(),
         heads * tokens * tokens,
         "attention is not [heads, tokens, tokens]"
     );
+    assert!(
+        prefix >= 1 && prefix < tokens,
+        "prefix {prefix} of {tokens} tokens"
+    );
+    assert!(row < tokens, "token {row} out of range");
     (0..heads)
-        .map(|h| attention[h * tokens * tokens + 1..h * tokens * tokens + tokens].to_vec())
+        .map(|h| {
+            let start = h * tokens * tokens + row * tokens;
+            attention[start + prefix..start + tokens].to_vec()
+        })
         .collect()
 }
 
-/// One patch's attention row (query `patch`, 0-based over patches) per head, CLS excluded:
-/// the viewer's patch-query mode.
+/// The CLS token's attention to every patch, one map per head (register columns skipped).
+pub fn cls_maps(attention: &[f32], heads: usize, tokens: usize, prefix: usize) -> Vec<Vec<f32>> {
+    token_maps(attention, heads, tokens, prefix, 0)
+}
+
+/// One patch's attention row (query `patch`, 0-based over patches) per head, CLS and
+/// registers excluded: the viewer's patch-query mode.
 pub fn patch_query_maps(
     attention: &[f32],
     heads: usize,
     tokens: usize,
+    prefix: usize,
     patch: usize,
 ) -> Vec<Vec<f32>> {
-    assert!(patch + 1 < tokens, "patch {patch} out of range");
-    let row = patch + 1;
-    (0..heads)
-        .map(|h| {
-            let start = h * tokens * tokens + row * tokens;
-            attention[start + 1..start + tokens].to_vec()
-        })
+    assert!(prefix + patch < tokens, "patch {patch} out of range");
+    token_maps(attention, heads, tokens, prefix, prefix + patch)
+}
+
+/// Each register token's own attention to the patches, `[register][head]` maps: what the
+/// registers paper (Darcet et al. 2024) compares with the CLS maps.
+pub fn register_maps(
+    attention: &[f32],
+    heads: usize,
+    tokens: usize,
+    prefix: usize,
+) -> Vec<Vec<Vec<f32>>> {
+    (1..prefix)
+        .map(|r| token_maps(attention, heads, tokens, prefix, r))
         .collect()
 }
 
@@ -238,8 +267,25 @@ mod tests {
     fn cls_and_patch_rows_are_picked_correctly() {
         // 1 head, 3 tokens: attention[i][j] = 10 i + j.
         let att: Vec<f32> = (0..9).map(|k| (10 * (k / 3) + k % 3) as f32).collect();
-        assert_eq!(cls_maps(&att, 1, 3), vec![vec![1.0, 2.0]]);
-        assert_eq!(patch_query_maps(&att, 1, 3, 1), vec![vec![21.0, 22.0]]);
+        assert_eq!(cls_maps(&att, 1, 3, 1), vec![vec![1.0, 2.0]]);
+        assert_eq!(patch_query_maps(&att, 1, 3, 1, 1), vec![vec![21.0, 22.0]]);
+    }
+
+    #[test]
+    fn register_columns_are_skipped_and_register_rows_found() {
+        // 2 heads, CLS + 2 registers + 2 patches: attention[h][i][j] = 100 h + 10 i + j.
+        let t = 5;
+        let att: Vec<f32> = (0..2 * t * t)
+            .map(|k| (100 * (k / (t * t)) + 10 * ((k / t) % t) + k % t) as f32)
+            .collect();
+        assert_eq!(
+            cls_maps(&att, 2, t, 3),
+            vec![vec![3.0, 4.0], vec![103.0, 104.0]]
+        );
+        assert_eq!(patch_query_maps(&att, 2, t, 3, 1)[1], vec![143.0, 144.0]);
+        let regs = register_maps(&att, 2, t, 3);
+        assert_eq!(regs.len(), 2);
+        assert_eq!(regs[1][0], vec![23.0, 24.0]);
     }
 
     #[test]

@@ -83,12 +83,52 @@ pub enum ModelError {
         /// Which tensor or dimension did not fit.
         reason: String,
     },
+    /// A Hugging Face `config.json` field that contradicts the tensors of the file.
+    #[error("config.json field `{field}`: {reason}")]
+    ConfigMismatch {
+        /// The field of config.json.
+        field: String,
+        /// What the field says and what the tensors say.
+        reason: String,
+    },
+    /// The file holds tensors that the inferred network does not use: its maps would be wrong.
+    #[error(
+        "{} tensor(s) of the file are not part of a {model}: {}; the weights are of a network dinoscope does not know, and showing its maps without them would be wrong. If you know they do not matter, import with --allow-unused",
+        names.len(),
+        list_names(names)
+    )]
+    UnknownTensors {
+        /// What the rest of the file looks like.
+        model: String,
+        /// The tensors that are not understood.
+        names: Vec<String>,
+    },
+    /// A model too large for the memory it would run in.
+    #[error("{model} needs about {needed_mib} MiB of memory for its weights alone; {available}")]
+    TooLarge {
+        /// What the model is.
+        model: String,
+        /// Memory needed, in MiB.
+        needed_mib: u64,
+        /// What is available, in words.
+        available: String,
+    },
     /// An image that cannot be decoded or is unusable.
     #[error("image: {reason}")]
     Image {
         /// What was wrong, in words.
         reason: String,
     },
+}
+
+fn list_names(names: &[String]) -> String {
+    let shown: Vec<String> = names.iter().take(6).map(|n| format!("`{n}`")).collect();
+    let more = names.len().saturating_sub(shown.len());
+    if more > 0 {
+        format!("{} and {more} more", shown.join(", "))
+    } else {
+        shown.join(", ")
+    }
 }
 
 /// Result alias of the model crate.

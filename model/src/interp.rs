@@ -40,6 +40,48 @@ pub fn bicubic_matrix(in_len: usize, out_len: usize, scale: f64) -> Vec<f32> {
     m.into_iter().map(|v| v as f32).collect()
 }
 
+/// PyTorch's antialiasing bicubic filter (`a = -0.5`, `aa_filter` in `UpSampleKernel.cpp`).
+fn aa_cubic(x: f64) -> f64 {
+    const A: f64 = -0.5;
+    let x = x.abs();
+    if x < 1.0 {
+        ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
+    } else if x < 2.0 {
+        (((x - 5.0) * x + 8.0) * x - 4.0) * A
+    } else {
+        0.0
+    }
+}
+
+/// The `[out_len, in_len]` matrix of `interpolate(size=out_len, mode="bicubic",
+/// antialias=True, align_corners=False)` along one axis (PyTorch's separable AA path,
+/// `_compute_indices_min_size_weights_aa`): the filter widens by the scale when shrinking,
+/// taps are cut at the borders and renormalised, never clamped.
+pub fn antialias_bicubic_matrix(in_len: usize, out_len: usize) -> Vec<f32> {
+    let mut m = vec![0.0f32; out_len * in_len];
+    let scale = in_len as f64 / out_len as f64;
+    let support = if scale >= 1.0 { 2.0 * scale } else { 2.0 };
+    let inv = if scale >= 1.0 { 1.0 / scale } else { 1.0 };
+    for i in 0..out_len {
+        let center = scale * (i as f64 + 0.5);
+        // `static_cast<int64_t>` truncates toward zero before the clamp at 0.
+        let xmin = ((center - support + 0.5) as i64).max(0) as usize;
+        let xmax = ((center + support + 0.5) as i64).min(in_len as i64) as usize;
+        let w: Vec<f64> = (xmin..xmax)
+            .map(|j| aa_cubic((j as f64 - center + 0.5) * inv))
+            .collect();
+        let total: f64 = w.iter().sum();
+        for (k, wk) in w.iter().enumerate() {
+            m[i * in_len + xmin + k] = if total != 0.0 {
+                (wk / total) as f32
+            } else {
+                0.0
+            };
+        }
+    }
+    m
+}
+
 /// The `[out_len, in_len]` matrix of 1-D bilinear resampling with `align_corners=False`
 /// (the `size=` convention: `scale = out / in`), used to upsample attention maps.
 pub fn bilinear_matrix(in_len: usize, out_len: usize) -> Vec<f32> {
@@ -87,6 +129,23 @@ mod tests {
             for r in 0..o {
                 let sum: f32 = m[r * i..(r + 1) * i].iter().sum();
                 assert!((sum - 1.0).abs() < 1e-5, "row {r} sums to {sum}");
+            }
+        }
+    }
+
+    #[test]
+    fn antialias_rows_sum_to_one_and_identity_is_exact() {
+        for (i, o) in [(4, 3), (4, 5), (37, 20), (37, 64), (2, 9)] {
+            let m = antialias_bicubic_matrix(i, o);
+            for r in 0..o {
+                let sum: f32 = m[r * i..(r + 1) * i].iter().sum();
+                assert!((sum - 1.0).abs() < 1e-5, "{i}->{o} row {r} sums to {sum}");
+            }
+        }
+        let m = antialias_bicubic_matrix(5, 5);
+        for r in 0..5 {
+            for c in 0..5 {
+                assert!((m[r * 5 + c] - if r == c { 1.0 } else { 0.0 }).abs() < 1e-6);
             }
         }
     }

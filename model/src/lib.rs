@@ -17,7 +17,9 @@ pub mod vit;
 pub mod weights;
 
 pub use checkpoint::{Checkpoint, read_checkpoint, write_checkpoint};
-pub use config::{HeadConfig, ModelConfig, Precision, VitConfig};
+pub use config::{
+    Family, Ffn, HeadConfig, ModelConfig, Normalization, PosInterp, Position, Precision, VitConfig,
+};
 pub use error::{ModelError, Result};
 pub use head::DinoHead;
 pub use vit::{AttentionOutput, DropPathMasks, VisionTransformer};

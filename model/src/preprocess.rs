@@ -1,8 +1,9 @@
 //! Image decoding and inference preprocessing: resize, crop to a multiple of the patch size,
-//! ImageNet normalisation.
+//! normalisation (ImageNet's statistics unless the weights say otherwise).
 
 use image::{DynamicImage, ImageDecoder, ImageReader, Limits, RgbImage, imageops::FilterType};
 
+use crate::config::Normalization;
 use crate::error::{ModelError, Result};
 
 /// ImageNet channel means (torchvision `Normalize` in the official code).
@@ -14,7 +15,7 @@ pub const MAX_IMAGE_SIDE: u32 = 16_384;
 /// Largest decoder allocation in bytes.
 pub const MAX_DECODE_BYTES: u64 = 512 * 1024 * 1024;
 
-/// Decodes an image (PNG, JPEG, WebP, BMP) from bytes with size limits, to 8-bit RGB.
+/// Decodes an image (PNG, JPEG, WebP, BMP, GIF's first frame, TIFF) from bytes with size limits, to 8-bit RGB.
 /// Grayscale, alpha, 16-bit and CMYK images are converted (alpha is dropped) and the EXIF
 /// orientation is applied.
 pub fn decode_image(bytes: &[u8]) -> Result<RgbImage> {
@@ -25,7 +26,7 @@ pub fn decode_image(bytes: &[u8]) -> Result<RgbImage> {
         })?;
     if reader.format().is_none() {
         return Err(ModelError::Image {
-            reason: "not a recognised image (expected PNG, JPEG, WebP or BMP)".into(),
+            reason: "not a recognised image (expected PNG, JPEG, WebP, BMP, GIF or TIFF)".into(),
         });
     }
     let mut limits = Limits::default();
@@ -71,8 +72,18 @@ pub struct Prepared {
 }
 
 /// Resizes, crops to a multiple of `patch` (dropping the right/bottom remainder, as the
-/// official script does) and normalises.
+/// official script does) and normalises with the ImageNet statistics.
 pub fn prepare(img: &RgbImage, resize: Resize, patch: usize) -> Result<Prepared> {
+    prepare_normalized(img, resize, patch, Normalization::IMAGENET)
+}
+
+/// As [`prepare`], normalising with the statistics the weights were trained with.
+pub fn prepare_normalized(
+    img: &RgbImage,
+    resize: Resize,
+    patch: usize,
+    norm: Normalization,
+) -> Result<Prepared> {
     let (w, h) = img.dimensions();
     let (tw, th) = match resize {
         Resize::Square(n) => (n, n),
@@ -101,7 +112,7 @@ pub fn prepare(img: &RgbImage, resize: Resize, patch: usize) -> Result<Prepared>
     let (cw, ch) = (tw - tw % p, th - th % p);
     let display = image::imageops::crop_imm(&resized, 0, 0, cw, ch).to_image();
     Ok(Prepared {
-        chw: normalize_chw(&display),
+        chw: normalize_chw_with(&display, norm),
         height: ch as usize,
         width: cw as usize,
         display,
@@ -110,12 +121,17 @@ pub fn prepare(img: &RgbImage, resize: Resize, patch: usize) -> Result<Prepared>
 
 /// ImageNet-normalised `[3, h, w]` values of an RGB image.
 pub fn normalize_chw(img: &RgbImage) -> Vec<f32> {
+    normalize_chw_with(img, Normalization::IMAGENET)
+}
+
+/// `[3, h, w]` values of an RGB image normalised with `norm`.
+pub fn normalize_chw_with(img: &RgbImage, norm: Normalization) -> Vec<f32> {
     let (w, h) = img.dimensions();
     let plane = (w * h) as usize;
     let mut out = vec![0.0f32; 3 * plane];
     for (i, px) in img.pixels().enumerate() {
         for c in 0..3 {
-            out[c * plane + i] = (px[c] as f32 / 255.0 - IMAGENET_MEAN[c]) / IMAGENET_STD[c];
+            out[c * plane + i] = (px[c] as f32 / 255.0 - norm.mean[c]) / norm.std[c];
         }
     }
     out
@@ -222,5 +238,45 @@ mod tests {
         let rgb = decode_image(&buf).unwrap();
         assert_eq!(rgb.dimensions(), (3, 2));
         assert_eq!(rgb.get_pixel(0, 0).0, [100, 100, 100]);
+    }
+
+    #[test]
+    fn gif_first_frame_and_tiff_decode() {
+        use image::codecs::gif::GifEncoder;
+        use image::{Delay, Frame, RgbaImage};
+        // An animated GIF whose frames differ: the first one is what users expect to see.
+        let mut gif = Vec::new();
+        {
+            let mut enc = GifEncoder::new(&mut gif);
+            for colour in [[200u8, 40, 40, 255], [40, 40, 200, 255]] {
+                let frame = RgbaImage::from_pixel(6, 4, image::Rgba(colour));
+                enc.encode_frame(Frame::from_parts(
+                    frame,
+                    0,
+                    0,
+                    Delay::from_numer_denom_ms(100, 1),
+                ))
+                .unwrap();
+            }
+        }
+        let rgb = decode_image(&gif).unwrap();
+        assert_eq!(rgb.dimensions(), (6, 4));
+        let p = rgb.get_pixel(2, 2).0;
+        assert!(p[0] > 150 && p[2] < 100, "first frame expected, got {p:?}");
+
+        // A 16-bit grayscale TIFF, as microscopes write them.
+        let tiff_img = image::ImageBuffer::<image::Luma<u16>, _>::from_fn(5, 3, |x, _| {
+            image::Luma([x as u16 * 16000])
+        });
+        let mut tiff = Vec::new();
+        tiff_img
+            .write_to(
+                &mut std::io::Cursor::new(&mut tiff),
+                image::ImageFormat::Tiff,
+            )
+            .unwrap();
+        let rgb = decode_image(&tiff).unwrap();
+        assert_eq!(rgb.dimensions(), (5, 3));
+        assert!(rgb.get_pixel(4, 0).0[0] > rgb.get_pixel(0, 0).0[0]);
     }
 }

@@ -2,14 +2,14 @@
 
 use burn::module::{Module, Param};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
-use burn::tensor::activation::{gelu, softmax};
+use burn::tensor::activation::{gelu, silu, softmax};
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Distribution, FloatDType, Tensor, TensorData};
 
-use crate::config::{Precision, VitConfig};
+use crate::config::{Family, Ffn, Normalization, PosInterp, Position, Precision, VitConfig};
 use crate::error::{ModelError, Result};
-use crate::interp::{bicubic_matrix, pos_embed_scales};
+use crate::interp::{antialias_bicubic_matrix, bicubic_matrix, pos_embed_scales};
 
 /// Per-sample stochastic-depth multipliers for one forward pass.
 ///
@@ -55,6 +55,91 @@ impl Precision {
     pub fn gelu<const D: usize>(self, x: Tensor<D>) -> Tensor<D> {
         self.compute(gelu(to_f32(x)))
     }
+
+    /// SiLU in f32, rounded back to the compute dtype (as [`Precision::gelu`]).
+    pub fn silu<const D: usize>(self, x: Tensor<D>) -> Tensor<D> {
+        self.compute(silu(to_f32(x)))
+    }
+}
+
+/// DINOv3's rotary tables for one patch grid: `sin` and `cos`, each `[1, 1, patches, head_dim]`.
+#[derive(Debug, Clone)]
+pub struct RopeTables {
+    /// Sines of the angles.
+    pub sin: Tensor<4>,
+    /// Cosines of the angles.
+    pub cos: Tensor<4>,
+}
+
+/// The angles of `RopePositionEmbedding.forward` at inference (no shift, jitter or rescale),
+/// row-major `[grid_h * grid_w, head_dim]`, in the official order of f32 operations:
+/// coordinates `2 (i + 0.5) / n − 1` per axis ("separate" normalisation), `2π · coord / period`
+/// for y then x, the two halves tiled twice.
+pub fn rope_angles(periods: &[f32], grid_h: usize, grid_w: usize) -> Vec<f32> {
+    let quarter = periods.len();
+    let head_dim = 4 * quarter;
+    let two_pi = (2.0 * std::f64::consts::PI) as f32;
+    let coord = |i: usize, n: usize| 2.0f32 * ((i as f32 + 0.5) / n as f32) - 1.0;
+    let mut out = Vec::with_capacity(grid_h * grid_w * head_dim);
+    for i in 0..grid_h {
+        for j in 0..grid_w {
+            let (y, x) = (coord(i, grid_h), coord(j, grid_w));
+            let half: Vec<f32> = periods
+                .iter()
+                .map(|p| two_pi * y / p)
+                .chain(periods.iter().map(|p| two_pi * x / p))
+                .collect();
+            out.extend_from_slice(&half);
+            out.extend_from_slice(&half);
+        }
+    }
+    out
+}
+
+/// The periods DINOv3 derives from its base (`base ** (2 k / (head_dim / 2))`, in f32), used
+/// when a file does not store `rope_embed.periods` (the Hugging Face port drops it).
+pub fn rope_periods(base: f64, head_dim: usize) -> Vec<f32> {
+    let quarter = head_dim / 4;
+    (0..quarter)
+        .map(|k| (base as f32).powf(2.0 * k as f32 / (head_dim / 2) as f32))
+        .collect()
+}
+
+impl RopeTables {
+    /// Tables for a `grid_h × grid_w` patch grid.
+    pub fn new(periods: &[f32], grid_h: usize, grid_w: usize, device: &Device) -> Self {
+        let angles = rope_angles(periods, grid_h, grid_w);
+        let shape = [1, 1, grid_h * grid_w, 4 * periods.len()];
+        let sin: Vec<f32> = angles.iter().map(|a| a.sin()).collect();
+        let cos: Vec<f32> = angles.iter().map(|a| a.cos()).collect();
+        RopeTables {
+            sin: Tensor::from_data(TensorData::new(sin, shape), device),
+            cos: Tensor::from_data(TensorData::new(cos, shape), device),
+        }
+    }
+
+    /// Rotates the last `patches` tokens of `x` (`[batch, heads, tokens, head_dim]`) as the
+    /// official `rope_apply` does; CLS and register tokens pass through.
+    pub fn apply(&self, x: Tensor<4>) -> Tensor<4> {
+        let [_, _, tokens, head_dim] = x.dims();
+        let patches = self.sin.dims()[2];
+        let prefix = tokens - patches;
+        let half = head_dim / 2;
+        let body = x.clone().narrow(2, prefix, patches);
+        let rotated = Tensor::cat(
+            vec![
+                body.clone().narrow(3, half, half).neg(),
+                body.clone().narrow(3, 0, half),
+            ],
+            3,
+        );
+        let body = body * self.cos.clone() + rotated * self.sin.clone();
+        if prefix == 0 {
+            body
+        } else {
+            Tensor::cat(vec![x.narrow(2, 0, prefix), body], 2)
+        }
+    }
 }
 
 /// `x` back in f32, where autocast keeps full precision (residual stream, norms, softmax, loss).
@@ -70,15 +155,46 @@ pub struct Attention {
     /// Output projection.
     pub proj: Linear,
     num_heads: usize,
+    /// DINOv3's `LinearKMaskedBias`: the key third of the bias is multiplied by 0.
+    #[module(skip)]
+    mask_k_bias: bool,
 }
 
 impl Attention {
-    fn qkv_heads(&self, x: Tensor<3>, p: Precision) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
+    fn qkv_linear(&self, x: Tensor<3>, p: Precision) -> Tensor<3> {
+        match (&self.qkv.bias, self.mask_k_bias) {
+            (Some(bias), true) => {
+                let b = bias.val();
+                let dim = b.dims()[0] / 3;
+                let masked = Tensor::cat(
+                    vec![
+                        b.clone().narrow(0, 0, dim),
+                        b.clone().narrow(0, dim, dim).zeros_like(),
+                        b.narrow(0, 2 * dim, dim),
+                    ],
+                    0,
+                );
+                burn::tensor::module::linear(
+                    x,
+                    p.compute(self.qkv.weight.val()),
+                    Some(p.compute(masked)),
+                )
+            }
+            _ => p.linear(&self.qkv, x),
+        }
+    }
+
+    fn qkv_heads(
+        &self,
+        x: Tensor<3>,
+        rope: Option<&RopeTables>,
+        p: Precision,
+    ) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
         let [batch, tokens, dim] = x.dims();
         let head_dim = dim / self.num_heads;
         // [batch, tokens, 3 * dim] -> [3, batch, heads, tokens, head_dim]
-        let qkv = p
-            .linear(&self.qkv, p.compute(x))
+        let qkv = self
+            .qkv_linear(p.compute(x), p)
             .reshape([batch, tokens, 3, self.num_heads, head_dim])
             .permute([2, 0, 3, 1, 4]);
         let part = |i: usize| {
@@ -86,7 +202,16 @@ impl Attention {
                 .narrow(0, i, 1)
                 .reshape([batch, self.num_heads, tokens, head_dim])
         };
-        (part(0), part(1), part(2))
+        let (q, k, v) = (part(0), part(1), part(2));
+        match rope {
+            // The official code rotates in the tables' dtype (f32) and casts back.
+            Some(r) => (
+                p.compute(r.apply(to_f32(q))),
+                p.compute(r.apply(to_f32(k))),
+                v,
+            ),
+            None => (q, k, v),
+        }
     }
 
     fn merge_heads(&self, x: Tensor<4>, p: Precision) -> Tensor<3> {
@@ -99,16 +224,16 @@ impl Attention {
     ///
     /// # Shapes
     /// `x`: `[batch, tokens, dim]` (f32) → `[batch, tokens, dim]` (f32).
-    pub fn forward(&self, x: Tensor<3>, p: Precision) -> Tensor<3> {
+    pub fn forward(&self, x: Tensor<3>, rope: Option<&RopeTables>, p: Precision) -> Tensor<3> {
         match p {
             Precision::F32 => {
-                let (q, k, v) = self.qkv_heads(x, p);
+                let (q, k, v) = self.qkv_heads(x, rope, p);
                 let out = attention(q, k, v, None, None, AttentionModuleOptions::default());
                 self.merge_heads(out, p)
             }
             // Autocast runs the softmax in f32 between two f16 products; the fused kernel's
             // CPU fallback would run it in f16.
-            Precision::F16 => self.forward_with_attention(x, p).0,
+            Precision::F16 => self.forward_with_attention(x, rope, p).0,
         }
     }
 
@@ -117,8 +242,13 @@ impl Attention {
     /// # Shapes
     /// `x`: `[batch, tokens, dim]` → (`[batch, tokens, dim]`, `[batch, heads, tokens, tokens]`).
     /// The weights come back in f32 (autocast runs softmax in f32).
-    pub fn forward_with_attention(&self, x: Tensor<3>, p: Precision) -> (Tensor<3>, Tensor<4>) {
-        let (q, k, v) = self.qkv_heads(x, p);
+    pub fn forward_with_attention(
+        &self,
+        x: Tensor<3>,
+        rope: Option<&RopeTables>,
+        p: Precision,
+    ) -> (Tensor<3>, Tensor<4>) {
+        let (q, k, v) = self.qkv_heads(x, rope, p);
         let [_, _, _, head_dim] = q.dims();
         let scale = (head_dim as f64).powf(-0.5);
         let logits = to_f32(q.matmul(k.swap_dims(2, 3))).mul_scalar(scale);
@@ -146,51 +276,108 @@ impl Mlp {
     }
 }
 
-/// A pre-norm transformer block (`Block`).
+/// SwiGLU (`w3(silu(x1) * x2)`), with DINOv2's packed `w12` or DINOv3's `w1`/`w2` stacked
+/// into one `[dim, 2 * hidden]` projection: the first half gives `x1`, the second `x2`.
+#[derive(Module, Debug)]
+pub struct SwiGlu {
+    /// Both input projections, `[dim, 2 * hidden]`.
+    pub w12: Linear,
+    /// Output projection.
+    pub w3: Linear,
+}
+
+impl SwiGlu {
+    /// # Shapes
+    /// `[..., dim]` (f32) → `[..., dim]` (f32).
+    pub fn forward<const D: usize>(&self, x: Tensor<D>, p: Precision) -> Tensor<D> {
+        let x12 = p.linear(&self.w12, p.compute(x));
+        let hidden = x12.dims()[D - 1] / 2;
+        let x1 = x12.clone().narrow(D - 1, 0, hidden);
+        let x2 = x12.narrow(D - 1, hidden, hidden);
+        to_f32(p.linear(&self.w3, p.silu(x1) * x2))
+    }
+}
+
+/// A pre-norm transformer block (`Block` in DINO and DINOv2, `SelfAttentionBlock` in DINOv3).
 #[derive(Module, Debug)]
 pub struct Block {
     /// Norm before attention.
     pub norm1: LayerNorm,
     /// Self-attention.
     pub attn: Attention,
-    /// Norm before the MLP.
+    /// LayerScale of the attention branch (`ls1.gamma`), DINOv2 and DINOv3.
+    pub ls1: Option<Param<Tensor<1>>>,
+    /// Norm before the feed-forward network.
     pub norm2: LayerNorm,
-    /// Feed-forward network.
-    pub mlp: Mlp,
+    /// Feed-forward network when it is an MLP.
+    pub mlp: Option<Mlp>,
+    /// Feed-forward network when it is SwiGLU.
+    pub swiglu: Option<SwiGlu>,
+    /// LayerScale of the feed-forward branch (`ls2.gamma`).
+    pub ls2: Option<Param<Tensor<1>>>,
 }
 
 impl Block {
-    fn residual(x: Tensor<3>, branch: Tensor<3>, mask: Option<&Tensor<3>>) -> Tensor<3> {
+    fn residual(
+        x: Tensor<3>,
+        branch: Tensor<3>,
+        gamma: Option<&Param<Tensor<1>>>,
+        mask: Option<&Tensor<3>>,
+    ) -> Tensor<3> {
+        let branch = match gamma {
+            Some(g) => branch * g.val().unsqueeze::<3>(),
+            None => branch,
+        };
         match mask {
             Some(m) => x + branch * m.clone(),
             None => x + branch,
         }
     }
 
+    fn ffn(&self, x: Tensor<3>, p: Precision) -> Tensor<3> {
+        match (&self.mlp, &self.swiglu) {
+            (Some(mlp), _) => mlp.forward(x, p),
+            (None, Some(swiglu)) => swiglu.forward(x, p),
+            (None, None) => unreachable!("every block is built with one feed-forward network"),
+        }
+    }
+
     /// # Shapes
     /// `[batch, tokens, dim]` → `[batch, tokens, dim]`.
-    pub fn forward(&self, x: Tensor<3>, drop: Option<&[Tensor<3>; 2]>, p: Precision) -> Tensor<3> {
-        let y = self.attn.forward(self.norm1.forward(x.clone()), p);
-        let x = Self::residual(x, y, drop.map(|d| &d[0]));
-        let y = self.mlp.forward(self.norm2.forward(x.clone()), p);
-        Self::residual(x, y, drop.map(|d| &d[1]))
+    pub fn forward(
+        &self,
+        x: Tensor<3>,
+        rope: Option<&RopeTables>,
+        drop: Option<&[Tensor<3>; 2]>,
+        p: Precision,
+    ) -> Tensor<3> {
+        let y = self.attn.forward(self.norm1.forward(x.clone()), rope, p);
+        let x = Self::residual(x, y, self.ls1.as_ref(), drop.map(|d| &d[0]));
+        let y = self.ffn(self.norm2.forward(x.clone()), p);
+        Self::residual(x, y, self.ls2.as_ref(), drop.map(|d| &d[1]))
     }
 
     /// Like [`Block::forward`] (no drop-path), also returning this block's attention weights.
-    pub fn forward_with_attention(&self, x: Tensor<3>, p: Precision) -> (Tensor<3>, Tensor<4>) {
+    pub fn forward_with_attention(
+        &self,
+        x: Tensor<3>,
+        rope: Option<&RopeTables>,
+        p: Precision,
+    ) -> (Tensor<3>, Tensor<4>) {
         let (y, attn) = self
             .attn
-            .forward_with_attention(self.norm1.forward(x.clone()), p);
-        let x = x + y;
-        let y = self.mlp.forward(self.norm2.forward(x.clone()), p);
-        (x + y, attn)
+            .forward_with_attention(self.norm1.forward(x.clone()), rope, p);
+        let x = Self::residual(x, y, self.ls1.as_ref(), None);
+        let y = self.ffn(self.norm2.forward(x.clone()), p);
+        (Self::residual(x, y, self.ls2.as_ref(), None), attn)
     }
 }
 
 /// Output of [`VisionTransformer::forward_with_attention`].
 #[derive(Debug, Clone)]
 pub struct AttentionOutput {
-    /// Normalised tokens after the last block, `[batch, 1 + patches, dim]` (CLS first).
+    /// Normalised tokens after the last block, `[batch, prefix + patches, dim]`: CLS, then
+    /// the registers, then the patches.
     pub tokens: Tensor<3>,
     /// Softmax attention of the requested block, `[batch, heads, tokens, tokens]`.
     pub attention: Tensor<4>,
@@ -198,9 +385,12 @@ pub struct AttentionOutput {
     pub grid_h: usize,
     /// Patch-grid columns of the input.
     pub grid_w: usize,
+    /// Tokens before the patches (1 + registers).
+    pub prefix_tokens: usize,
 }
 
-/// The DINO Vision Transformer backbone (`VisionTransformer`, `num_classes=0`).
+/// The Vision Transformer backbone of the DINO line (`VisionTransformer` in DINO,
+/// `DinoVisionTransformer` in DINOv2 and DINOv3), configured per family.
 #[derive(Module, Debug)]
 pub struct VisionTransformer {
     /// Patch projection as a matrix, `[3 * patch * patch, dim]`; the official
@@ -210,8 +400,12 @@ pub struct VisionTransformer {
     pub patch_bias: Param<Tensor<1>>,
     /// Learned CLS token, `[1, 1, dim]`.
     pub cls_token: Param<Tensor<3>>,
-    /// Learned position embedding, `[1, 1 + grid * grid, dim]`.
-    pub pos_embed: Param<Tensor<3>>,
+    /// Learned position embedding, `[1, 1 + grid * grid, dim]` (absent with RoPE).
+    pub pos_embed: Option<Param<Tensor<3>>>,
+    /// Register (DINOv2) or storage (DINOv3) tokens, `[1, registers, dim]`.
+    pub register_tokens: Option<Param<Tensor<3>>>,
+    /// The masked-patch token of iBOT, `[1, dim]` (DINOv2, DINOv3).
+    pub mask_token: Option<Param<Tensor<2>>>,
     /// Transformer blocks.
     pub blocks: Vec<Block>,
     /// Final norm.
@@ -222,11 +416,24 @@ pub struct VisionTransformer {
     /// How the matrix products are computed; not part of the weights.
     #[module(skip)]
     precision: Precision,
+    /// How `pos_embed` is resized for other grids.
+    #[module(skip)]
+    pos_interp: PosInterp,
+    /// RoPE periods (`rope_embed.periods`, a buffer, not trained), `[head_dim / 4]`.
+    #[module(skip)]
+    rope_periods: Option<Vec<f32>>,
+    /// Release line: decides the official key names of the weights.
+    #[module(skip)]
+    family: Family,
+    /// Pixel statistics the weights expect.
+    #[module(skip)]
+    normalization: Normalization,
 }
 
 impl VitConfig {
     /// Builds the backbone with the official initialisation: truncated normal (std 0.02) for
-    /// linear weights, CLS token and position embedding, zero biases, unit LayerNorm gains.
+    /// linear weights, CLS token and position embedding, zero biases, unit LayerNorm gains;
+    /// LayerScale at 1e-5, registers N(0, 1e-6) (DINOv2) or N(0, 0.02) (DINOv3), a zero mask token.
     pub fn init(&self, device: &Device) -> Result<VisionTransformer> {
         self.validate()?;
         let dim = self.embed_dim;
@@ -243,25 +450,69 @@ impl VitConfig {
                 .with_epsilon(self.layer_norm_eps)
                 .init(device)
         };
+        let hidden = self.mlp_hidden_dim();
+        let scale = || {
+            self.layer_scale
+                .then(|| Param::from_tensor(Tensor::full([dim], 1e-5, device)))
+        };
         let blocks = (0..self.depth)
-            .map(|_| Block {
-                norm1: norm(),
-                attn: Attention {
-                    qkv: linear(dim, 3 * dim, self.qkv_bias),
-                    proj: linear(dim, dim, true),
-                    num_heads: self.num_heads,
-                },
-                norm2: norm(),
-                mlp: Mlp {
-                    fc1: linear(dim, self.mlp_hidden_dim(), true),
-                    fc2: linear(self.mlp_hidden_dim(), dim, true),
-                },
+            .map(|_| {
+                let (mlp, swiglu) = match self.ffn {
+                    Ffn::Mlp => (
+                        Some(Mlp {
+                            fc1: linear(dim, hidden, true),
+                            fc2: linear(hidden, dim, true),
+                        }),
+                        None,
+                    ),
+                    Ffn::SwiGluPacked { .. } | Ffn::SwiGlu { .. } => (
+                        None,
+                        Some(SwiGlu {
+                            w12: linear(dim, 2 * hidden, true),
+                            w3: linear(hidden, dim, true),
+                        }),
+                    ),
+                };
+                Block {
+                    norm1: norm(),
+                    attn: Attention {
+                        qkv: linear(dim, 3 * dim, self.qkv_bias),
+                        proj: linear(dim, dim, true),
+                        num_heads: self.num_heads,
+                        mask_k_bias: self.mask_k_bias,
+                    },
+                    ls1: scale(),
+                    norm2: norm(),
+                    mlp,
+                    swiglu,
+                    ls2: scale(),
+                }
             })
             .collect();
         let grid = self.pos_grid();
         let patch_in = 3 * self.patch_size * self.patch_size;
         // The official code leaves the conv at PyTorch's default (Kaiming-uniform) init.
         let bound = 1.0 / (patch_in as f64).sqrt();
+        let (pos_embed, pos_interp, rope_periods) = match self.position {
+            Position::Learned { interp } => (
+                Some(Param::from_tensor(trunc_normal(
+                    [1, 1 + grid * grid, dim],
+                    device,
+                ))),
+                interp,
+                None,
+            ),
+            Position::Rope { base } => (
+                None,
+                PosInterp::default(),
+                Some(rope_periods(base, self.head_dim())),
+            ),
+        };
+        let register_std = if self.family == Family::Dinov3 {
+            0.02
+        } else {
+            1e-6
+        };
         Ok(VisionTransformer {
             patch_weight: Param::from_tensor(Tensor::random(
                 [patch_in, dim],
@@ -274,13 +525,27 @@ impl VitConfig {
                 device,
             )),
             cls_token: Param::from_tensor(trunc_normal([1, 1, dim], device)),
-            pos_embed: Param::from_tensor(trunc_normal([1, 1 + grid * grid, dim], device)),
+            pos_embed,
+            register_tokens: (self.num_register_tokens > 0).then(|| {
+                Param::from_tensor(Tensor::random(
+                    [1, self.num_register_tokens, dim],
+                    Distribution::Normal(0.0, register_std),
+                    device,
+                ))
+            }),
+            mask_token: self
+                .has_mask_token()
+                .then(|| Param::from_tensor(Tensor::zeros([1, dim], device))),
             blocks,
             norm: norm(),
             patch_size: self.patch_size,
             grid,
             drop_path_rate: self.drop_path_rate,
             precision: Precision::F32,
+            pos_interp,
+            rope_periods,
+            family: self.family,
+            normalization: self.normalization(),
         })
     }
 }
@@ -323,6 +588,36 @@ impl VisionTransformer {
         self.cls_token.dims()[2]
     }
 
+    /// Register or storage tokens between CLS and the patches.
+    pub fn num_register_tokens(&self) -> usize {
+        self.register_tokens.as_ref().map_or(0, |r| r.dims()[1])
+    }
+
+    /// Tokens before the patches (CLS and registers).
+    pub fn prefix_tokens(&self) -> usize {
+        1 + self.num_register_tokens()
+    }
+
+    /// The pixel normalisation the weights expect.
+    pub fn normalization(&self) -> Normalization {
+        self.normalization
+    }
+
+    /// The release line the weights come from.
+    pub fn family(&self) -> Family {
+        self.family
+    }
+
+    /// The RoPE periods, when the model uses RoPE.
+    pub fn rope_periods(&self) -> Option<&[f32]> {
+        self.rope_periods.as_deref()
+    }
+
+    /// Replaces the RoPE periods (loading them from a file); `None` for absolute embeddings.
+    pub fn set_rope_periods(&mut self, periods: Option<Vec<f32>>) {
+        self.rope_periods = periods;
+    }
+
     /// Stochastic-depth rate of block `i` (the official linear ramp `linspace(0, rate, depth)`).
     pub fn drop_path_prob(&self, block: usize) -> f64 {
         let depth = self.depth();
@@ -346,38 +641,69 @@ impl VisionTransformer {
     }
 
     /// Position embedding for an `h_patches × w_patches` grid, interpolated exactly as the
-    /// official `interpolate_pos_encoding` does (bicubic, `scale_factor` with the +0.1 offset).
+    /// official `interpolate_pos_encoding` does: bicubic with `scale_factor` and the +0.1
+    /// offset (DINO, DINOv2), or antialiased bicubic to the exact size (DINOv2 `_reg`).
+    /// `None` for RoPE models.
     ///
     /// # Shapes
     /// → `[1, 1 + h_patches * w_patches, dim]`.
-    pub fn interpolate_pos_encoding(&self, h_patches: usize, w_patches: usize) -> Tensor<3> {
-        let pos = self.pos_embed.val();
+    pub fn interpolate_pos_encoding(
+        &self,
+        h_patches: usize,
+        w_patches: usize,
+    ) -> Option<Tensor<3>> {
+        let pos = self.pos_embed.as_ref()?.val();
         let n = self.grid;
         if h_patches * w_patches == n * n && h_patches == w_patches {
-            return pos;
+            return Some(pos);
         }
         let device = pos.device();
         let dim = self.embed_dim();
-        let (rows, cols, row_scale, col_scale) = pos_embed_scales(n, h_patches, w_patches);
+        let (rows, cols, m_rows, m_cols) = match self.pos_interp {
+            PosInterp::Offset => {
+                let (rows, cols, row_scale, col_scale) = pos_embed_scales(n, h_patches, w_patches);
+                (
+                    rows,
+                    cols,
+                    bicubic_matrix(n, rows, row_scale),
+                    bicubic_matrix(n, cols, col_scale),
+                )
+            }
+            PosInterp::Antialias => (
+                h_patches,
+                w_patches,
+                antialias_bicubic_matrix(n, h_patches),
+                antialias_bicubic_matrix(n, w_patches),
+            ),
+        };
         let cls = pos.clone().narrow(1, 0, 1);
         let grid = pos.narrow(1, 1, n * n).reshape([n, n * dim]);
-        let m_rows = Tensor::<2>::from_data(
-            TensorData::new(bicubic_matrix(n, rows, row_scale), [rows, n]),
-            &device,
-        );
-        let m_cols = Tensor::<3>::from_data(
-            TensorData::new(bicubic_matrix(n, cols, col_scale), [1, cols, n]),
-            &device,
-        );
+        let m_rows = Tensor::<2>::from_data(TensorData::new(m_rows, [rows, n]), &device);
+        let m_cols = Tensor::<3>::from_data(TensorData::new(m_cols, [1, cols, n]), &device);
         // rows: [rows, n] x [n, n * dim] -> [rows, n, dim]; cols: [1, cols, n] x [rows, n, dim] -> [rows, cols, dim]
         let resized = m_cols.matmul(m_rows.matmul(grid).reshape([rows, n, dim]));
-        Tensor::cat(vec![cls, resized.reshape([1, rows * cols, dim])], 1)
+        Some(Tensor::cat(
+            vec![cls, resized.reshape([1, rows * cols, dim])],
+            1,
+        ))
     }
 
-    /// Patch embedding, CLS token and position encoding (`prepare_tokens`).
+    /// The rotary tables for a grid, when the model uses RoPE.
+    pub fn rope_tables(&self, grid_h: usize, grid_w: usize) -> Option<RopeTables> {
+        let periods = self.rope_periods.as_ref()?;
+        Some(RopeTables::new(
+            periods,
+            grid_h,
+            grid_w,
+            &self.cls_token.val().device(),
+        ))
+    }
+
+    /// Patch embedding, CLS token, position encoding and registers (`prepare_tokens`,
+    /// `prepare_tokens_with_masks` without masks).
     ///
     /// # Shapes
-    /// `images`: `[batch, 3, h, w]` (h, w multiples of the patch) → `[batch, 1 + patches, dim]`.
+    /// `images`: `[batch, 3, h, w]` (h, w multiples of the patch) → `[batch, prefix + patches, dim]`.
     pub fn prepare_tokens(&self, images: Tensor<4>) -> Tensor<3> {
         let [batch, channels, h, w] = images.dims();
         let p = self.patch_size;
@@ -396,17 +722,44 @@ impl VisionTransformer {
         let dim = self.embed_dim();
         let cls = self.cls_token.val().expand([batch, 1, dim]);
         let x = Tensor::cat(vec![cls, x], 1);
-        x + self.interpolate_pos_encoding(gh, gw)
+        // DINOv2 adds the position embedding to CLS and patches, then inserts the registers
+        // after CLS; DINOv3 has no position embedding, so the order is the same.
+        let x = match self.interpolate_pos_encoding(gh, gw) {
+            Some(pos) => x + pos,
+            None => x,
+        };
+        match &self.register_tokens {
+            Some(reg) => {
+                let r = reg.dims()[1];
+                let tokens = x.dims()[1];
+                Tensor::cat(
+                    vec![
+                        x.clone().narrow(1, 0, 1),
+                        reg.val().expand([batch, r, dim]),
+                        x.narrow(1, 1, tokens - 1),
+                    ],
+                    1,
+                )
+            }
+            None => x,
+        }
     }
 
-    /// Normalised output tokens (CLS first) of the whole network.
+    /// Normalised output tokens (CLS, registers, patches) of the whole network.
     ///
     /// # Shapes
-    /// `images`: `[batch, 3, h, w]` → `[batch, 1 + patches, dim]`.
+    /// `images`: `[batch, 3, h, w]` → `[batch, prefix + patches, dim]`.
     pub fn forward_tokens(&self, images: Tensor<4>, drop: Option<&DropPathMasks>) -> Tensor<3> {
+        let [_, _, h, w] = images.dims();
+        let rope = self.rope_tables(h / self.patch_size, w / self.patch_size);
         let mut x = self.prepare_tokens(images);
         for (i, block) in self.blocks.iter().enumerate() {
-            x = block.forward(x, drop.and_then(|d| d.masks.get(i)), self.precision);
+            x = block.forward(
+                x,
+                rope.as_ref(),
+                drop.and_then(|d| d.masks.get(i)),
+                self.precision,
+            );
         }
         self.norm.forward(x)
     }
@@ -433,8 +786,8 @@ impl VisionTransformer {
     /// official `get_last_selfattention` is `layer = depth - 1`) next to the final tokens.
     ///
     /// # Shapes
-    /// `images`: `[batch, 3, h, w]` → tokens `[batch, 1 + patches, dim]`,
-    /// attention `[batch, heads, 1 + patches, 1 + patches]`.
+    /// `images`: `[batch, 3, h, w]` → tokens `[batch, prefix + patches, dim]`,
+    /// attention `[batch, heads, prefix + patches, prefix + patches]`.
     pub fn forward_with_attention(
         &self,
         images: Tensor<4>,
@@ -450,22 +803,58 @@ impl VisionTransformer {
                 ),
             });
         }
+        let (gh, gw) = (h / self.patch_size, w / self.patch_size);
+        let rope = self.rope_tables(gh, gw);
         let mut x = self.prepare_tokens(images);
         let mut attention = None;
         for (i, block) in self.blocks.iter().enumerate() {
             if i == layer {
-                let (y, a) = block.forward_with_attention(x, self.precision);
+                let (y, a) = block.forward_with_attention(x, rope.as_ref(), self.precision);
                 x = y;
                 attention = Some(a);
             } else {
-                x = block.forward(x, None, self.precision);
+                x = block.forward(x, rope.as_ref(), None, self.precision);
             }
         }
         Ok(AttentionOutput {
             tokens: self.norm.forward(x),
             attention: attention.expect("layer < depth was checked above"),
-            grid_h: h / self.patch_size,
-            grid_w: w / self.patch_size,
+            grid_h: gh,
+            grid_w: gw,
+            prefix_tokens: self.prefix_tokens(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rope_periods_follow_the_official_ladder() {
+        // base ** (2 k / (head_dim / 2)) for head_dim 16: 100^(k/4).
+        let p = rope_periods(100.0, 16);
+        assert_eq!(p.len(), 4);
+        assert_eq!(p[0], 1.0);
+        assert!((p[2] - 10.0).abs() < 1e-5 && (p[3] - 31.622776).abs() < 1e-4);
+    }
+
+    #[test]
+    fn rope_angles_are_y_then_x_tiled_twice() {
+        let a = rope_angles(&[1.0, 2.0], 2, 3);
+        assert_eq!(a.len(), 6 * 8);
+        // Patch (0, 2): y = 2 * 0.25 - 1 = -0.5, x = 2 * (2.5 / 3) - 1 = 2/3.
+        let row = &a[2 * 8..3 * 8];
+        let two_pi = std::f32::consts::TAU;
+        let expect = [
+            two_pi * -0.5,
+            two_pi * -0.5 / 2.0,
+            two_pi * (2.0 / 3.0),
+            two_pi * (2.0 / 3.0) / 2.0,
+        ];
+        for k in 0..4 {
+            assert!((row[k] - expect[k]).abs() < 1e-5, "{row:?}");
+            assert_eq!(row[k], row[k + 4]);
+        }
     }
 }

@@ -12,10 +12,10 @@ use burn::module::Param;
 use burn::nn::{LayerNorm, Linear};
 use burn::tensor::{Device, Tensor, TensorData};
 
-use crate::config::{HeadConfig, ModelConfig, VitConfig};
+use crate::config::{Family, Ffn, HeadConfig, ModelConfig, VitConfig};
 use crate::error::{ModelError, Result};
 use crate::head::DinoHead;
-use crate::vit::VisionTransformer;
+use crate::vit::{SwiGlu, VisionTransformer};
 
 /// A dense f32 tensor with its shape, row-major.
 #[derive(Debug, Clone, PartialEq)]
@@ -150,12 +150,91 @@ fn conv_to_matrix(conv: &RawTensor) -> RawTensor {
     RawTensor::new(vec![dim, k], conv.data.clone()).transpose2()
 }
 
+/// Stacks two `[rows, cols]` tensors into `[2 rows, cols]` (DINOv3's `w1`, `w2` into our `w12`).
+fn stack_rows(a: &RawTensor, b: &RawTensor) -> RawTensor {
+    let mut shape = a.shape.clone();
+    shape[0] += b.shape[0];
+    RawTensor::new(shape, a.data.iter().chain(&b.data).copied().collect())
+}
+
+/// The first or second half of the rows of a tensor (the inverse of [`stack_rows`]).
+fn half_rows(t: &RawTensor, second: bool) -> RawTensor {
+    let mut shape = t.shape.clone();
+    shape[0] /= 2;
+    let n = t.numel() / 2;
+    let data = if second { &t.data[n..] } else { &t.data[..n] };
+    RawTensor::new(shape, data.to_vec())
+}
+
+fn load_swiglu(
+    swiglu: &mut SwiGlu,
+    family: Family,
+    map: &TensorMap,
+    b: &str,
+    device: &Device,
+) -> Result<()> {
+    if family == Family::Dinov3 {
+        // w1 and w2 stacked: the first half of w12 gives x1 (gated by SiLU), the second x2.
+        let [d_in, d_out2] = swiglu.w12.weight.dims();
+        let h = d_out2 / 2;
+        let mut parts = TensorMap::new();
+        for s in ["weight", "bias"] {
+            let shape: Vec<usize> = if s == "weight" {
+                vec![h, d_in]
+            } else {
+                vec![h]
+            };
+            let name1 = format!("{b}.mlp.w1.{s}");
+            let name2 = format!("{b}.mlp.w2.{s}");
+            if s == "bias" && swiglu.w12.bias.is_none() {
+                continue;
+            }
+            let w1 = take(map, &name1, &shape)?;
+            let w2 = take(map, &name2, &shape)?;
+            parts.insert(format!("w12.{s}"), stack_rows(&w1, &w2));
+        }
+        load_linear(&mut swiglu.w12, &parts, "w12", device)?;
+    } else {
+        load_linear(&mut swiglu.w12, map, &format!("{b}.mlp.w12"), device)?;
+    }
+    load_linear(&mut swiglu.w3, map, &format!("{b}.mlp.w3"), device)
+}
+
+fn save_swiglu(swiglu: &SwiGlu, family: Family, out: &mut TensorMap, b: &str) {
+    if family == Family::Dinov3 {
+        let mut packed = TensorMap::new();
+        save_linear(&swiglu.w12, &mut packed, "w12");
+        for (s, t) in packed {
+            let s = s.trim_start_matches("w12.");
+            out.insert(format!("{b}.mlp.w1.{s}"), half_rows(&t, false));
+            out.insert(format!("{b}.mlp.w2.{s}"), half_rows(&t, true));
+        }
+    } else {
+        save_linear(&swiglu.w12, out, &format!("{b}.mlp.w12"));
+    }
+    save_linear(&swiglu.w3, out, &format!("{b}.mlp.w3"));
+}
+
+fn load_gamma(
+    gamma: &mut Option<Param<Tensor<1>>>,
+    map: &TensorMap,
+    name: &str,
+    device: &Device,
+) -> Result<()> {
+    if let Some(g) = gamma {
+        let [d] = g.dims();
+        *g = param(&take(map, name, &[d])?, device, true);
+    }
+    Ok(())
+}
+
 impl VisionTransformer {
     /// Replaces every weight with the tensor of the same official name under `prefix`
     /// (`""` for a bare backbone, `"backbone."` inside a full DINO model).
     pub fn load_tensors(&mut self, map: &TensorMap, prefix: &str, device: &Device) -> Result<()> {
         let dim = self.embed_dim();
         let p = self.patch_size();
+        let family = self.family();
         let conv = take(
             map,
             &format!("{prefix}patch_embed.proj.weight"),
@@ -172,20 +251,61 @@ impl VisionTransformer {
             device,
             true,
         );
-        let pos_len = self.pos_embed.dims()[1];
-        self.pos_embed = param(
-            &take(map, &format!("{prefix}pos_embed"), &[1, pos_len, dim])?,
-            device,
-            true,
-        );
+        if let Some(pos) = &mut self.pos_embed {
+            let pos_len = pos.dims()[1];
+            *pos = param(
+                &take(map, &format!("{prefix}pos_embed"), &[1, pos_len, dim])?,
+                device,
+                true,
+            );
+        }
+        if let Some(reg) = &mut self.register_tokens {
+            let r = reg.dims()[1];
+            *reg = param(
+                &take(
+                    map,
+                    &format!("{prefix}{}", family.register_key()),
+                    &[1, r, dim],
+                )?,
+                device,
+                true,
+            );
+        }
+        if let Some(mask) = &mut self.mask_token {
+            *mask = param(
+                &take(map, &format!("{prefix}mask_token"), &[1, dim])?,
+                device,
+                true,
+            );
+        }
+        if let Some(periods) = self.rope_periods() {
+            let n = periods.len();
+            let t = take(map, &format!("{prefix}rope_embed.periods"), &[n])?;
+            if t.data.iter().any(|&v| !(v > 0.0)) {
+                return Err(ModelError::InvalidConfig {
+                    reason: format!(
+                        "`{prefix}rope_embed.periods` must be positive: {:?}",
+                        t.data
+                    ),
+                });
+            }
+            self.set_rope_periods(Some(t.data));
+        }
         for (i, block) in self.blocks.iter_mut().enumerate() {
             let b = format!("{prefix}blocks.{i}");
             load_norm(&mut block.norm1, map, &format!("{b}.norm1"), device)?;
             load_linear(&mut block.attn.qkv, map, &format!("{b}.attn.qkv"), device)?;
             load_linear(&mut block.attn.proj, map, &format!("{b}.attn.proj"), device)?;
+            load_gamma(&mut block.ls1, map, &format!("{b}.ls1.gamma"), device)?;
             load_norm(&mut block.norm2, map, &format!("{b}.norm2"), device)?;
-            load_linear(&mut block.mlp.fc1, map, &format!("{b}.mlp.fc1"), device)?;
-            load_linear(&mut block.mlp.fc2, map, &format!("{b}.mlp.fc2"), device)?;
+            if let Some(mlp) = &mut block.mlp {
+                load_linear(&mut mlp.fc1, map, &format!("{b}.mlp.fc1"), device)?;
+                load_linear(&mut mlp.fc2, map, &format!("{b}.mlp.fc2"), device)?;
+            }
+            if let Some(swiglu) = &mut block.swiglu {
+                load_swiglu(swiglu, family, map, &b, device)?;
+            }
+            load_gamma(&mut block.ls2, map, &format!("{b}.ls2.gamma"), device)?;
         }
         load_norm(&mut self.norm, map, &format!("{prefix}norm"), device)
     }
@@ -194,6 +314,7 @@ impl VisionTransformer {
     pub fn save_tensors(&self, out: &mut TensorMap, prefix: &str) {
         let dim = self.embed_dim();
         let p = self.patch_size();
+        let family = self.family();
         let m = RawTensor::from_tensor(self.patch_weight.val()).transpose2();
         out.insert(
             format!("{prefix}patch_embed.proj.weight"),
@@ -207,18 +328,48 @@ impl VisionTransformer {
             format!("{prefix}cls_token"),
             RawTensor::from_tensor(self.cls_token.val()),
         );
-        out.insert(
-            format!("{prefix}pos_embed"),
-            RawTensor::from_tensor(self.pos_embed.val()),
-        );
+        if let Some(pos) = &self.pos_embed {
+            out.insert(
+                format!("{prefix}pos_embed"),
+                RawTensor::from_tensor(pos.val()),
+            );
+        }
+        if let Some(reg) = &self.register_tokens {
+            out.insert(
+                format!("{prefix}{}", family.register_key()),
+                RawTensor::from_tensor(reg.val()),
+            );
+        }
+        if let Some(mask) = &self.mask_token {
+            out.insert(
+                format!("{prefix}mask_token"),
+                RawTensor::from_tensor(mask.val()),
+            );
+        }
+        if let Some(periods) = self.rope_periods() {
+            out.insert(
+                format!("{prefix}rope_embed.periods"),
+                RawTensor::new(vec![periods.len()], periods.to_vec()),
+            );
+        }
         for (i, block) in self.blocks.iter().enumerate() {
             let b = format!("{prefix}blocks.{i}");
             save_norm(&block.norm1, out, &format!("{b}.norm1"));
             save_linear(&block.attn.qkv, out, &format!("{b}.attn.qkv"));
             save_linear(&block.attn.proj, out, &format!("{b}.attn.proj"));
             save_norm(&block.norm2, out, &format!("{b}.norm2"));
-            save_linear(&block.mlp.fc1, out, &format!("{b}.mlp.fc1"));
-            save_linear(&block.mlp.fc2, out, &format!("{b}.mlp.fc2"));
+            if let Some(mlp) = &block.mlp {
+                save_linear(&mlp.fc1, out, &format!("{b}.mlp.fc1"));
+                save_linear(&mlp.fc2, out, &format!("{b}.mlp.fc2"));
+            }
+            if let Some(swiglu) = &block.swiglu {
+                save_swiglu(swiglu, family, out, &b);
+            }
+            for (name, g) in [("ls1", &block.ls1), ("ls2", &block.ls2)] {
+                if let Some(g) = g {
+                    out.insert(format!("{b}.{name}.gamma"), RawTensor::from_tensor(g.val()));
+                }
+            }
         }
         save_norm(&self.norm, out, &format!("{prefix}norm"));
     }
@@ -334,22 +485,36 @@ impl DinoModel {
 /// The expected official shape of every tensor of a model with this config (for `dino info`
 /// and for validating imports without building the model).
 pub fn expected_shapes(config: &ModelConfig) -> BTreeMap<String, Vec<usize>> {
+    let vit = &config.vit;
     let VitConfig {
         embed_dim: d,
         patch_size: p,
         depth,
         ..
-    } = config.vit;
-    let h = config.vit.mlp_hidden_dim();
-    let g = config.vit.pos_grid();
+    } = *vit;
+    let h = vit.mlp_hidden_dim();
+    let g = vit.pos_grid();
     let mut s = BTreeMap::new();
     s.insert("patch_embed.proj.weight".into(), vec![d, 3, p, p]);
     s.insert("patch_embed.proj.bias".into(), vec![d]);
     s.insert("cls_token".into(), vec![1, 1, d]);
-    s.insert("pos_embed".into(), vec![1, 1 + g * g, d]);
+    if vit.has_pos_embed() {
+        s.insert("pos_embed".into(), vec![1, 1 + g * g, d]);
+    } else {
+        s.insert("rope_embed.periods".into(), vec![vit.head_dim() / 4]);
+    }
+    if vit.num_register_tokens > 0 {
+        s.insert(
+            vit.family.register_key().into(),
+            vec![1, vit.num_register_tokens, d],
+        );
+    }
+    if vit.has_mask_token() {
+        s.insert("mask_token".into(), vec![1, d]);
+    }
     for i in 0..depth {
         let b = format!("blocks.{i}");
-        for (n, shape) in [
+        let mut entries = vec![
             ("norm1.weight", vec![d]),
             ("norm1.bias", vec![d]),
             ("attn.qkv.weight", vec![3 * d, d]),
@@ -357,14 +522,36 @@ pub fn expected_shapes(config: &ModelConfig) -> BTreeMap<String, Vec<usize>> {
             ("attn.proj.bias", vec![d]),
             ("norm2.weight", vec![d]),
             ("norm2.bias", vec![d]),
-            ("mlp.fc1.weight", vec![h, d]),
-            ("mlp.fc1.bias", vec![h]),
-            ("mlp.fc2.weight", vec![d, h]),
-            ("mlp.fc2.bias", vec![d]),
-        ] {
+        ];
+        match vit.ffn {
+            Ffn::Mlp => entries.extend([
+                ("mlp.fc1.weight", vec![h, d]),
+                ("mlp.fc1.bias", vec![h]),
+                ("mlp.fc2.weight", vec![d, h]),
+                ("mlp.fc2.bias", vec![d]),
+            ]),
+            Ffn::SwiGluPacked { .. } => entries.extend([
+                ("mlp.w12.weight", vec![2 * h, d]),
+                ("mlp.w12.bias", vec![2 * h]),
+                ("mlp.w3.weight", vec![d, h]),
+                ("mlp.w3.bias", vec![d]),
+            ]),
+            Ffn::SwiGlu { .. } => entries.extend([
+                ("mlp.w1.weight", vec![h, d]),
+                ("mlp.w1.bias", vec![h]),
+                ("mlp.w2.weight", vec![h, d]),
+                ("mlp.w2.bias", vec![h]),
+                ("mlp.w3.weight", vec![d, h]),
+                ("mlp.w3.bias", vec![d]),
+            ]),
+        }
+        if vit.layer_scale {
+            entries.extend([("ls1.gamma", vec![d]), ("ls2.gamma", vec![d])]);
+        }
+        for (n, shape) in entries {
             s.insert(format!("{b}.{n}"), shape);
         }
-        if config.vit.qkv_bias {
+        if vit.qkv_bias {
             s.insert(format!("{b}.attn.qkv.bias"), vec![3 * d]);
         }
     }

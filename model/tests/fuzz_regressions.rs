@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use dino_model::import::{Which, check_tensors, import_bytes};
+use dino_model::import::{ImportOptions, Which, check_tensors, import_bytes, import_with};
 use dino_model::preprocess::{Resize, decode_image, prepare};
 
 fn inputs(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
@@ -63,6 +63,43 @@ fn hf_safetensors_importer() {
     replay("hf_safetensors", 3, |b| {
         let _ = import_bytes(b, Which::Teacher);
     });
+}
+
+#[test]
+fn hugging_face_importer_with_config_json() {
+    // The target's framing: u16 LE length, config.json, weights.
+    let split = |b: &[u8]| -> Option<(String, Vec<u8>)> {
+        let n = u16::from_le_bytes([*b.first()?, *b.get(1)?]) as usize;
+        let rest = &b[2..];
+        let (c, w) = rest.split_at(n.min(rest.len()));
+        Some((String::from_utf8_lossy(c).into_owned(), w.to_vec()))
+    };
+    replay("hf_with_config", 2, |b| {
+        if let Some((config, weights)) = split(b) {
+            let _ = import_with(
+                &weights,
+                &ImportOptions {
+                    hf_config: Some(config),
+                    ..ImportOptions::default()
+                },
+            );
+        }
+    });
+    // The seeds are valid DINOv2 / DINOv3 files: they must import.
+    for (path, bytes) in inputs("hf_with_config")
+        .into_iter()
+        .filter(|(p, _)| p.to_string_lossy().contains("seeds"))
+    {
+        let (config, weights) = split(&bytes).unwrap();
+        import_with(
+            &weights,
+            &ImportOptions {
+                hf_config: Some(config),
+                ..ImportOptions::default()
+            },
+        )
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    }
 }
 
 #[test]

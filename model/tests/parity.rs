@@ -107,7 +107,7 @@ fn official_backbone_release_matches_official_outputs() {
 #[test]
 fn hugging_face_safetensors_match_official_outputs_with_their_epsilon() {
     let imported = import_bytes(&fixture("hf_vit.safetensors"), Which::Teacher).unwrap();
-    assert_eq!(imported.source, SourceKind::HuggingFace);
+    assert_eq!(imported.source, SourceKind::HuggingFace("ViTModel".into()));
     assert_eq!(imported.config.vit.layer_norm_eps, 1e-12);
     assert!(imported.ignored.iter().any(|k| k.starts_with("pooler.")));
     let model = imported

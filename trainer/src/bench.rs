@@ -201,16 +201,24 @@ pub fn bench_data(cfg: &TrainConfig, workers: usize, batches: u64) -> Result<ser
     Ok(line)
 }
 
-/// The viewer's work for one image: forward with the last block's attention at `size` px.
+/// The viewer's work for one image: forward with the last block's attention at `size` px,
+/// for a fresh model of `cfg` or for `loaded` (a model read from a file, with its config).
 pub fn bench_viewer(
     cfg: &TrainConfig,
+    loaded: Option<(dino_model::DinoModel, dino_model::ModelConfig)>,
     device: &Device,
     device_name: &str,
     size: usize,
     runs: usize,
 ) -> Result<serde_json::Value> {
-    let mc = cfg.model_config()?;
-    let model = mc.init(device)?.with_precision(cfg.precision);
+    let (model, mc) = match loaded {
+        Some((model, mc)) => (model.with_precision(cfg.precision), mc),
+        None => {
+            let mc = cfg.model_config()?;
+            (mc.init(device)?.with_precision(cfg.precision), mc)
+        }
+    };
+    let size = size / mc.vit.patch_size * mc.vit.patch_size;
     let depth = model.backbone.depth();
     let mut times = Vec::new();
     for i in 0..=runs {
@@ -224,7 +232,7 @@ pub fn bench_viewer(
     }
     times.sort_by(f64::total_cmp);
     let mut line = json!({
-        "mode": "viewer", "device": device_name, "arch": cfg.arch, "patch": cfg.patch_size, "image_size": size,
+        "mode": "viewer", "device": device_name, "arch": mc.vit.arch, "model": mc.vit.describe(), "patch": mc.vit.patch_size, "image_size": size,
         "precision": cfg.precision, "heads": mc.vit.num_heads, "runs": runs, "median_ms": times[times.len() / 2], "min_ms": times[0],
     });
     common_fields(&mut line);

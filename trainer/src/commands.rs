@@ -6,8 +6,8 @@ use anyhow::{Context, Result, bail};
 use burn::tensor::Device;
 use clap::ValueEnum;
 use dino_model::checkpoint::{KIND_MODEL, write_checkpoint_as};
-use dino_model::import::{Imported, SourceKind, Which, import_bytes};
-use dino_model::preprocess::{Resize, decode_image, prepare};
+use dino_model::import::{ImportOptions, Imported, SourceKind, Which, import_with};
+use dino_model::preprocess::{Resize, decode_image, prepare_normalized};
 use dino_model::{DinoModel, TensorMap};
 
 use crate::device::{DeviceChoice, select};
@@ -31,15 +31,123 @@ impl From<WhichArg> for Which {
     }
 }
 
+/// How the CLI imports a weight file.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoadOptions {
+    /// The network of a training checkpoint.
+    pub which: Which,
+    /// Import despite tensors the importer does not understand.
+    pub allow_unused: bool,
+    /// Attention heads, for custom `.pth` models whose heads are not 64 wide.
+    pub heads: Option<usize>,
+}
+
+/// The Hugging Face `config.json` beside a `.safetensors` or `.bin` weight file, if there is
+/// one (an official `.pth` never comes with one).
+fn hf_config_beside(path: &Path) -> Result<Option<String>> {
+    let hub_file = path
+        .extension()
+        .is_some_and(|e| e == "safetensors" || e == "bin");
+    let Some(dir) = path.parent().filter(|_| hub_file) else {
+        return Ok(None);
+    };
+    let config = dir.join("config.json");
+    if !config.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&config)
+        .with_context(|| format!("reading {}", config.display()))?;
+    Ok(Some(text))
+}
+
 /// Reads and imports any supported weight file, naming it in every error.
-pub fn load_weights(path: &Path, which: Which) -> Result<Imported> {
+pub fn load_weights(path: &Path, options: LoadOptions) -> Result<Imported> {
+    let available = crate::io::available_memory();
+    // Reading holds the file, its tensors widened to f32 and then the model: refuse a file
+    // that cannot fit before reading it (a DINOv3 7B is 27 GB), with what it needs.
+    if let (Ok(meta), Some(free)) = (std::fs::metadata(path), available)
+        && meta.len() > free / 2
+    {
+        bail!(
+            "{} is {} MiB; importing it needs about {} MiB of memory (the file and its weights in f32), and this machine has {} MiB available. Use a machine with more memory or a smaller release.",
+            path.display(),
+            meta.len() >> 20,
+            (2 * meta.len()) >> 20,
+            free >> 20
+        );
+    }
     let bytes = crate::io::read(path)?;
-    import_bytes(&bytes, which).with_context(|| {
+    let hf_config = hf_config_beside(path)?;
+    let from_config = hf_config.is_some();
+    import_with(
+        &bytes,
+        &ImportOptions {
+            which: options.which,
+            hf_config,
+            allow_unused: options.allow_unused,
+            num_heads: options.heads,
+            // The model takes its weights once more next to what the importer holds.
+            max_weight_bytes: available.map(|free| free / 2),
+            limit_reason: available.map_or_else(String::new, |free| {
+                format!(
+                    "this machine has {} MiB available, and importing holds the weights twice",
+                    free >> 20
+                )
+            }),
+        },
+    )
+    .with_context(|| {
         format!(
-            "{} is not a usable checkpoint (expected a dinoscope .safetensors, an official DINO .pth or Hugging Face ViT safetensors)",
-            path.display()
+            "{}{} is not a usable checkpoint (expected a dinoscope .safetensors, an official DINO / DINOv2 / DINOv3 .pth, or Hugging Face ViT / Dinov2 / DINOv3 weights)",
+            path.display(),
+            if from_config { " (with the config.json beside it)" } else { "" }
         )
     })
+    .and_then(|mut imported| {
+        if imported.source != SourceKind::Dinoscope && imported.config.vit.normalization.is_none() {
+            imported.config.vit.normalization = training_statistics(path)?;
+        }
+        Ok(imported)
+    })
+}
+
+/// The pixel statistics a foreign file's weights were trained with, when they are not
+/// ImageNet's: a Hugging Face `preprocessor_config.json` beside the file says them, and
+/// DINOv3's satellite releases are named `*sat493m*`.
+fn training_statistics(path: &Path) -> Result<Option<dino_model::Normalization>> {
+    let preprocessor = path
+        .parent()
+        .map(|d| d.join("preprocessor_config.json"))
+        .filter(|p| p.is_file());
+    if let Some(p) = preprocessor {
+        let text =
+            std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+        let json: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not valid JSON", p.display()))?;
+        let triple = |field: &str| -> Option<[f32; 3]> {
+            let v = json.get(field)?.as_array()?;
+            let f: Vec<f32> = v
+                .iter()
+                .filter_map(|x| x.as_f64())
+                .map(|x| x as f32)
+                .collect();
+            <[f32; 3]>::try_from(f).ok()
+        };
+        if let (Some(mean), Some(std)) = (triple("image_mean"), triple("image_std")) {
+            if std.iter().any(|&s| !(s > 0.0)) {
+                bail!("{}: image_std must be positive, got {std:?}", p.display());
+            }
+            let norm = dino_model::Normalization { mean, std };
+            return Ok((norm != dino_model::Normalization::IMAGENET).then_some(norm));
+        }
+    }
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_lowercase())
+        .unwrap_or_default();
+    Ok(name
+        .contains("sat493m")
+        .then_some(dino_model::Normalization::SAT493M))
 }
 
 /// Builds the model of an imported file on `device`.
@@ -55,11 +163,11 @@ pub fn build_model(imported: &Imported, path: &Path, device: &Device) -> Result<
 pub fn import(
     file: &Path,
     output: &Path,
-    which: WhichArg,
+    options: LoadOptions,
     backbone_only: bool,
     half: bool,
 ) -> Result<()> {
-    let mut imported = load_weights(file, which.into())?;
+    let mut imported = load_weights(file, options)?;
     if backbone_only {
         imported.config.head = None;
         imported.tensors.retain(|k, _| !k.starts_with("head."));
@@ -75,12 +183,11 @@ pub fn import(
     )?;
     crate::io::write_atomic(output, &bytes)?;
     println!(
-        "imported {} ({}) -> {} [{} /{}, {} tensors{}]",
+        "imported {} ({}) -> {} [{}, {} tensors{}]",
         file.display(),
         describe_source(&imported.source),
         output.display(),
-        imported.config.vit.arch,
-        imported.config.vit.patch_size,
+        imported.config.vit.describe(),
         imported.tensors.len(),
         if imported.ignored.is_empty() {
             String::new()
@@ -95,8 +202,8 @@ fn describe_source(s: &SourceKind) -> String {
     match s {
         SourceKind::Dinoscope => "dinoscope checkpoint".into(),
         SourceKind::PthBackbone => "PyTorch backbone state dict".into(),
-        SourceKind::PthTraining(which) => format!("official DINO training checkpoint, {which}"),
-        SourceKind::HuggingFace => "Hugging Face ViT safetensors".into(),
+        SourceKind::PthTraining(which) => format!("official training checkpoint, {which}"),
+        SourceKind::HuggingFace(class) => format!("Hugging Face {class}"),
         SourceKind::Safetensors => "safetensors with official names".into(),
     }
 }
@@ -107,26 +214,45 @@ fn count(map: &TensorMap, prefix: &str) -> (usize, usize) {
 }
 
 /// `dino info`.
-pub fn info(path: &Path) -> Result<()> {
+pub fn info(path: &Path, options: LoadOptions) -> Result<()> {
     let bytes = crate::io::read(path)?;
-    let imported = import_bytes(&bytes, Which::Teacher)
-        .with_context(|| format!("{} is not a usable checkpoint", path.display()))?;
+    let imported = load_weights(path, options)?;
     let c = &imported.config;
+    let v = &c.vit;
     println!("file:        {} ({} bytes)", path.display(), bytes.len());
     println!("format:      {}", describe_source(&imported.source));
+    println!("model:       {}", v.describe());
+    let position = match v.position {
+        dino_model::Position::Learned { interp } => format!(
+            "pos grid {}x{} ({} px, {})",
+            v.pos_grid(),
+            v.pos_grid(),
+            v.img_size,
+            match interp {
+                dino_model::PosInterp::Offset => "bicubic +0.1 offset",
+                dino_model::PosInterp::Antialias => "antialiased bicubic",
+            }
+        ),
+        dino_model::Position::Rope { base } => format!("RoPE base {base}"),
+    };
+    let ffn = match v.ffn {
+        dino_model::Ffn::Mlp => format!("mlp {}", v.mlp_hidden_dim()),
+        _ => format!("swiglu {}", v.mlp_hidden_dim()),
+    };
     println!(
-        "backbone:    {} patch {}  dim {}  depth {}  heads {}  mlp {}  pos grid {}x{} ({} px)  qkv bias {}  LayerNorm eps {:e}",
-        c.vit.arch,
-        c.vit.patch_size,
-        c.vit.embed_dim,
-        c.vit.depth,
-        c.vit.num_heads,
-        c.vit.mlp_hidden_dim(),
-        c.vit.pos_grid(),
-        c.vit.pos_grid(),
-        c.vit.img_size,
-        c.vit.qkv_bias,
-        c.vit.layer_norm_eps
+        "backbone:    {} patch {}  dim {}  depth {}  heads {}  {ffn}  {position}  qkv bias {}{}  LayerNorm eps {:e}",
+        v.arch,
+        v.patch_size,
+        v.embed_dim,
+        v.depth,
+        v.num_heads,
+        v.qkv_bias,
+        if v.mask_k_bias {
+            " (key part masked)"
+        } else {
+            ""
+        },
+        v.layer_norm_eps
     );
     let all = count(&imported.tensors, "");
     let head = count(&imported.tensors, "head.");
@@ -182,6 +308,10 @@ pub struct AttentionArgs {
     pub output: PathBuf,
     /// Device choice.
     pub device: DeviceChoice,
+    /// Also write the raw attention and patch features as `.npy`.
+    pub save_arrays: bool,
+    /// How to import the checkpoint.
+    pub load: LoadOptions,
 }
 
 /// `dino attention`.
@@ -190,14 +320,19 @@ pub fn attention(args: &AttentionArgs) -> Result<()> {
         bail!("--threshold must be in (0, 1], got {}", args.threshold);
     }
     let selected = select(args.device)?;
-    let imported = load_weights(&args.checkpoint, Which::Teacher)?;
+    let imported = load_weights(&args.checkpoint, args.load)?;
     let model = build_model(&imported, &args.checkpoint, &selected.device)?;
     let img_bytes = crate::io::read(&args.image)?;
     let img = decode_image(&img_bytes)
         .with_context(|| format!("{} is not a usable image", args.image.display()))?;
     let patch = imported.config.vit.patch_size;
-    let prepared = prepare(&img, Resize::Square(args.image_size), patch)
-        .with_context(|| format!("preparing {}", args.image.display()))?;
+    let prepared = prepare_normalized(
+        &img,
+        Resize::Square(args.image_size),
+        patch,
+        imported.config.vit.normalization(),
+    )
+    .with_context(|| format!("preparing {}", args.image.display()))?;
     let layer = args.layer.unwrap_or(model.backbone.depth() - 1);
     let maps = compute_maps(
         &model.backbone,
@@ -212,6 +347,9 @@ pub fn attention(args: &AttentionArgs) -> Result<()> {
     for (name, picture) in &pictures {
         save_png(picture, &args.output.join(name))?;
     }
+    if args.save_arrays {
+        save_arrays(&maps, &args.output)?;
+    }
     println!(
         "{} heads of block {layer} on {} ({}x{} px, {}x{} patches, {}) -> {} PNGs in {}",
         maps.heads.len(),
@@ -224,6 +362,32 @@ pub fn attention(args: &AttentionArgs) -> Result<()> {
         pictures.len(),
         args.output.display()
     );
+    Ok(())
+}
+
+/// Writes the raw maps for NumPy: `attention.npy` (`[heads, tokens, tokens]` softmax
+/// attention of the block, tokens = CLS, registers, patches), `cls_attention.npy`
+/// (`[heads, grid_h, grid_w]`, register columns skipped) and `patch_features.npy`
+/// (`[grid_h, grid_w, dim]`, normed patch tokens of the last block).
+fn save_arrays(maps: &crate::render::AttentionMaps, dir: &Path) -> Result<()> {
+    use crate::npy::npy_f32;
+    let (gh, gw) = (maps.grid_h, maps.grid_w);
+    let heads = maps.heads.len();
+    let tokens = maps.prefix + gh * gw;
+    let cls: Vec<f32> = maps.heads.iter().flatten().copied().collect();
+    for (name, bytes) in [
+        (
+            "attention.npy",
+            npy_f32(&[heads, tokens, tokens], &maps.attention),
+        ),
+        ("cls_attention.npy", npy_f32(&[heads, gh, gw], &cls)),
+        (
+            "patch_features.npy",
+            npy_f32(&[gh, gw, maps.dim], &maps.patch_features),
+        ),
+    ] {
+        crate::io::write_atomic(&dir.join(name), &bytes)?;
+    }
     Ok(())
 }
 
@@ -361,7 +525,7 @@ pub fn knn(
     device: DeviceChoice,
 ) -> Result<()> {
     let selected = select(device)?;
-    let imported = load_weights(checkpoint, Which::Teacher)?;
+    let imported = load_weights(checkpoint, LoadOptions::default())?;
     let model = build_model(&imported, checkpoint, &selected.device)?;
     let size = image_size.unwrap_or(imported.config.vit.img_size as u32);
     let (train_src, val_src) = (open_source(train)?, open_source(val)?);
@@ -398,7 +562,7 @@ pub fn eval_seg(
         bail!("--threshold must be in (0, 1], got {threshold}");
     }
     let selected = select(device)?;
-    let imported = load_weights(checkpoint, Which::Teacher)?;
+    let imported = load_weights(checkpoint, LoadOptions::default())?;
     let model = build_model(&imported, checkpoint, &selected.device)?;
     let size = image_size.unwrap_or(imported.config.vit.img_size as u32);
     let source = open_source(data)?;
@@ -443,7 +607,11 @@ pub fn bench(
     warmup: usize,
     steps: usize,
     viewer_size: usize,
+    checkpoint: Option<&Path>,
 ) -> Result<()> {
+    if checkpoint.is_some() && !matches!(mode, BenchMode::Viewer) {
+        bail!("--checkpoint only applies to --mode viewer");
+    }
     let (cfg, _) = args.apply(crate::train::TrainConfig::default())?;
     let line = match mode {
         BenchMode::Step => {
@@ -458,8 +626,17 @@ pub fn bench(
         }
         BenchMode::Viewer => {
             let selected = select(args.device)?;
+            let model = match checkpoint {
+                Some(path) => {
+                    let imported = load_weights(path, LoadOptions::default())?;
+                    let model = build_model(&imported, path, &selected.device)?;
+                    Some((model, imported.config))
+                }
+                None => None,
+            };
             crate::bench::bench_viewer(
                 &cfg,
+                model,
                 &selected.device,
                 &selected.name,
                 viewer_size,

@@ -11,6 +11,18 @@ pub fn read(path: &Path) -> Result<Vec<u8>> {
     fs::read(path).with_context(|| format!("reading {}", path.display()))
 }
 
+/// Memory the kernel says is available for new allocations (`MemAvailable` of
+/// `/proc/meminfo`), in bytes; `None` where that is unknown (not Linux).
+pub fn available_memory() -> Option<u64> {
+    parse_mem_available(&fs::read_to_string("/proc/meminfo").ok()?)
+}
+
+fn parse_mem_available(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 /// The temporary sibling a write to `path` goes through.
 pub fn temp_path(path: &Path) -> PathBuf {
     let name = path
@@ -53,6 +65,13 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mem_available_is_read_in_bytes() {
+        let text = "MemTotal:       24000000 kB\nMemFree: 1 kB\nMemAvailable:   20000000 kB\n";
+        assert_eq!(parse_mem_available(text), Some(20_000_000 * 1024));
+        assert_eq!(parse_mem_available("MemTotal: 3 kB"), None);
+    }
 
     #[test]
     fn atomic_write_replaces_and_leaves_no_temp() {

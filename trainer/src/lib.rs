@@ -11,6 +11,7 @@ pub mod device;
 pub mod eval;
 pub mod io;
 pub mod loss;
+pub mod npy;
 pub mod optim;
 pub mod pipeline;
 pub mod plot;

@@ -39,6 +39,10 @@ enum Command {
         /// Input side for `--mode viewer`.
         #[arg(long, default_value_t = 480)]
         viewer_size: usize,
+        /// `--mode viewer` on this weight file (any importable one, e.g. a DINOv2 ViT-S/14)
+        /// instead of a fresh model of the training flags.
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
     },
     /// Write the synthetic objects set to a folder: <class>/<n>.png with <n>_mask.png beside.
     Synth {
@@ -106,9 +110,12 @@ enum Command {
         #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
         device: DeviceChoice,
     },
-    /// Convert official DINO .pth files or Hugging Face ViT safetensors into a dinoscope checkpoint.
+    /// Convert official DINO / DINOv2 / DINOv3 .pth files or Hugging Face weights into a
+    /// dinoscope checkpoint.
     Import {
-        /// The weight file: dino_*_pretrain.pth, an official checkpoint.pth, HF model.safetensors, …
+        /// The weight file: dino_*_pretrain.pth, dinov2_vits14_reg4_pretrain.pth,
+        /// dinov3_vits16_pretrain_*.pth, an official training checkpoint, HF model.safetensors
+        /// (its config.json is read when it sits beside it), …
         file: PathBuf,
         /// Where to write the dinoscope checkpoint (.safetensors).
         #[arg(short, long)]
@@ -116,6 +123,8 @@ enum Command {
         /// Which network of a training checkpoint to take.
         #[arg(long, value_enum, default_value_t = commands::WhichArg::Teacher)]
         which: commands::WhichArg,
+        #[command(flatten)]
+        load: LoadArgs,
         /// Keep only the ViT (drop the DINO head): all the viewer and `attention` need.
         #[arg(long)]
         backbone_only: bool,
@@ -132,6 +141,8 @@ enum Command {
     Info {
         /// A dinoscope checkpoint or any importable weight file.
         checkpoint: PathBuf,
+        #[command(flatten)]
+        load: LoadArgs,
     },
     /// Write per-head CLS attention maps, 60 %-mass masks and overlays for an image
     /// (the official visualize_attention.py).
@@ -139,7 +150,7 @@ enum Command {
         /// Checkpoint (dinoscope, official .pth or HF safetensors).
         #[arg(long)]
         checkpoint: PathBuf,
-        /// The image to look at (PNG, JPEG, WebP, BMP).
+        /// The image to look at (PNG, JPEG, WebP, BMP, GIF, TIFF).
         #[arg(long)]
         image: PathBuf,
         /// The image is resized to this square size first (the official default is 480).
@@ -157,7 +168,35 @@ enum Command {
         /// Compute device.
         #[arg(long, value_enum, default_value_t = DeviceChoice::Cpu)]
         device: DeviceChoice,
+        /// Also write attention.npy, cls_attention.npy and patch_features.npy for NumPy.
+        #[arg(long)]
+        save_arrays: bool,
+        #[command(flatten)]
+        load: LoadArgs,
     },
+}
+
+/// Import options shared by every command that reads a weight file.
+#[derive(Debug, Clone, clap::Args)]
+struct LoadArgs {
+    /// Import even if the file holds tensors dinoscope does not understand (they are skipped);
+    /// by default such a file is refused, because its maps could be wrong.
+    #[arg(long)]
+    allow_unused: bool,
+    /// Attention heads of a custom .pth model whose heads are not 64 wide (official releases
+    /// and Hugging Face files need not say).
+    #[arg(long)]
+    heads: Option<usize>,
+}
+
+impl LoadArgs {
+    fn options(&self, which: dino_model::import::Which) -> commands::LoadOptions {
+        commands::LoadOptions {
+            which,
+            allow_unused: self.allow_unused,
+            heads: self.heads,
+        }
+    }
 }
 
 fn main() {
@@ -181,7 +220,15 @@ fn run(cli: Cli) -> Result<()> {
             warmup,
             steps,
             viewer_size,
-        } => commands::bench(mode, &train, warmup, steps, viewer_size),
+            checkpoint,
+        } => commands::bench(
+            mode,
+            &train,
+            warmup,
+            steps,
+            viewer_size,
+            checkpoint.as_deref(),
+        ),
         Command::Synth {
             output,
             n,
@@ -228,9 +275,16 @@ fn run(cli: Cli) -> Result<()> {
             file,
             output,
             which,
+            load,
             backbone_only,
             half,
-        } => commands::import(&file, &output, which, backbone_only, half),
+        } => commands::import(
+            &file,
+            &output,
+            load.options(which.into()),
+            backbone_only,
+            half,
+        ),
         Command::Plot { run } => {
             let run = dino_trainer::train::RunDir { root: run };
             dino_trainer::train::plot_metrics(&run)?;
@@ -242,7 +296,9 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Info { checkpoint } => commands::info(&checkpoint),
+        Command::Info { checkpoint, load } => {
+            commands::info(&checkpoint, load.options(Default::default()))
+        }
         Command::Attention {
             checkpoint,
             image,
@@ -251,6 +307,8 @@ fn run(cli: Cli) -> Result<()> {
             layer,
             output,
             device,
+            save_arrays,
+            load,
         } => commands::attention(&commands::AttentionArgs {
             checkpoint,
             image,
@@ -259,6 +317,8 @@ fn run(cli: Cli) -> Result<()> {
             layer,
             output,
             device,
+            save_arrays,
+            load: load.options(Default::default()),
         }),
     }
 }

@@ -19,6 +19,10 @@ pub struct AttentionMaps {
     pub masks: Vec<Vec<bool>>,
     /// Patch features after the final norm, row-major `[patches, dim]`.
     pub patch_features: Vec<f32>,
+    /// The block's softmax attention for the image, `[heads, tokens, tokens]`.
+    pub attention: Vec<f32>,
+    /// Tokens before the patches (CLS and registers).
+    pub prefix: usize,
     /// Token width.
     pub dim: usize,
     /// Patch grid rows.
@@ -41,7 +45,8 @@ pub fn compute_maps(
     );
     let out = backbone.forward_with_attention(x, layer)?;
     let heads_n = backbone.num_heads();
-    let tokens = 1 + out.grid_h * out.grid_w;
+    let prefix = out.prefix_tokens;
+    let tokens = prefix + out.grid_h * out.grid_w;
     let attention: Vec<f32> = out
         .attention
         .into_data()
@@ -53,12 +58,14 @@ pub fn compute_maps(
         .into_data()
         .try_to_vec()
         .context("reading tokens")?;
-    let heads = cls_maps(&attention, heads_n, tokens);
+    let heads = cls_maps(&attention, heads_n, tokens, prefix);
     let masks = heads.iter().map(|m| mass_mask(m, threshold)).collect();
     Ok(AttentionMaps {
         heads,
         masks,
-        patch_features: tokens_data[dim..].to_vec(),
+        patch_features: tokens_data[prefix * dim..].to_vec(),
+        attention,
+        prefix,
         dim,
         grid_h: out.grid_h,
         grid_w: out.grid_w,

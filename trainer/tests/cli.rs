@@ -116,7 +116,7 @@ fn import_info_and_attention_on_an_official_checkpoint() {
         "-o",
         out.to_str().unwrap(),
     ]);
-    assert!(text.contains("official DINO training checkpoint"), "{text}");
+    assert!(text.contains("official training checkpoint"), "{text}");
     let info = ok(&["info", out.to_str().unwrap()]);
     assert!(
         info.contains("depth 2") && info.contains("out_dim 256") && info.contains("parameters"),
@@ -201,6 +201,104 @@ fn import_info_and_attention_on_an_official_checkpoint() {
         &sample(),
         "--image-size",
         "32",
+        "-o",
+        att.to_str().unwrap(),
+    ]);
+}
+
+/// The header of a `.npy` file, for its shape.
+fn npy_header(path: &Path) -> String {
+    let bytes = std::fs::read(path).unwrap();
+    assert_eq!(&bytes[..6], b"\x93NUMPY", "{}", path.display());
+    let len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    String::from_utf8(bytes[10..10 + len].to_vec()).unwrap()
+}
+
+#[test]
+fn dinov2_and_dinov3_files_are_named_imported_and_mapped() {
+    let fam = |f: &str| fixture(&format!("families/{f}"));
+    // The fixtures' heads are 16 wide; official releases use 64 and need no --heads.
+    let info = ok(&["info", &fam("v2reg.pth"), "--heads", "2"]);
+    assert!(
+        info.contains("DINOv2 ViT-32x3/14, 4 registers, LayerScale")
+            && info.contains("antialiased bicubic"),
+        "{info}"
+    );
+    // A Hugging Face file with its config.json beside it.
+    let info = ok(&["info", &fam("v3_hf/model.safetensors")]);
+    assert!(
+        info.contains("Hugging Face DINOv3ViTModel")
+            && info.contains("DINOv3 ViT-32x3/16, 4 storage tokens, LayerScale, RoPE")
+            && info.contains("key part masked"),
+        "{info}"
+    );
+    // A tensor nobody understands stops the import, naming it, unless allowed.
+    fails(
+        &["info", &fam("bad_v2_unknown_tensor.pth"), "--heads", "2"],
+        &[
+            "bad_v2_unknown_tensor.pth",
+            "blocks.0.attn.qkv.lora_a",
+            "--allow-unused",
+        ],
+    );
+    ok(&[
+        "info",
+        &fam("bad_v2_unknown_tensor.pth"),
+        "--heads",
+        "2",
+        "--allow-unused",
+    ]);
+    fails(
+        &["info", &fam("bad_v3_short_periods.pth")],
+        &["rope_embed.periods"],
+    );
+    // Maps and raw arrays of a model with registers, from an animated GIF.
+    let dir = tempfile::tempdir().unwrap();
+    let gif = dir.path().join("cat.gif");
+    image::open(sample())
+        .unwrap()
+        .resize_exact(84, 56, image::imageops::FilterType::Triangle)
+        .save(&gif)
+        .unwrap();
+    let att = dir.path().join("att");
+    ok(&[
+        "attention",
+        "--checkpoint",
+        &fam("v2reg.pth"),
+        "--heads",
+        "2",
+        "--image",
+        gif.to_str().unwrap(),
+        "--image-size",
+        "56",
+        "-o",
+        att.to_str().unwrap(),
+        "--save-arrays",
+    ]);
+    // 56 px / patch 14 = a 4 x 4 grid; tokens = CLS + 4 registers + 16 patches.
+    assert!(npy_header(&att.join("attention.npy")).contains("(2, 21, 21)"));
+    assert!(npy_header(&att.join("cls_attention.npy")).contains("(2, 4, 4)"));
+    assert!(npy_header(&att.join("patch_features.npy")).contains("(4, 4, 32)"));
+    assert_eq!(image::open(att.join("attn-head1.png")).unwrap().width(), 56);
+    let out = dir.path().join("v3.safetensors");
+    let text = ok(&[
+        "import",
+        &fam("v3swiglu_hf/model.safetensors"),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        text.contains("DINOv3 ViT-32x3/16, 4 storage tokens, LayerScale, SwiGLU, RoPE"),
+        "{text}"
+    );
+    ok(&[
+        "attention",
+        "--checkpoint",
+        out.to_str().unwrap(),
+        "--image",
+        &sample(),
+        "--image-size",
+        "64",
         "-o",
         att.to_str().unwrap(),
     ]);

@@ -438,10 +438,9 @@ impl ViewerApp {
         match &self.model {
             Some(m) => {
                 ui.label(format!(
-                    "{}\n{} /{}, dim {}, {} blocks × {} heads",
+                    "{}\n{}\ndim {}, {} blocks × {} heads",
                     m.name,
-                    m.config.vit.arch,
-                    m.config.vit.patch_size,
+                    m.config.vit.describe(),
                     m.config.vit.embed_dim,
                     m.config.vit.depth,
                     m.config.vit.num_heads
@@ -458,10 +457,20 @@ impl ViewerApp {
                 egui::ComboBox::from_label("input size")
                     .selected_text(format!("{} px", self.resolution))
                     .show_ui(ui, |ui| {
-                        for target in [224u32, 320, 480, 640, 800] {
+                        // Multiples of the patch; the size the weights were trained at (518
+                        // for DINOv2) is offered too.
+                        let native = m.config.vit.img_size as u32;
+                        let mut targets = vec![224u32, 320, 480, 640, 800];
+                        if !targets.contains(&native) {
+                            targets.push(native);
+                            targets.sort_unstable();
+                        }
+                        for target in targets {
                             let px = (target / patch).max(1) * patch;
                             let label = if target == 480 {
-                                format!("{px} px (official)")
+                                format!("{px} px (official script)")
+                            } else if target == native && native != 224 {
+                                format!("{px} px (trained size)")
                             } else {
                                 format!("{px} px")
                             };
@@ -478,7 +487,11 @@ impl ViewerApp {
         }
         ui.separator();
         ui.heading("View");
-        for v in View::ALL {
+        let registers = self
+            .model
+            .as_ref()
+            .map_or(0, |m| m.config.vit.num_register_tokens);
+        for v in View::ALL.into_iter().filter(|v| v.applies(registers)) {
             ui.radio_value(&mut self.view, v, v.label());
         }
         ui.add(egui::Slider::new(&mut self.settings.threshold, 0.05..=0.95).text("mass threshold"));

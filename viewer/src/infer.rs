@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use burn::tensor::{Device, Tensor, TensorData};
-use dino_model::preprocess::{Resize, prepare};
+use dino_model::preprocess::{Resize, prepare_normalized};
 use dino_model::{DinoModel, ModelConfig};
 use image::RgbImage;
 
@@ -44,6 +44,8 @@ pub struct Analysis {
     pub grid_w: usize,
     /// Attention heads.
     pub heads: usize,
+    /// Tokens before the patches: CLS and the register (DINOv2) or storage (DINOv3) tokens.
+    pub prefix: usize,
     /// Softmax attention of the block, `[heads, tokens, tokens]`.
     pub attention: Vec<f32>,
     /// Normalised patch tokens, `[patches, dim]`.
@@ -55,9 +57,9 @@ pub struct Analysis {
 }
 
 impl Analysis {
-    /// Tokens per image (CLS + patches).
+    /// Tokens per image (CLS + registers + patches).
     pub fn tokens(&self) -> usize {
-        1 + self.grid_h * self.grid_w
+        self.prefix + self.grid_h * self.grid_w
     }
 }
 
@@ -77,8 +79,13 @@ fn forward(
 ) -> Result<Forward, String> {
     let started = web_time_now();
     let patch = model.backbone.patch_size();
-    let prepared =
-        prepare(img, Resize::Square(request.resolution), patch).map_err(|e| e.to_string())?;
+    let prepared = prepare_normalized(
+        img,
+        Resize::Square(request.resolution),
+        patch,
+        model.backbone.normalization(),
+    )
+    .map_err(|e| e.to_string())?;
     let x = Tensor::<4>::from_data(
         TensorData::new(
             prepared.chw.clone(),
@@ -107,14 +114,17 @@ impl Forward {
     fn finish(self, attention: Vec<f32>, tokens: Vec<f32>) -> Analysis {
         let [_, heads, _, _] = self.out.attention.dims();
         let [_, _, dim] = self.out.tokens.dims();
+        let prefix = self.out.prefix_tokens;
         Analysis {
             request: self.request,
             display: self.prepared.display,
             grid_h: self.out.grid_h,
             grid_w: self.out.grid_w,
             heads,
+            prefix,
             attention,
-            features: tokens[dim..].to_vec(),
+            // PCA runs on the patch tokens only.
+            features: tokens[prefix * dim..].to_vec(),
             dim,
             seconds: web_time_now() - self.started,
         }
@@ -173,7 +183,14 @@ pub fn web_time_now() -> f64 {
 
 /// Reads a checkpoint (ours, official .pth or Hugging Face safetensors) from bytes.
 pub fn load_model(name: &str, bytes: &[u8], device: &Device) -> Result<LoadedModel, String> {
-    let imported = dino_model::import::import_bytes(bytes, dino_model::import::Which::Teacher)
+    let options = dino_model::import::ImportOptions {
+        // A wasm32 page addresses 4 GiB at most, and it holds the file, the f32 tensors and
+        // the model at once: past 1 GiB of weights (ViT-L and up) the tab would die.
+        max_weight_bytes: cfg!(target_arch = "wasm32").then_some(1 << 30),
+        limit_reason: "the browser gives a page at most 4 GiB of WebAssembly memory, which must hold the file, its weights and the model at once; open it in the native viewer (cargo run -p dino-viewer)".into(),
+        ..Default::default()
+    };
+    let imported = dino_model::import::import_with(bytes, &options)
         .map_err(|e| format!("{name}: not a usable checkpoint: {e}"))?;
     let model = imported
         .config

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use dino_model::attention::{
     cls_maps, combined_mask, mass_mask, mean_map, normalize01, patch_query_maps, pca_rgb,
-    upsample_nearest,
+    register_maps, upsample_nearest,
 };
 use dino_shaders::images::{grid, overlay};
 use image::{Rgb, RgbImage};
@@ -28,18 +28,26 @@ pub enum View {
     PatchQuery,
     /// First three principal components of the patch features as RGB.
     Pca,
+    /// Each register token's own attention next to the CLS map (DINOv2 `_reg`, DINOv3).
+    Registers,
 }
 
 impl View {
     /// Every view, in menu order.
-    pub const ALL: [View; 6] = [
+    pub const ALL: [View; 7] = [
         View::Heads,
         View::Mean,
         View::Masks,
         View::Segmentation,
         View::PatchQuery,
         View::Pca,
+        View::Registers,
     ];
+
+    /// Whether the view means anything for a model with `registers` extra tokens.
+    pub fn applies(self, registers: usize) -> bool {
+        self != View::Registers || registers > 0
+    }
 
     /// The label of its button.
     pub fn label(self) -> &'static str {
@@ -50,6 +58,7 @@ impl View {
             View::Segmentation => "Segmentation",
             View::PatchQuery => "Patch query",
             View::Pca => "PCA",
+            View::Registers => "Registers",
         }
     }
 }
@@ -72,7 +81,7 @@ pub fn overlay_inputs(
     view: View,
     s: &Settings,
 ) -> Option<Vec<(String, OverlayInput)>> {
-    let heads = cls_maps(&a.attention, a.heads, a.tokens());
+    let heads = cls_maps(&a.attention, a.heads, a.tokens(), a.prefix);
     let image = Arc::new(a.display.clone());
     let input = |values: Vec<f32>, alpha: f32, mask_mode: bool| OverlayInput {
         image: image.clone(),
@@ -117,7 +126,7 @@ pub fn render(a: &Analysis, view: View, s: &Settings) -> Vec<(String, RgbImage)>
     }
     let patch = a.display.width() as usize / a.grid_w;
     let (gh, gw) = (a.grid_h, a.grid_w);
-    let heads = cls_maps(&a.attention, a.heads, a.tokens());
+    let heads = cls_maps(&a.attention, a.heads, a.tokens(), a.prefix);
     let masks: Vec<Vec<bool>> = heads.iter().map(|m| mass_mask(m, s.threshold)).collect();
     let to_f32 = |m: &[bool]| m.iter().map(|&b| b as u8 as f32).collect::<Vec<f32>>();
     match view {
@@ -138,7 +147,7 @@ pub fn render(a: &Analysis, view: View, s: &Settings) -> Vec<(String, RgbImage)>
         }
         View::PatchQuery => {
             let q = s.query.min(gh * gw - 1);
-            patch_query_maps(&a.attention, a.heads, a.tokens(), q)
+            patch_query_maps(&a.attention, a.heads, a.tokens(), a.prefix, q)
                 .iter()
                 .enumerate()
                 .map(|(j, m)| {
@@ -162,6 +171,41 @@ pub fn render(a: &Analysis, view: View, s: &Settings) -> Vec<(String, RgbImage)>
                 ("PCA of patch features".into(), pca),
                 ("image".into(), a.display.clone()),
             ]
+        }
+        View::Registers => {
+            // The registers paper's comparison: where CLS looks, and where each register
+            // looks (head means, each scaled to its own range).
+            let mut tiles = vec![(
+                "CLS, mean of heads".to_string(),
+                overlay(
+                    &a.display,
+                    &normalize01(&mean_map(&heads)),
+                    gh,
+                    gw,
+                    patch,
+                    s.alpha,
+                    false,
+                ),
+            )];
+            let registers = register_maps(&a.attention, a.heads, a.tokens(), a.prefix);
+            if registers.is_empty() {
+                tiles[0].0 = "CLS, mean of heads (this model has no registers)".into();
+            }
+            for (r, maps) in registers.iter().enumerate() {
+                tiles.push((
+                    format!("register {}, mean of heads", r + 1),
+                    overlay(
+                        &a.display,
+                        &normalize01(&mean_map(maps)),
+                        gh,
+                        gw,
+                        patch,
+                        s.alpha,
+                        false,
+                    ),
+                ));
+            }
+            tiles
         }
     }
 }

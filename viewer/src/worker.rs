@@ -147,6 +147,7 @@ pub async fn dino_worker_handle(msg: JsValue) -> JsValue {
                 set(&reply, "grid_h", a.grid_h as u32);
                 set(&reply, "grid_w", a.grid_w as u32);
                 set(&reply, "heads", a.heads as u32);
+                set(&reply, "prefix", a.prefix as u32);
                 set(&reply, "dim", a.dim as u32);
                 set(&reply, "seconds", a.seconds);
                 set(
@@ -213,6 +214,7 @@ fn job_from_reply(msg: &JsValue) -> Option<Job> {
                 grid_h: get_u32(msg, "grid_h") as usize,
                 grid_w: get_u32(msg, "grid_w") as usize,
                 heads: get_u32(msg, "heads") as usize,
+                prefix: (get_u32(msg, "prefix") as usize).max(1),
                 attention: get_floats(msg, "attention"),
                 features: get_floats(msg, "features"),
                 dim: get_u32(msg, "dim") as usize,

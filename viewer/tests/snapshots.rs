@@ -9,24 +9,27 @@ use dino_viewer::infer::{Analysis, Request};
 use dino_viewer::views::{Settings, View, export};
 
 /// Head 0 attends to the top-left 2 x 2 patches, head 1 to the bottom-right ones; patch
-/// features vary smoothly so the PCA view has structure.
+/// features vary smoothly so the PCA view has structure. Two register tokens sit between
+/// CLS and the patches: nothing attends to them, register 1 attends to one patch (the
+/// artefact the registers paper shows), register 2 to the left column. The other views must
+/// look exactly as without registers, so their snapshots also prove the columns are skipped.
 fn analysis() -> Analysis {
-    let (grid, heads, dim) = (4usize, 2usize, 3usize);
-    let tokens = 1 + grid * grid;
+    let (grid, heads, dim, prefix) = (4usize, 2usize, 3usize, 3usize);
+    let tokens = prefix + grid * grid;
     let mut attention = vec![0.0f32; heads * tokens * tokens];
     for h in 0..heads {
         for q in 0..tokens {
             let row = &mut attention[(h * tokens + q) * tokens..(h * tokens + q + 1) * tokens];
-            for (k, v) in row.iter_mut().enumerate().skip(1) {
-                let (y, x) = ((k - 1) / grid, (k - 1) % grid);
-                let hot = if h == 0 {
-                    y < 2 && x < 2
-                } else {
-                    y >= 2 && x >= 2
+            for (k, v) in row.iter_mut().enumerate().skip(prefix) {
+                let (y, x) = ((k - prefix) / grid, (k - prefix) % grid);
+                let hot = match q {
+                    1 => y == 1 && x == 2,
+                    2 => x == 0,
+                    _ if h == 0 => y < 2 && x < 2,
+                    _ => y >= 2 && x >= 2,
                 };
                 *v = if hot { 0.2 } else { 0.2 / 12.0 };
             }
-            row[0] = 0.0;
             let sum: f32 = row.iter().sum();
             row.iter_mut().for_each(|v| *v /= sum);
         }
@@ -50,6 +53,7 @@ fn analysis() -> Analysis {
         grid_h: grid,
         grid_w: grid,
         heads,
+        prefix,
         attention,
         features,
         dim,

@@ -157,3 +157,25 @@ fn views_render_one_tile_per_head_with_the_image_size() {
     let heads = dino_viewer::views::render(&a, View::Heads, &s);
     assert_ne!(heads[0].1, a.display);
 }
+
+#[test]
+fn a_dinov3_model_shows_its_storage_tokens_in_the_registers_view() {
+    let mut h = harness();
+    h.get_by_label("chelsea").click();
+    h.step();
+    let ctx = h.ctx.clone();
+    h.state_mut().resolution = 64;
+    h.state_mut()
+        .open_checkpoint(&ctx, "v3.pth".into(), fixture("families/v3.pth"));
+    step_until(&mut h, "the DINOv3 analysis", |s| s.analysis.is_some());
+    let a = h.state().analysis.clone().unwrap();
+    // CLS + 4 storage tokens before the 4 x 4 patches; PCA sees the patches only.
+    assert_eq!((a.prefix, a.grid_h, a.grid_w), (5, 4, 4));
+    assert_eq!(a.features.len(), 16 * 32);
+    h.get_by_label_contains("DINOv3 ViT-32x3/16, 4 storage tokens");
+    h.get_by_label("Registers").click();
+    h.step();
+    assert_eq!(h.state().view, View::Registers);
+    h.get_by_label("CLS, mean of heads");
+    h.get_by_label("register 4, mean of heads");
+}
