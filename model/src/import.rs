@@ -609,135 +609,162 @@ fn depth_of(map: &TensorMap, fmt: impl Fn(usize) -> String) -> usize {
     (0..).take_while(|i| map.contains_key(&fmt(*i))).count()
 }
 
-/// A Hugging Face `ViTModel` state dict (DINO v1 on the Hub) in the official names.
-fn from_hf_vit(map: &TensorMap) -> Result<(TensorMap, Vec<String>)> {
+/// How a Hugging Face port names the official tensors: renames of single tensors and of
+/// `weight`/`bias` pairs, at the top and per block, and the separate q, k, v projections.
+struct HfLayout {
+    /// Single tensors outside the blocks: (port, official).
+    top: &'static [(&'static str, &'static str)],
+    /// `weight`/`bias` pairs outside the blocks.
+    top_pairs: &'static [(&'static str, &'static str)],
+    /// Prefix of block `i`: `encoder.layer` (ViT, DINOv2) or `layer` (DINOv3).
+    blocks: &'static str,
+    /// Single tensors inside a block.
+    block: &'static [(&'static str, &'static str)],
+    /// `weight`/`bias` pairs inside a block.
+    block_pairs: &'static [(&'static str, &'static str)],
+    /// Names of the query, key and value projections inside a block (without `.weight`).
+    qkv: [&'static str; 3],
+    /// Whether a missing key bias is zero (DINOv3 drops its masked key bias).
+    zero_missing_bias: bool,
+}
+
+/// `ViTModel` (DINO v1 on the Hub).
+const HF_VIT: HfLayout = HfLayout {
+    top: &[
+        ("embeddings.cls_token", "cls_token"),
+        ("embeddings.position_embeddings", "pos_embed"),
+    ],
+    top_pairs: &[
+        ("embeddings.patch_embeddings.projection", "patch_embed.proj"),
+        ("layernorm", "norm"),
+    ],
+    blocks: "encoder.layer",
+    block: &[],
+    block_pairs: &[
+        ("layernorm_before", "norm1"),
+        ("layernorm_after", "norm2"),
+        ("attention.output.dense", "attn.proj"),
+        ("intermediate.dense", "mlp.fc1"),
+        ("output.dense", "mlp.fc2"),
+    ],
+    qkv: [
+        "attention.attention.query",
+        "attention.attention.key",
+        "attention.attention.value",
+    ],
+    zero_missing_bias: false,
+};
+
+/// `Dinov2Model` and `Dinov2WithRegistersModel` (the inverse of `convert_dinov2_to_hf.py`).
+const HF_DINOV2: HfLayout = HfLayout {
+    top: &[
+        ("embeddings.cls_token", "cls_token"),
+        ("embeddings.mask_token", "mask_token"),
+        ("embeddings.position_embeddings", "pos_embed"),
+        ("embeddings.register_tokens", "register_tokens"),
+    ],
+    top_pairs: &[
+        ("embeddings.patch_embeddings.projection", "patch_embed.proj"),
+        ("layernorm", "norm"),
+    ],
+    blocks: "encoder.layer",
+    block: &[
+        ("layer_scale1.lambda1", "ls1.gamma"),
+        ("layer_scale2.lambda1", "ls2.gamma"),
+    ],
+    block_pairs: &[
+        ("norm1", "norm1"),
+        ("norm2", "norm2"),
+        ("attention.output.dense", "attn.proj"),
+        ("mlp.fc1", "mlp.fc1"),
+        ("mlp.fc2", "mlp.fc2"),
+        ("mlp.weights_in", "mlp.w12"),
+        ("mlp.weights_out", "mlp.w3"),
+    ],
+    qkv: HF_VIT.qkv,
+    zero_missing_bias: false,
+};
+
+/// `DINOv3ViTModel` with an MLP (the inverse of `convert_dinov3_vit_to_hf.py`, which drops
+/// the masked key bias and the RoPE periods).
+const HF_DINOV3: HfLayout = HfLayout {
+    top: &[
+        ("embeddings.cls_token", "cls_token"),
+        ("embeddings.mask_token", "mask_token"),
+        ("embeddings.register_tokens", "storage_tokens"),
+    ],
+    top_pairs: &[
+        ("embeddings.patch_embeddings", "patch_embed.proj"),
+        ("norm", "norm"),
+    ],
+    blocks: "layer",
+    block: &[
+        ("layer_scale1.lambda1", "ls1.gamma"),
+        ("layer_scale2.lambda1", "ls2.gamma"),
+    ],
+    block_pairs: &[
+        ("norm1", "norm1"),
+        ("norm2", "norm2"),
+        ("attention.o_proj", "attn.proj"),
+        ("mlp.up_proj", "mlp.fc1"),
+        ("mlp.down_proj", "mlp.fc2"),
+    ],
+    qkv: ["attention.q_proj", "attention.k_proj", "attention.v_proj"],
+    zero_missing_bias: true,
+};
+
+/// `DINOv3ViTModel` with the gated MLP (`use_gated_mlp`: SwiGLU w1, w2, w3).
+const HF_DINOV3_GATED: HfLayout = HfLayout {
+    block_pairs: &[
+        ("norm1", "norm1"),
+        ("norm2", "norm2"),
+        ("attention.o_proj", "attn.proj"),
+        ("mlp.gate_proj", "mlp.w1"),
+        ("mlp.up_proj", "mlp.w2"),
+        ("mlp.down_proj", "mlp.w3"),
+    ],
+    ..HF_DINOV3
+};
+
+/// A Hugging Face state dict in the official names, by its layout.
+fn from_hf_layout(map: &TensorMap, layout: &HfLayout) -> Result<(TensorMap, Vec<String>)> {
     let mut r = Renamer::new(map);
-    r.mv("embeddings.cls_token", "cls_token");
-    r.mv("embeddings.position_embeddings", "pos_embed");
-    r.mv_both("embeddings.patch_embeddings.projection", "patch_embed.proj");
-    r.mv_both("layernorm", "norm");
-    let depth = depth_of(map, |i| {
-        format!("encoder.layer.{i}.attention.attention.query.weight")
-    });
+    for (from, to) in layout.top {
+        r.mv(from, to);
+    }
+    for (from, to) in layout.top_pairs {
+        r.mv_both(from, to);
+    }
+    let blocks = layout.blocks;
+    let [q, k, v] = layout.qkv;
+    let depth = depth_of(map, |i| format!("{blocks}.{i}.{q}.weight"));
     for i in 0..depth {
-        let (src, dst) = (format!("encoder.layer.{i}"), format!("blocks.{i}"));
-        r.mv_both(&format!("{src}.layernorm_before"), &format!("{dst}.norm1"));
-        r.mv_both(&format!("{src}.layernorm_after"), &format!("{dst}.norm2"));
-        r.mv_both(
-            &format!("{src}.attention.output.dense"),
-            &format!("{dst}.attn.proj"),
-        );
-        r.mv_both(
-            &format!("{src}.intermediate.dense"),
-            &format!("{dst}.mlp.fc1"),
-        );
-        r.mv_both(&format!("{src}.output.dense"), &format!("{dst}.mlp.fc2"));
-        for s in ["weight", "bias"] {
-            let parts =
-                ["query", "key", "value"].map(|q| format!("{src}.attention.attention.{q}.{s}"));
-            r.fuse_qkv(parts, &format!("{dst}.attn.qkv.{s}"), false)?;
+        let (src, dst) = (format!("{blocks}.{i}"), format!("blocks.{i}"));
+        for (from, to) in layout.block {
+            r.mv(&format!("{src}.{from}"), &format!("{dst}.{to}"));
+        }
+        for (from, to) in layout.block_pairs {
+            r.mv_both(&format!("{src}.{from}"), &format!("{dst}.{to}"));
+        }
+        for (s, zero_missing) in [("weight", false), ("bias", layout.zero_missing_bias)] {
+            let parts = [q, k, v].map(|p| format!("{src}.{p}.{s}"));
+            r.fuse_qkv(parts, &format!("{dst}.attn.qkv.{s}"), zero_missing)?;
         }
     }
     Ok(r.finish())
 }
 
-/// A Hugging Face `Dinov2Model` / `Dinov2WithRegistersModel` state dict in the official names
-/// (the inverse of `convert_dinov2_to_hf.py`).
-fn from_hf_dinov2(map: &TensorMap) -> Result<(TensorMap, Vec<String>)> {
-    let mut r = Renamer::new(map);
-    r.mv("embeddings.cls_token", "cls_token");
-    r.mv("embeddings.mask_token", "mask_token");
-    r.mv("embeddings.position_embeddings", "pos_embed");
-    r.mv("embeddings.register_tokens", "register_tokens");
-    r.mv_both("embeddings.patch_embeddings.projection", "patch_embed.proj");
-    r.mv_both("layernorm", "norm");
-    let depth = depth_of(map, |i| {
-        format!("encoder.layer.{i}.attention.attention.query.weight")
-    });
-    for i in 0..depth {
-        let (src, dst) = (format!("encoder.layer.{i}"), format!("blocks.{i}"));
-        r.mv_both(&format!("{src}.norm1"), &format!("{dst}.norm1"));
-        r.mv_both(&format!("{src}.norm2"), &format!("{dst}.norm2"));
-        r.mv_both(
-            &format!("{src}.attention.output.dense"),
-            &format!("{dst}.attn.proj"),
-        );
-        r.mv(
-            &format!("{src}.layer_scale1.lambda1"),
-            &format!("{dst}.ls1.gamma"),
-        );
-        r.mv(
-            &format!("{src}.layer_scale2.lambda1"),
-            &format!("{dst}.ls2.gamma"),
-        );
-        r.mv_both(&format!("{src}.mlp.fc1"), &format!("{dst}.mlp.fc1"));
-        r.mv_both(&format!("{src}.mlp.fc2"), &format!("{dst}.mlp.fc2"));
-        r.mv_both(&format!("{src}.mlp.weights_in"), &format!("{dst}.mlp.w12"));
-        r.mv_both(&format!("{src}.mlp.weights_out"), &format!("{dst}.mlp.w3"));
-        for s in ["weight", "bias"] {
-            let parts =
-                ["query", "key", "value"].map(|q| format!("{src}.attention.attention.{q}.{s}"));
-            r.fuse_qkv(parts, &format!("{dst}.attn.qkv.{s}"), false)?;
-        }
-    }
-    Ok(r.finish())
-}
-
-/// A Hugging Face `DINOv3ViTModel` state dict in the official names (the inverse of
-/// `convert_dinov3_vit_to_hf.py`, which drops the masked key bias and the RoPE periods).
+/// A Hugging Face `DINOv3ViTModel` state dict in the official names.
 fn from_hf_dinov3(map: &TensorMap) -> Result<(TensorMap, Vec<String>)> {
-    let mut r = Renamer::new(map);
-    r.mv("embeddings.cls_token", "cls_token");
-    r.mv("embeddings.register_tokens", "storage_tokens");
-    r.mv_both("embeddings.patch_embeddings", "patch_embed.proj");
-    r.mv_both("norm", "norm");
-    if let Some(t) = map.get("embeddings.mask_token") {
+    let gated = map.contains_key("layer.0.mlp.gate_proj.weight");
+    let layout = if gated { &HF_DINOV3_GATED } else { &HF_DINOV3 };
+    let mut map = map.clone();
+    if let Some(t) = map.get_mut("embeddings.mask_token") {
         // [1, 1, dim] in the port, [1, dim] in the official code.
         let d = *t.shape.last().unwrap_or(&0);
-        r.out.insert(
-            "mask_token".into(),
-            RawTensor::new(vec![1, d], t.data.clone()),
-        );
-        r.used.insert("embeddings.mask_token".into());
+        t.shape = vec![1, d];
     }
-    let depth = depth_of(map, |i| format!("layer.{i}.attention.q_proj.weight"));
-    for i in 0..depth {
-        let (src, dst) = (format!("layer.{i}"), format!("blocks.{i}"));
-        r.mv_both(&format!("{src}.norm1"), &format!("{dst}.norm1"));
-        r.mv_both(&format!("{src}.norm2"), &format!("{dst}.norm2"));
-        r.mv_both(
-            &format!("{src}.attention.o_proj"),
-            &format!("{dst}.attn.proj"),
-        );
-        r.mv(
-            &format!("{src}.layer_scale1.lambda1"),
-            &format!("{dst}.ls1.gamma"),
-        );
-        r.mv(
-            &format!("{src}.layer_scale2.lambda1"),
-            &format!("{dst}.ls2.gamma"),
-        );
-        if map.contains_key(&format!("{src}.mlp.gate_proj.weight")) {
-            r.mv_both(&format!("{src}.mlp.gate_proj"), &format!("{dst}.mlp.w1"));
-            r.mv_both(&format!("{src}.mlp.up_proj"), &format!("{dst}.mlp.w2"));
-            r.mv_both(&format!("{src}.mlp.down_proj"), &format!("{dst}.mlp.w3"));
-        } else {
-            r.mv_both(&format!("{src}.mlp.up_proj"), &format!("{dst}.mlp.fc1"));
-            r.mv_both(&format!("{src}.mlp.down_proj"), &format!("{dst}.mlp.fc2"));
-        }
-        let part = |q: &str, s: &str| format!("{src}.attention.{q}_proj.{s}");
-        r.fuse_qkv(
-            ["q", "k", "v"].map(|q| part(q, "weight")),
-            &format!("{dst}.attn.qkv.weight"),
-            false,
-        )?;
-        r.fuse_qkv(
-            ["q", "k", "v"].map(|q| part(q, "bias")),
-            &format!("{dst}.attn.qkv.bias"),
-            true,
-        )?;
-    }
-    Ok(r.finish())
+    from_hf_layout(&map, layout)
 }
 
 /// The Hugging Face model class of a state dict, judged by its key names.
@@ -986,9 +1013,9 @@ fn import_hugging_face(
     options: &ImportOptions,
 ) -> Result<Imported> {
     let (map, rest) = match class {
-        "ViTModel" => from_hf_vit(raw)?,
+        "ViTModel" => from_hf_layout(raw, &HF_VIT)?,
         "DINOv3ViTModel" => from_hf_dinov3(raw)?,
-        _ => from_hf_dinov2(raw)?,
+        _ => from_hf_layout(raw, &HF_DINOV2)?,
     };
     let (family, eps) = match class {
         "ViTModel" => (Family::Dino, HF_LAYER_NORM_EPS),

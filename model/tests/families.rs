@@ -8,12 +8,15 @@
 //! middle and the last block, at the native size and at a non-square size that exercises the
 //! position-embedding interpolation (DINOv2) or the RoPE coordinates (DINOv3).
 
+mod common;
+
+use common::max_abs_diff;
+
 use burn::tensor::{Device, Tensor, TensorData};
 use dino_model::checkpoint::{read_safetensors, write_checkpoint};
 use dino_model::import::{ImportOptions, Imported, SourceKind, Which, import_bytes, import_with};
-use dino_model::{DinoModel, Family, Ffn, ModelError, PosInterp, Position, RawTensor, TensorMap};
+use dino_model::{DinoModel, Family, Ffn, ModelError, PosInterp, Position, TensorMap};
 
-const TOLERANCE: f32 = 1e-4;
 const MIDDLE: usize = 1;
 const LAST: usize = 2;
 
@@ -59,21 +62,6 @@ fn load(imported: &Imported) -> DinoModel {
         .config
         .load(&imported.tensors, "", &Device::flex())
         .unwrap()
-}
-
-fn max_abs_diff(ours: Vec<f32>, theirs: &RawTensor, what: &str) -> f32 {
-    assert_eq!(ours.len(), theirs.data.len(), "{what}: length");
-    let err = ours
-        .iter()
-        .zip(&theirs.data)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
-    println!("{what}: max abs error {err:.3e} over {} values", ours.len());
-    assert!(
-        err < TOLERANCE,
-        "{what}: max abs error {err} exceeds {TOLERANCE}"
-    );
-    err
 }
 
 fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {

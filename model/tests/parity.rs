@@ -6,12 +6,14 @@
 //! through our readers, runs our model on the flex CPU backend and requires every output
 //! to match within 1e-4 (f32).
 
+mod common;
+
+use common::max_abs_diff;
+
 use burn::tensor::{Device, Tensor, TensorData};
 use dino_model::checkpoint::read_safetensors;
 use dino_model::import::{SourceKind, Which, import_bytes};
 use dino_model::{DinoModel, RawTensor, TensorMap};
-
-const TOLERANCE: f32 = 1e-4;
 
 fn fixture(name: &str) -> Vec<u8> {
     let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
@@ -26,21 +28,6 @@ fn outputs() -> TensorMap {
 
 fn to_tensor(t: &RawTensor, device: &Device) -> Tensor<4> {
     Tensor::from_data(TensorData::new(t.data.clone(), t.shape.clone()), device)
-}
-
-fn max_abs_diff(ours: Vec<f32>, theirs: &RawTensor, what: &str) -> f32 {
-    assert_eq!(ours.len(), theirs.data.len(), "{what}: length");
-    let err = ours
-        .iter()
-        .zip(&theirs.data)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
-    println!("{what}: max abs error {err:.3e} over {} values", ours.len());
-    assert!(
-        err < TOLERANCE,
-        "{what}: max abs error {err} exceeds {TOLERANCE}"
-    );
-    err
 }
 
 fn load(file: &str, which: Which) -> (DinoModel, SourceKind) {

@@ -60,6 +60,19 @@ fn step_data_and_viewer_modes_print_json() {
     let v = bench(&args);
     assert_eq!(v["image_size"], 32);
     assert!(v["median_ms"].as_f64().unwrap() > 0.0);
+    // Any importable file: here a DINOv3 fixture, the size rounded down to its patch.
+    let file = format!(
+        "{}/../model/tests/fixtures/families/v3.pth",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let mut args = vec!["--mode", "viewer", "--steps", "1", "--viewer-size", "40"];
+    args.extend_from_slice(&["--checkpoint", &file]);
+    let v = bench(&args);
+    assert_eq!(v["image_size"], 32);
+    assert_eq!(
+        v["model"],
+        "DINOv3 ViT-32x3/16, 4 storage tokens, LayerScale, RoPE"
+    );
 }
 
 #[test]
