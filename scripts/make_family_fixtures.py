@@ -19,6 +19,8 @@ attention, LayerScale and the register tokens are far from trivial, and saves:
                            the official outputs on fixed inputs (native size and a
                            non-square size): normed CLS, register and patch tokens, and
                            the softmax attention of a middle block and of the last block
+  <case>.masked.safetensors
+                           (v2reg, v3) normed tokens with random patches masked
 
 plus an official DINOv2 training checkpoint (chunked blocks, `{"teacher": ...}` with a DINO
 head) and a few deliberately broken files for the bad-input tests.
@@ -237,6 +239,20 @@ def save_outputs(out, name, model, family, registers, sizes, gen):
               metadata={"torch": torch.__version__, "producer": "scripts/make_family_fixtures.py"})
 
 
+def save_masked(out, name, model, size):
+    """Official outputs with masked patches (`forward_features(x, masks)`): iBOT's student input."""
+    gen = torch.Generator().manual_seed(11)
+    n, h, w = size
+    patches = (h // model.patch_size) * (w // model.patch_size)
+    x = torch.randn(n, 3, h, w, generator=gen)
+    masks = torch.rand(n, patches, generator=gen) < 0.4
+    with torch.no_grad():
+        res = model.forward_features(x, masks)
+    tensors = {"input": x, "masks": masks.float(), "cls": res["x_norm_clstoken"], "patch": res["x_norm_patchtokens"]}
+    save_file({k: v.contiguous() for k, v in tensors.items()}, os.path.join(out, f"{name}.masked.safetensors"),
+              metadata={"torch": torch.__version__, "producer": "scripts/make_family_fixtures.py"})
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dinov2-repo", required=True)
@@ -272,6 +288,8 @@ def main():
         hf, config = hf_v2(sd, opts["num_register_tokens"], opts["ffn_layer"] != "mlp", 56, 14)
         save_hf(args.out, name, hf, config)
         save_outputs(args.out, name, model, "v2", opts["num_register_tokens"], v2_sizes, gen)
+        if name == "v2reg":
+            save_masked(args.out, name, model, v2_sizes["square"])
 
         if name == "v2reg":
             # The official training layout: block_chunks > 0 gives `blocks.{chunk}.{i}` keys,
@@ -313,6 +331,8 @@ def main():
         hf, config = hf_v3(sd, ffn != "mlp", hidden, 64, 16, 4)
         save_hf(args.out, name, hf, config)
         save_outputs(args.out, name, model, "v3", 4, v3_sizes, gen)
+        if name == "v3":
+            save_masked(args.out, name, model, v3_sizes["square"])
 
         if name == "v3":
             bad = dict(sd)

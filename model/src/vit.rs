@@ -5,7 +5,7 @@ use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::activation::{gelu, silu, softmax};
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Device, Distribution, FloatDType, Tensor, TensorData};
+use burn::tensor::{Bool, Device, Distribution, FloatDType, Tensor, TensorData};
 
 use crate::config::{Family, Ffn, Normalization, PosInterp, Position, Precision, VitConfig};
 use crate::error::{ModelError, Result};
@@ -705,6 +705,21 @@ impl VisionTransformer {
     /// # Shapes
     /// `images`: `[batch, 3, h, w]` (h, w multiples of the patch) → `[batch, prefix + patches, dim]`.
     pub fn prepare_tokens(&self, images: Tensor<4>) -> Tensor<3> {
+        self.prepare_tokens_with_masks(images, None)
+    }
+
+    /// As [`VisionTransformer::prepare_tokens`], replacing the embeddings of the patches
+    /// where `masks` is true by the learned `mask_token` before CLS and positions are added
+    /// (`prepare_tokens_with_masks` of DINOv2 and DINOv3: iBOT's masked student input).
+    /// Models without a mask token (DINO) ignore `masks`.
+    ///
+    /// # Shapes
+    /// `images`: `[batch, 3, h, w]`, `masks`: `[batch, patches]` → `[batch, prefix + patches, dim]`.
+    pub fn prepare_tokens_with_masks(
+        &self,
+        images: Tensor<4>,
+        masks: Option<Tensor<2, Bool>>,
+    ) -> Tensor<3> {
         let [batch, channels, h, w] = images.dims();
         let p = self.patch_size;
         let (gh, gw) = (h / p, w / p);
@@ -720,6 +735,16 @@ impl VisionTransformer {
                 + p16.compute(self.patch_bias.val()).unsqueeze::<3>(),
         );
         let dim = self.embed_dim();
+        let x = match (masks, &self.mask_token) {
+            (Some(m), Some(token)) => {
+                let m = m.unsqueeze_dim::<3>(2).expand([batch, gh * gw, dim]);
+                x.mask_where(
+                    m,
+                    token.val().unsqueeze::<3>().expand([batch, gh * gw, dim]),
+                )
+            }
+            _ => x,
+        };
         let cls = self.cls_token.val().expand([batch, 1, dim]);
         let x = Tensor::cat(vec![cls, x], 1);
         // DINOv2 adds the position embedding to CLS and patches, then inserts the registers
@@ -750,9 +775,23 @@ impl VisionTransformer {
     /// # Shapes
     /// `images`: `[batch, 3, h, w]` → `[batch, prefix + patches, dim]`.
     pub fn forward_tokens(&self, images: Tensor<4>, drop: Option<&DropPathMasks>) -> Tensor<3> {
+        self.forward_tokens_masked(images, None, drop)
+    }
+
+    /// As [`VisionTransformer::forward_tokens`] with masked patches (see
+    /// [`VisionTransformer::prepare_tokens_with_masks`]).
+    ///
+    /// # Shapes
+    /// `images`: `[batch, 3, h, w]`, `masks`: `[batch, patches]` → `[batch, prefix + patches, dim]`.
+    pub fn forward_tokens_masked(
+        &self,
+        images: Tensor<4>,
+        masks: Option<Tensor<2, Bool>>,
+        drop: Option<&DropPathMasks>,
+    ) -> Tensor<3> {
         let [_, _, h, w] = images.dims();
         let rope = self.rope_tables(h / self.patch_size, w / self.patch_size);
-        let mut x = self.prepare_tokens(images);
+        let mut x = self.prepare_tokens_with_masks(images, masks);
         for (i, block) in self.blocks.iter().enumerate() {
             x = block.forward(
                 x,

@@ -374,3 +374,46 @@ fn a_model_too_large_for_its_memory_is_refused_with_what_it_needs() {
     );
     assert!(g.num_params() as u64 * 4 > 24 << 30);
 }
+
+#[test]
+fn masked_patches_take_the_mask_token_as_in_the_official_code() {
+    let device = Device::flex();
+    for (file, case) in [("v2reg.pth", "v2reg"), ("v3.pth", "v3")] {
+        let model = load(&import(file));
+        let out = read_safetensors(&read(&format!("{case}.masked.safetensors")))
+            .unwrap()
+            .1;
+        let input = &out["input"];
+        let x = Tensor::<4>::from_data(
+            TensorData::new(input.data.clone(), input.shape.clone()),
+            &device,
+        );
+        let m = &out["masks"];
+        assert!(m.data.iter().any(|&v| v == 1.0) && m.data.iter().any(|&v| v == 0.0));
+        let masks =
+            Tensor::<2>::from_data(TensorData::new(m.data.clone(), m.shape.clone()), &device)
+                .greater_elem(0.5);
+        let tokens = model
+            .backbone
+            .forward_tokens_masked(x.clone(), Some(masks), None);
+        let [b, t, d] = tokens.dims();
+        let prefix = model.backbone.prefix_tokens();
+        max_abs_diff(
+            values(tokens.clone().narrow(1, 0, 1).reshape([b, d])),
+            &out["cls"],
+            &format!("{case} masked CLS"),
+        );
+        max_abs_diff(
+            values(tokens.narrow(1, prefix, t - prefix)),
+            &out["patch"],
+            &format!("{case} masked patch tokens"),
+        );
+        // Masking changes the output: the test would notice the mask being ignored.
+        let plain = values(model.backbone.forward(x));
+        let differs = plain
+            .iter()
+            .zip(&out["cls"].data)
+            .any(|(a, b)| (a - b).abs() > 1e-3);
+        assert!(differs, "{case}: masking made no difference");
+    }
+}
