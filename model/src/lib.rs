@@ -9,6 +9,7 @@ pub mod error;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod gpu;
 pub mod head;
+pub mod hub;
 pub mod import;
 pub mod interp;
 pub mod preprocess;

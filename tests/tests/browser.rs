@@ -123,12 +123,8 @@ impl Driver {
     }
 }
 
-#[test]
-fn web_viewer_renders_per_head_maps_in_headless_chromium() {
-    if std::env::var("DINOSCOPE_SKIP_BROWSER_TEST").is_ok_and(|v| v == "1") {
-        println!("skipped on request (DINOSCOPE_SKIP_BROWSER_TEST=1)");
-        return;
-    }
+/// Serves `web/dist` (and the fixtures under `/fixtures/`) on 127.0.0.1; returns the base URL.
+fn serve_site() -> String {
     let dist = repo().join("web/dist");
     assert!(
         dist.join("pkg/dino-viewer_bg.wasm").is_file(),
@@ -143,7 +139,11 @@ fn web_viewer_renders_per_head_maps_in_headless_chromium() {
             std::thread::spawn(move || serve(s, &d, &f));
         }
     });
+    site
+}
 
+/// Starts chromedriver and a headless Chromium session (WebGPU on SwiftShader).
+fn chromium() -> (Driver, tempfile::TempDir) {
     let port = free_port();
     let child = Command::new("chromedriver")
         .arg(format!("--port={port}"))
@@ -198,23 +198,50 @@ fn web_viewer_renders_per_head_maps_in_headless_chromium() {
             .to_string(),
     );
 
-    driver.post(
-        "/url",
-        json!({"url": format!("{site}/index.html?checkpoint=/fixtures/official_checkpoint.pth")}),
-    );
+    (driver, profile)
+}
+
+/// Polls `data-state` until it is `ready…` or `error` (at most 240 s).
+fn wait_ready(driver: &Driver) -> String {
     let start = Instant::now();
-    let state = loop {
+    loop {
         let s = driver.script("return document.body.getAttribute('data-state') || ''");
         let s = s.as_str().unwrap_or("").to_string();
         if s.starts_with("ready") || s == "error" {
-            break s;
+            return s;
         }
         assert!(
             start.elapsed() < Duration::from_secs(240),
             "the page never drew its maps (state {s:?})"
         );
         std::thread::sleep(Duration::from_millis(500));
-    };
+    }
+}
+
+/// One browser at a time: two Chromiums computing on a small machine would each time out.
+static BROWSER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn skip() -> bool {
+    let skip = std::env::var("DINOSCOPE_SKIP_BROWSER_TEST").is_ok_and(|v| v == "1");
+    if skip {
+        println!("skipped on request (DINOSCOPE_SKIP_BROWSER_TEST=1)");
+    }
+    skip
+}
+
+#[test]
+fn web_viewer_renders_per_head_maps_in_headless_chromium() {
+    if skip() {
+        return;
+    }
+    let _one = BROWSER.lock().unwrap_or_else(|e| e.into_inner());
+    let site = serve_site();
+    let (driver, _profile) = chromium();
+    driver.post(
+        "/url",
+        json!({"url": format!("{site}/index.html?checkpoint=/fixtures/official_checkpoint.pth")}),
+    );
+    let state = wait_ready(&driver);
     assert_eq!(state, "ready:2", "the page reported {state}");
     // The maps were drawn by attention_overlay.wgsl inside egui's render pass.
     let overlay = driver.script("return document.body.getAttribute('data-overlay') || ''");
@@ -259,5 +286,183 @@ fn web_viewer_renders_per_head_maps_in_headless_chromium() {
     assert!(
         coloured > 20_000,
         "only {coloured} coloured pixels: the per-head maps did not render"
+    );
+}
+
+/// A stand-in for the Hugging Face Hub on its own origin: `/<repo>/resolve/main/<file>`
+/// answers like the Hub (302 to a CDN path, CORS headers on both hops, 404 for files a
+/// repository does not have), serving the parity fixtures; `offline` makes it refuse all.
+struct FakeHub {
+    base: String,
+    offline: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    downloads: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+fn fake_hub() -> FakeHub {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    let fixtures = repo().join("model/tests/fixtures");
+    // repo -> (file -> fixture); `dino-vits16` has only pytorch_model.bin, as on the Hub.
+    let files: Vec<(&str, &str, PathBuf)> = vec![
+        (
+            "facebook/dinov2-with-registers-small",
+            "model.safetensors",
+            fixtures.join("families/v2reg_hf/model.safetensors"),
+        ),
+        (
+            "facebook/dinov2-with-registers-small",
+            "config.json",
+            fixtures.join("families/v2reg_hf/config.json"),
+        ),
+        (
+            "facebook/dino-vits16",
+            "pytorch_model.bin",
+            fixtures.join("official_backbone.pth"),
+        ),
+    ];
+    let files: Arc<Vec<(String, String, PathBuf)>> = Arc::new(
+        files
+            .into_iter()
+            .map(|(r, f, p)| (r.to_string(), f.to_string(), p))
+            .collect(),
+    );
+    let offline = Arc::new(AtomicBool::new(false));
+    let downloads = Arc::new(Mutex::new(Vec::new()));
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
+    let (off, log) = (offline.clone(), downloads.clone());
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let (files, off, log) = (files.clone(), off.clone(), log.clone());
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut line = String::new();
+                if reader.read_line(&mut line).is_err() {
+                    return;
+                }
+                loop {
+                    let mut h = String::new();
+                    if reader.read_line(&mut h).map_or(true, |n| n == 0) || h == "\r\n" {
+                        break;
+                    }
+                }
+                let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+                let cors = "Access-Control-Allow-Origin: *\r\n";
+                let mut out = stream;
+                if off.load(Ordering::SeqCst) {
+                    let _ = write!(
+                        out,
+                        "HTTP/1.1 503 Service Unavailable\r\n{cors}Content-Length: 0\r\nConnection: close\r\n\r\n"
+                    );
+                    return;
+                }
+                let lookup = |repo: &str, file: &str| {
+                    files
+                        .iter()
+                        .find(|(r, f, _)| r == repo && f == file)
+                        .map(|(_, _, p)| p.clone())
+                };
+                if let Some(rest) = path.strip_prefix("/cdn/") {
+                    // The CDN hop: the file itself.
+                    let (repo, file) = rest.rsplit_once('/').unwrap_or((rest, ""));
+                    if let Some(p) = lookup(repo, file) {
+                        let body = std::fs::read(p).unwrap();
+                        log.lock().unwrap().push(format!("{repo}/{file}"));
+                        let _ = write!(
+                            out,
+                            "HTTP/1.1 200 OK\r\n{cors}Content-Type: application/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                            body.len()
+                        );
+                        let _ = out.write_all(&body);
+                        return;
+                    }
+                } else if let Some((repo, file)) =
+                    path.trim_start_matches('/').split_once("/resolve/main/")
+                    && lookup(repo, file).is_some()
+                {
+                    let _ = write!(
+                        out,
+                        "HTTP/1.1 302 Found\r\n{cors}Location: /cdn/{repo}/{file}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    );
+                    return;
+                }
+                let _ = write!(
+                    out,
+                    "HTTP/1.1 404 Not Found\r\n{cors}Content-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+            });
+        }
+    });
+    FakeHub {
+        base,
+        offline,
+        downloads,
+    }
+}
+
+#[test]
+fn hub_models_download_with_their_config_show_registers_and_open_offline() {
+    if skip() {
+        return;
+    }
+    let _one = BROWSER.lock().unwrap_or_else(|e| e.into_inner());
+    let site = serve_site();
+    let hub = fake_hub();
+    let (driver, _profile) = chromium();
+    let attr = |name: &str| {
+        driver
+            .script(&format!(
+                "return document.body.getAttribute('{name}') || ''"
+            ))
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+    // DINOv2 with registers from the "Hub" (another origin: CORS on the redirect and the
+    // CDN hop), opened on the Registers view. Its heads (2 of 16 channels) are only in
+    // config.json: the maps drawing proves the config travelled with the weights.
+    let url = format!(
+        "{site}/index.html?hub={}&model=facebook/dinov2-with-registers-small&view=registers",
+        hub.base
+    );
+    driver.post("/url", json!({ "url": url }));
+    assert_eq!(wait_ready(&driver), "ready:2", "hub: {}", attr("data-hub"));
+    assert_eq!(attr("data-hub"), "fetched");
+    let tiles = attr("data-tiles");
+    assert!(
+        tiles.starts_with("CLS, mean of heads|register 1, mean of heads")
+            && tiles.contains("register 4, mean of heads"),
+        "{tiles}"
+    );
+    assert_eq!(
+        hub.downloads.lock().unwrap().clone(),
+        vec![
+            "facebook/dinov2-with-registers-small/config.json".to_string(),
+            "facebook/dinov2-with-registers-small/model.safetensors".to_string()
+        ]
+    );
+    // The second visit works with the Hub gone: the Cache API kept both files.
+    hub.offline.store(true, std::sync::atomic::Ordering::SeqCst);
+    driver.post("/url", json!({ "url": url }));
+    assert_eq!(
+        wait_ready(&driver),
+        "ready:2",
+        "offline: {}",
+        attr("data-hub")
+    );
+    assert_eq!(hub.downloads.lock().unwrap().len(), 2);
+    // A repository with only pytorch_model.bin (the DINO v1 ports): the fallback name.
+    hub.offline
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    driver.post(
+        "/url",
+        json!({ "url": format!("{site}/index.html?hub={}&model=facebook/dino-vits16", hub.base) }),
+    );
+    assert_eq!(wait_ready(&driver), "ready:2", "bin: {}", attr("data-hub"));
+    assert!(
+        hub.downloads
+            .lock()
+            .unwrap()
+            .contains(&"facebook/dino-vits16/pytorch_model.bin".to_string())
     );
 }

@@ -8,7 +8,7 @@ use egui::{Color32, RichText, TextureHandle, TextureOptions};
 use image::RgbImage;
 
 use crate::gpu_overlay::{OverlayCallback, OverlayInput};
-use crate::infer::{Analysis, LoadedModel, Request, analyse, load_model};
+use crate::infer::{Analysis, LoadedModel, Request, analyse, load_model_with};
 use crate::views::{Settings, View, export, overlay_inputs, render};
 
 /// Largest image side kept after loading; bigger photos are downscaled (the network sees
@@ -56,6 +56,10 @@ pub enum Job {
     WorkerFailed(String),
     /// The worker reports where it computes, then the job it finished.
     Backend(String, Box<Job>),
+    /// A model downloaded from the Hugging Face Hub: its name, weights and config.json.
+    Checkpoint(String, Vec<u8>, Option<String>),
+    /// Progress worth showing in the status line (downloads).
+    Status(String),
 }
 
 /// Decodes an image file (with the decompression-bomb limits) and downscales photos larger
@@ -117,7 +121,7 @@ pub struct ViewerApp {
     texture_key: Option<(Request, View, [u32; 3])>,
     tx: Sender<Job>,
     rx: Receiver<Job>,
-    loading_model: bool,
+    pub(crate) loading_model: bool,
     /// The compute worker of the web viewer, when one could be started.
     #[cfg(target_arch = "wasm32")]
     remote: Option<crate::worker::Remote>,
@@ -180,15 +184,28 @@ impl ViewerApp {
 
     /// Loads a checkpoint from bytes in the background.
     pub fn open_checkpoint(&mut self, ctx: &egui::Context, name: String, bytes: Vec<u8>) {
+        self.open_checkpoint_with(ctx, name, bytes, None);
+    }
+
+    /// Loads a checkpoint with the Hugging Face `config.json` that came with it.
+    pub fn open_checkpoint_with(
+        &mut self,
+        ctx: &egui::Context,
+        name: String,
+        bytes: Vec<u8>,
+        config: Option<String>,
+    ) {
         self.loading_model = true;
         self.status = format!("Loading checkpoint {name}…");
         #[cfg(target_arch = "wasm32")]
         if let Some(remote) = &self.remote {
-            remote.load(&name, &bytes);
+            remote.load(&name, &bytes, config.as_deref());
             return;
         }
         let device = self.device.clone();
-        self.spawn(ctx, move || Job::Model(load_model(&name, &bytes, &device)));
+        self.spawn(ctx, move || {
+            Job::Model(load_model_with(&name, &bytes, config.as_deref(), &device))
+        });
     }
 
     /// Adds an image from bytes; errors are shown, the app keeps working.
@@ -273,6 +290,10 @@ impl ViewerApp {
                 self.loading_model = false;
             }
             Job::File(name, Ok(bytes)) => self.open_file(ctx, name, bytes),
+            Job::Checkpoint(name, bytes, config) => {
+                self.open_checkpoint_with(ctx, name, bytes, config)
+            }
+            Job::Status(text) => self.status = text,
             Job::File(name, Err(e)) => self.error = Some(format!("{name}: {e}")),
             Job::Image(name, Ok(img)) => self.push_image(&name, img),
             Job::Image(_, Err(e)) => self.error = Some(e),
@@ -485,6 +506,7 @@ impl ViewerApp {
                 ui.label("No checkpoint loaded.");
             }
         }
+        self.hub_ui(ui);
         ui.separator();
         ui.heading("View");
         let registers = self
@@ -499,6 +521,33 @@ impl ViewerApp {
         if self.analysis.is_some() && ui.button("Export PNG").clicked() {
             self.export_png();
         }
+    }
+
+    /// The official releases on the Hugging Face Hub: fetched by the web viewer (and kept in
+    /// the browser's cache for the next visit), links to download by hand otherwise.
+    fn hub_ui(&mut self, ui: &mut egui::Ui) {
+        use dino_model::hub::HUB_MODELS;
+        egui::CollapsingHeader::new("Models on the Hugging Face Hub")
+            .default_open(false)
+            .show(ui, |ui| {
+                for m in HUB_MODELS {
+                    let label = format!("{} ({} MB)", m.label, m.megabytes);
+                    #[cfg(target_arch = "wasm32")]
+                    if !m.gated {
+                        if ui.button(label).on_hover_text(m.repo).clicked() && !self.loading_model {
+                            self.loading_model = true;
+                            crate::web::open_hub_model(m.repo, self.sender(), ui.ctx().clone());
+                        }
+                        continue;
+                    }
+                    let why = if m.gated {
+                        "licence on the Hub: accept it, download, drop the file here"
+                    } else {
+                        "download, then drop the file here"
+                    };
+                    ui.hyperlink_to(format!("{label}: {why}"), m.page());
+                }
+            });
     }
 
     fn export_png(&mut self) {
@@ -577,6 +626,12 @@ impl ViewerApp {
                 .collect(),
         };
         self.texture_key = Some(key);
+        // What the canvas shows, in words, for tests and scripts (the canvas has no DOM).
+        #[cfg(target_arch = "wasm32")]
+        {
+            let captions: Vec<&str> = self.tiles.iter().map(|(c, _)| c.as_str()).collect();
+            crate::web::set_body_attribute("data-tiles", &captions.join("|"));
+        }
     }
 
     fn central_ui(&mut self, ui: &mut egui::Ui) {

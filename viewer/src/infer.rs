@@ -183,7 +183,18 @@ pub fn web_time_now() -> f64 {
 
 /// Reads a checkpoint (ours, official .pth or Hugging Face safetensors) from bytes.
 pub fn load_model(name: &str, bytes: &[u8], device: &Device) -> Result<LoadedModel, String> {
+    load_model_with(name, bytes, None, device)
+}
+
+/// As [`load_model`], with the Hugging Face `config.json` that came with the weights.
+pub fn load_model_with(
+    name: &str,
+    bytes: &[u8],
+    hf_config: Option<&str>,
+    device: &Device,
+) -> Result<LoadedModel, String> {
     let options = dino_model::import::ImportOptions {
+        hf_config: hf_config.map(str::to_string),
         // A wasm32 page addresses 4 GiB at most, and it holds the file, the f32 tensors and
         // the model at once: past 1 GiB of weights (ViT-L and up) the tab would die.
         max_weight_bytes: cfg!(target_arch = "wasm32").then_some(1 << 30),

@@ -17,7 +17,7 @@ use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 
 use crate::app::Job;
-use crate::infer::{Analysis, LoadedModel, Request, analyse_async, load_model};
+use crate::infer::{Analysis, LoadedModel, Request, analyse_async, load_model_with};
 
 thread_local! {
     /// The network, inside the worker.
@@ -115,7 +115,9 @@ pub async fn dino_worker_handle(msg: JsValue) -> JsValue {
         match op.as_str() {
             "load" => {
                 let name = get_str(&msg, "name");
-                let loaded = load_model(&name, &get_bytes(&msg, "bytes"), &device)?;
+                let config = get(&msg, "config").as_string();
+                let loaded =
+                    load_model_with(&name, &get_bytes(&msg, "bytes"), config.as_deref(), &device)?;
                 set(&reply, "name", name.as_str());
                 let config = serde_json::to_string(&loaded.config).map_err(|e| e.to_string())?;
                 set(&reply, "config", config.as_str());
@@ -268,10 +270,13 @@ impl Remote {
     }
 
     /// Asks the worker to load a checkpoint; answered by [`Job::Model`].
-    pub fn load(&self, name: &str, bytes: &[u8]) {
+    pub fn load(&self, name: &str, bytes: &[u8], config: Option<&str>) {
         let msg = Object::new();
         set(&msg, "op", "load");
         set(&msg, "name", name);
+        if let Some(c) = config {
+            set(&msg, "config", c);
+        }
         let arr = Uint8Array::from(bytes);
         set(&msg, "bytes", arr.clone());
         self.post(&msg, &[arr.buffer().into()]);
