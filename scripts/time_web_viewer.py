@@ -1,10 +1,10 @@
 """Times the web viewer: request -> maps on screen, for a checkpoint, in headless Chromium.
 
-usage: python3 scripts/time_web_viewer.py <checkpoint.safetensors> [--runs 3] [--no-webgpu]
+usage: python3 scripts/time_web_viewer.py <checkpoint> [--runs 3] [--no-webgpu] [--size 480]
 
 Serves web/dist plus the checkpoint on 127.0.0.1, opens the page with ?checkpoint= through
-chromedriver (Debian's chromium + chromium-driver), waits for the first sample's maps at the
-default 480 px and prints the latency the page measured (data-latency, seconds), per run.
+chromedriver (Debian's chromium + chromium-driver), waits for the first sample's maps at
+--size px (480 by default, as the official script; 518 is DINOv2's trained size) and prints the latency the page measured (data-latency, seconds), per run.
 """
 import argparse
 import json
@@ -24,6 +24,7 @@ ap = argparse.ArgumentParser()
 ap.add_argument("checkpoint")
 ap.add_argument("--runs", type=int, default=3)
 ap.add_argument("--no-webgpu", action="store_true", help="hide WebGPU: the worker computes on the wasm CPU backend")
+ap.add_argument("--size", type=int, default=480, help="input side in pixels (rounded down to the patch)")
 args = ap.parse_args()
 
 root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
@@ -41,7 +42,7 @@ Quiet.extensions_map[".wasm"] = "application/wasm"
 Quiet.extensions_map[".js"] = "text/javascript"
 httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(Quiet, directory=site))
 threading.Thread(target=httpd.serve_forever, daemon=True).start()
-page = f"http://127.0.0.1:{httpd.server_address[1]}/index.html?checkpoint=model.safetensors"
+page = f"http://127.0.0.1:{httpd.server_address[1]}/index.html?checkpoint=model.safetensors&size={args.size}"
 
 s = socket.socket()
 s.bind(("127.0.0.1", 0))

@@ -162,44 +162,35 @@ impl HfConfig {
         self.json.as_ref()?.get(field)
     }
 
-    fn usize(&self, field: &str) -> Result<Option<usize>> {
+    /// The field converted by `conv`, `None` when absent or null, an error naming the
+    /// field when it has another type than `expected`.
+    fn field<T>(
+        &self,
+        field: &str,
+        expected: &str,
+        conv: impl Fn(&Value) -> Option<T>,
+    ) -> Result<Option<T>> {
         match self.get(field) {
             None | Some(Value::Null) => Ok(None),
-            Some(v) => {
-                v.as_u64()
-                    .map(|n| Some(n as usize))
-                    .ok_or_else(|| ModelError::ConfigMismatch {
-                        field: field.into(),
-                        reason: format!("expected a non-negative integer, found {v}"),
-                    })
-            }
+            Some(v) => conv(v).map(Some).ok_or_else(|| ModelError::ConfigMismatch {
+                field: field.into(),
+                reason: format!("expected {expected}, found {v}"),
+            }),
         }
+    }
+
+    fn usize(&self, field: &str) -> Result<Option<usize>> {
+        self.field(field, "a non-negative integer", |v| {
+            v.as_u64().map(|n| n as usize)
+        })
     }
 
     fn f64(&self, field: &str) -> Result<Option<f64>> {
-        match self.get(field) {
-            None | Some(Value::Null) => Ok(None),
-            Some(v) => v
-                .as_f64()
-                .map(Some)
-                .ok_or_else(|| ModelError::ConfigMismatch {
-                    field: field.into(),
-                    reason: format!("expected a number, found {v}"),
-                }),
-        }
+        self.field(field, "a number", Value::as_f64)
     }
 
     fn bool(&self, field: &str) -> Result<Option<bool>> {
-        match self.get(field) {
-            None | Some(Value::Null) => Ok(None),
-            Some(v) => v
-                .as_bool()
-                .map(Some)
-                .ok_or_else(|| ModelError::ConfigMismatch {
-                    field: field.into(),
-                    reason: format!("expected true or false, found {v}"),
-                }),
-        }
+        self.field(field, "true or false", Value::as_bool)
     }
 
     /// Errors unless the field is absent or equals what the tensors say.

@@ -32,26 +32,25 @@ fn content_type(path: &Path) -> &'static str {
     }
 }
 
-fn serve(stream: TcpStream, dist: &Path, fixtures: &Path) {
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
+/// Reads an HTTP request's head and returns its path (with the query).
+fn request_path(stream: &TcpStream) -> Option<String> {
+    let mut reader = BufReader::new(stream.try_clone().ok()?);
     let mut line = String::new();
-    if reader.read_line(&mut line).is_err() {
-        return;
-    }
+    reader.read_line(&mut line).ok()?;
     loop {
         let mut h = String::new();
         if reader.read_line(&mut h).map_or(true, |n| n == 0) || h == "\r\n" {
             break;
         }
     }
-    let target = line
-        .split_whitespace()
-        .nth(1)
-        .unwrap_or("/")
-        .split('?')
-        .next()
-        .unwrap_or("/")
-        .to_string();
+    Some(line.split_whitespace().nth(1).unwrap_or("/").to_string())
+}
+
+fn serve(stream: TcpStream, dist: &Path, fixtures: &Path) {
+    let Some(line) = request_path(&stream) else {
+        return;
+    };
+    let target = line.split('?').next().unwrap_or("/").to_string();
     let rel = target.trim_start_matches('/');
     let file = if let Some(f) = rel.strip_prefix("fixtures/") {
         fixtures.join(f)
@@ -335,18 +334,9 @@ fn fake_hub() -> FakeHub {
         for stream in listener.incoming().flatten() {
             let (files, off, log) = (files.clone(), off.clone(), log.clone());
             std::thread::spawn(move || {
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut line = String::new();
-                if reader.read_line(&mut line).is_err() {
+                let Some(path) = request_path(&stream) else {
                     return;
-                }
-                loop {
-                    let mut h = String::new();
-                    if reader.read_line(&mut h).map_or(true, |n| n == 0) || h == "\r\n" {
-                        break;
-                    }
-                }
-                let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+                };
                 let cors = "Access-Control-Allow-Origin: *\r\n";
                 let mut out = stream;
                 if off.load(Ordering::SeqCst) {

@@ -310,6 +310,13 @@ pub fn start() {
                             app.view = view;
                         }
                     }
+                    // `?size=` sets the input side (rounded down to the patch by the app).
+                    if let Some(px) = query_param("size")
+                        .and_then(|v| v.parse::<u32>().ok())
+                        .filter(|px| (16..=2048).contains(px))
+                    {
+                        app.resolution = px;
+                    }
                     // `?model=<owner/name>` fetches a Hub repository (shareable links for
                     // a class); `?checkpoint=` a file; otherwise the small demo model
                     // shipped with the site (a ViT trained from scratch on the synthetic
