@@ -103,16 +103,17 @@ fn strip_prefix_all(map: TensorMap, prefix: &str) -> TensorMap {
         .collect()
 }
 
-/// Keeps the entries under `prefix` (stripped) and returns the rest's names.
-fn select(map: &TensorMap, prefix: &str) -> (TensorMap, Vec<String>) {
+/// Keeps the entries under `prefix` (stripped) and returns the rest's names; the tensors
+/// move, they are not copied (a file's weights can be most of the memory there is).
+fn select(map: TensorMap, prefix: &str) -> (TensorMap, Vec<String>) {
     let mut kept = TensorMap::new();
     let mut rest = Vec::new();
     for (k, v) in map {
         match k.strip_prefix(prefix) {
             Some(s) => {
-                kept.insert(s.to_string(), v.clone());
+                kept.insert(s.to_string(), v);
             }
-            None => rest.push(k.clone()),
+            None => rest.push(k),
         }
     }
     (kept, rest)
@@ -789,8 +790,7 @@ fn hugging_face_backbone(map: TensorMap) -> (TensorMap, Vec<String>) {
         "model.",
     ] {
         if map.keys().any(|k| k.starts_with(prefix)) {
-            let (kept, rest) = select(&map, prefix);
-            return (kept, rest);
+            return select(map, prefix);
         }
     }
     (map, Vec::new())
@@ -928,7 +928,7 @@ pub fn import_with(bytes: &[u8], options: &ImportOptions) -> Result<Imported> {
         let raw = read_pth(bytes)?;
         let (map, other, source) = match training_prefix(&raw, options.which) {
             Some((prefix, net)) => {
-                let (sel, rest) = select(&raw, &prefix);
+                let (sel, rest) = select(raw, &prefix);
                 if sel.is_empty() {
                     return infer_err(format!("the training checkpoint has no `{net}` weights"));
                 }
@@ -936,8 +936,9 @@ pub fn import_with(bytes: &[u8], options: &ImportOptions) -> Result<Imported> {
             }
             None => {
                 // `pytorch_model.bin` of a Hugging Face repository is a pickle too.
-                let (backbone, other) = hugging_face_backbone(raw.clone());
-                if let Some(class) = hugging_face_class(&backbone) {
+                // The class is judged by key suffixes, so the prefix can stay until then.
+                if let Some(class) = hugging_face_class(&raw) {
+                    let (backbone, other) = hugging_face_backbone(raw);
                     return import_hugging_face(class, &backbone, other, hf, options);
                 }
                 (raw, Vec::new(), SourceKind::PthBackbone)
@@ -978,8 +979,8 @@ pub fn import_with(bytes: &[u8], options: &ImportOptions) -> Result<Imported> {
                 ignored: rest,
             });
         }
-        let (backbone, other) = hugging_face_backbone(raw.clone());
-        if let Some(class) = hugging_face_class(&backbone) {
+        if let Some(class) = hugging_face_class(&raw) {
+            let (backbone, other) = hugging_face_backbone(raw);
             return import_hugging_face(class, &backbone, other, hf, options);
         }
         let (map, rest) = from_official(raw)?;
@@ -988,7 +989,14 @@ pub fn import_with(bytes: &[u8], options: &ImportOptions) -> Result<Imported> {
             num_heads: options.num_heads,
             ..Hints::default()
         };
-        return finish(map, hints, SourceKind::Safetensors, other, rest, options);
+        return finish(
+            map,
+            hints,
+            SourceKind::Safetensors,
+            Vec::new(),
+            rest,
+            options,
+        );
     }
     Err(ModelError::UnknownFormat {
         reason: "expected a PyTorch .pth (zip) or a safetensors file".into(),
