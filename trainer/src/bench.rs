@@ -10,7 +10,8 @@ use dino_model::ModelConfig;
 use serde_json::json;
 
 use crate::augment::AugmentConfig;
-use crate::train::{Networks, StepHyper, TrainConfig, dino_step};
+use crate::step::{Networks, StepHyper, dino_step};
+use crate::train::TrainConfig;
 
 /// The compute pool's size: burn's CPU backend runs its kernels on rayon's global pool, which
 /// takes `RAYON_NUM_THREADS` or else one thread per logical core.

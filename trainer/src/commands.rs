@@ -393,7 +393,8 @@ fn save_arrays(maps: &crate::render::AttentionMaps, dir: &Path) -> Result<()> {
 
 /// `dino train`.
 pub fn train(args: &crate::cli_train::TrainArgs) -> Result<()> {
-    use crate::train::{RunDir, RunOptions, load_run_config, train};
+    use crate::run_dir::{RunDir, load_run_config};
+    use crate::train::{RunOptions, train};
     let (run, cfg, resume) = match &args.resume {
         Some(dir) => {
             let run = RunDir { root: dir.clone() };

@@ -286,8 +286,8 @@ fn run(cli: Cli) -> Result<()> {
             half,
         ),
         Command::Plot { run } => {
-            let run = dino_trainer::train::RunDir { root: run };
-            dino_trainer::train::plot_metrics(&run)?;
+            let run = dino_trainer::run_dir::RunDir { root: run };
+            dino_trainer::run_dir::plot_metrics(&run)?;
             for f in ["loss.png", "eval.png"] {
                 let p = run.root.join(f);
                 if p.exists() {

@@ -80,10 +80,29 @@ pub struct StepParams {
     pub lr: f64,
     /// Weight decay of this iteration (regularised group only).
     pub weight_decay: f64,
-    /// Per-parameter gradient-norm limit; 0 disables clipping.
+    /// Gradient-norm limit (per parameter for DINO, per sub-model for DINOv2); 0 disables
+    /// clipping.
     pub clip_grad: f64,
     /// Whether the last layer is still frozen this epoch.
     pub freeze_last_layer: bool,
+    /// DINOv2's rules instead of DINO's; `None` for DINO.
+    pub dinov2: Option<Dinov2Rules>,
+}
+
+/// DINOv2's optimiser rules (`train/train.py`, `utils/param_groups.py`), which differ from
+/// DINO's in three ways: learning-rate multipliers per parameter (layer decay, patch-embedding
+/// multiplier) with weight decay off for biases, norms and LayerScale
+/// ([`crate::param_groups::dinov2_param_group`]); `clip_grad_norm_` on the global gradient norm
+/// of each sub-model (backbone, head) instead of each parameter's; and a frozen last layer gets
+/// learning rate 0 (its AdamW moments still move) instead of no gradient.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Dinov2Rules {
+    /// Blocks of the backbone.
+    pub depth: usize,
+    /// Layer-wise learning-rate decay (`optim.layerwise_decay`, 0.9).
+    pub layer_decay: f64,
+    /// Learning-rate multiplier of the patch embedding (`optim.patch_embed_lr_mult`, 0.2).
+    pub patch_embed_lr_mult: f64,
 }
 
 /// Whether the official code puts this parameter in the regularised group.
@@ -121,6 +140,41 @@ struct StepMapper<'a> {
     state: &'a mut Optimizer,
     params: StepParams,
     path: PathTracker,
+    /// DINOv2: the clip coefficient of each sub-model (the path's first segment), `[1]`.
+    submodel_clip: HashMap<String, Tensor<1>>,
+}
+
+/// The sub-model a parameter path belongs to (`backbone`, `head`): what DINOv2 clips as one.
+fn submodel(path: &str) -> &str {
+    path.split('.').next().unwrap_or(path)
+}
+
+/// Sums each sub-model's squared gradient norms (for `clip_grad_norm_`).
+struct SquaredNorms<'a> {
+    grads: &'a GradientsParams,
+    path: PathTracker,
+    sums: HashMap<String, Tensor<1>>,
+}
+
+impl ModuleVisitor for SquaredNorms<'_> {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.enter(name);
+    }
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.exit();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let Some(g) = self.grads.get::<D>(param.id) else {
+            return;
+        };
+        let sq = g.square().sum();
+        let key = submodel(&self.path.path()).to_string();
+        let total = match self.sums.remove(&key) {
+            Some(t) => t + sq,
+            None => sq,
+        };
+        self.sums.insert(key, total);
+    }
 }
 
 impl ModuleMapper for StepMapper<'_> {
@@ -138,7 +192,15 @@ impl ModuleMapper for StepMapper<'_> {
             return Param::from_mapped_value(id, tensor, mapper);
         };
         let path = self.path.path();
-        if self.params.freeze_last_layer && is_last_layer(&path) {
+        let group = self.params.dinov2.map(|r| {
+            crate::param_groups::dinov2_param_group(
+                &official_param_name(&path),
+                r.depth,
+                r.layer_decay,
+                r.patch_embed_lr_mult,
+            )
+        });
+        if group.is_none() && self.params.freeze_last_layer && is_last_layer(&path) {
             return Param::from_mapped_value(id, tensor, mapper);
         }
         let require_grad = tensor.is_require_grad();
@@ -146,7 +208,9 @@ impl ModuleMapper for StepMapper<'_> {
         let n: usize = shape.iter().product();
         let p = tensor.inner().reshape([n]);
         let mut g = grad.reshape([n]);
-        if self.params.clip_grad > 0.0 {
+        if let Some(coef) = self.submodel_clip.get(submodel(&path)) {
+            g = g * coef.clone();
+        } else if group.is_none() && self.params.clip_grad > 0.0 {
             // clip_coef = clip / (‖g‖ + 1e-6), applied only when < 1; kept on the device (no sync).
             let norm = g.clone().square().sum().sqrt();
             let coef = norm
@@ -172,10 +236,14 @@ impl ModuleMapper for StepMapper<'_> {
         let StepParams {
             lr, weight_decay, ..
         } = self.params;
-        let wd = if is_regularized(&path, shape.len()) {
-            weight_decay
-        } else {
-            0.0
+        let (lr, wd) = match group {
+            Some(g) => {
+                let frozen = g.is_last_layer && self.params.freeze_last_layer;
+                let lr = if frozen { 0.0 } else { lr * g.lr_multiplier };
+                (lr, weight_decay * g.wd_multiplier)
+            }
+            None if is_regularized(&path, shape.len()) => (lr, weight_decay),
+            None => (lr, 0.0),
         };
         let (p, buffers) = match kind {
             OptimizerKind::AdamW => adamw(p, g, buffers, step, lr, wd),
@@ -296,11 +364,31 @@ impl Optimizer {
         grads: &mut GradientsParams,
         params: StepParams,
     ) -> DinoModel {
+        let mut submodel_clip = HashMap::new();
+        if params.dinov2.is_some() && params.clip_grad > 0.0 {
+            // torch.nn.utils.clip_grad_norm_: coef = clip / (‖g‖ + 1e-6), applied when < 1.
+            let mut norms = SquaredNorms {
+                grads,
+                path: PathTracker { stack: Vec::new() },
+                sums: HashMap::new(),
+            };
+            model.visit(&mut norms);
+            for (key, sq) in norms.sums {
+                let coef = sq
+                    .sqrt()
+                    .add_scalar(1e-6)
+                    .recip()
+                    .mul_scalar(params.clip_grad)
+                    .clamp_max(1.0);
+                submodel_clip.insert(key, coef);
+            }
+        }
         let mut mapper = StepMapper {
             grads,
             state: self,
             params,
             path: PathTracker { stack: Vec::new() },
+            submodel_clip,
         };
         model.map(&mut mapper)
     }
@@ -491,7 +579,9 @@ pub fn official_param_name(path: &str) -> String {
         .replace("backbone.patch_bias", "backbone.patch_embed.proj.bias")
         .replace("head.last_layer_v", "head.last_layer.weight_v")
         .replace("head.last_layer_g", "head.last_layer.weight_g");
-    if let Some(rest) = p.strip_suffix(".gamma") {
+    if p.ends_with(".ls1") || p.ends_with(".ls2") {
+        p.push_str(".gamma");
+    } else if let Some(rest) = p.strip_suffix(".gamma") {
         p = format!("{rest}.weight");
     } else if let Some(rest) = p.strip_suffix(".beta") {
         p = format!("{rest}.bias");

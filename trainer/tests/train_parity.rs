@@ -15,7 +15,7 @@ use dino_trainer::amp::LossScaler;
 use dino_trainer::loss::DinoLoss;
 use dino_trainer::optim::{Optimizer, OptimizerKind, param_groups};
 use dino_trainer::schedule::{cosine_scheduler, teacher_temp_schedule};
-use dino_trainer::train::{Networks, StepHyper, dino_step};
+use dino_trainer::step::{Networks, StepHyper, dino_step};
 use serde_json::Value;
 
 fn fixture(name: &str) -> Vec<u8> {

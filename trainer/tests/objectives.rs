@@ -1,0 +1,534 @@
+//! The DINOv2 / DINOv3 objective pieces against the official code.
+//!
+//! `tests/fixtures/objectives/` was produced by `scripts/make_objective_fixtures.py`, which runs
+//! the official KoLeoLoss, Sinkhorn-Knopp (DINO and iBOT), iBOTPatchLoss and GramLoss on fixed
+//! inputs (values and input gradients), and records statistics of the official masking
+//! generator and collate mask sampling over many draws.
+
+use burn::module::{Module, ModuleVisitor, Param, ParamId};
+use burn::optim::GradientsParams;
+use burn::tensor::{Device, Tensor, TensorData};
+use dino_model::TensorMap;
+use dino_model::checkpoint::read_safetensors;
+use dino_model::import::{ImportOptions, import_with};
+use dino_trainer::gram::{GramNegatives, gram_loss};
+use dino_trainer::ibot::IbotLoss;
+use dino_trainer::koleo::koleo_loss;
+use dino_trainer::masking::{MaskSampling, MaskingGenerator, sample_batch_masks};
+use dino_trainer::optim::{Dinov2Rules, Optimizer, OptimizerKind, StepParams, official_param_name};
+use dino_trainer::param_groups::dinov2_param_group;
+use dino_trainer::sinkhorn::{SINKHORN_ITERATIONS, sinkhorn_knopp};
+use dino_trainer::step::{subset_drop_path_masks, subset_masks};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde_json::Value;
+
+fn fixtures() -> (TensorMap, Value) {
+    let dir = format!("{}/tests/fixtures/objectives", env!("CARGO_MANIFEST_DIR"));
+    let (_, map) =
+        read_safetensors(&std::fs::read(format!("{dir}/objectives.safetensors")).unwrap()).unwrap();
+    let record =
+        serde_json::from_slice(&std::fs::read(format!("{dir}/objectives.json")).unwrap()).unwrap();
+    (map, record)
+}
+
+/// An official `.pth` of the fixtures (2 attention heads, which a 32-wide model cannot say).
+fn import_fixture(name: &str) -> dino_model::import::Imported {
+    let path = format!(
+        "{}/tests/fixtures/objectives/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let options = ImportOptions {
+        num_heads: Some(2),
+        ..ImportOptions::default()
+    };
+    import_with(&std::fs::read(&path).unwrap(), &options).unwrap()
+}
+
+fn tensor<const D: usize>(map: &TensorMap, name: &str, device: &Device) -> Tensor<D> {
+    let t = &map[name];
+    Tensor::from_data(TensorData::new(t.data.clone(), t.shape.clone()), device)
+}
+
+fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().try_to_vec::<f32>().unwrap()
+}
+
+/// Largest `|a − b|` relative to the largest `|b|`.
+fn rel_err(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let scale = b
+        .iter()
+        .fold(0.0f64, |m, x| m.max(x.abs() as f64))
+        .max(1e-30);
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (*x as f64 - *y as f64).abs())
+        .fold(0.0, f64::max)
+        / scale
+}
+
+fn scalar(record: &Value, key: &str) -> f32 {
+    record[key].as_f64().unwrap() as f32
+}
+
+#[test]
+fn koleo_loss_and_gradient_match_the_official_function() {
+    let (map, record) = fixtures();
+    let device = Device::flex().autodiff();
+    for case in ["koleo", "koleo_dup"] {
+        let x = tensor::<2>(&map, &format!("{case}.x"), &device).require_grad();
+        let loss = koleo_loss(x.clone());
+        let grad = x.grad(&loss.backward()).unwrap();
+        let got = values(loss.inner())[0];
+        let want = scalar(&record, case);
+        assert!(rel_err(&[got], &[want]) <= 1e-6, "{case}: {got} vs {want}");
+        let e = rel_err(&values(grad), &map[&format!("{case}.grad")].data);
+        assert!(e <= 1e-6, "{case} gradient: {e}");
+    }
+}
+
+#[test]
+fn sinkhorn_knopp_matches_the_official_dino_and_ibot_variants() {
+    let (map, _) = fixtures();
+    let device = Device::flex();
+    for (case, temp) in [("sinkhorn_dino", 0.04), ("sinkhorn_ibot", 0.07)] {
+        let t = tensor::<2>(&map, &format!("{case}.teacher"), &device);
+        let q = values(sinkhorn_knopp(t, temp, SINKHORN_ITERATIONS));
+        let e = rel_err(&q, &map[&format!("{case}.q")].data);
+        assert!(e <= 1e-6, "{case}: {e}");
+    }
+}
+
+#[test]
+fn ibot_loss_centre_and_gradient_match_the_official_function() {
+    let (map, record) = fixtures();
+    let device = Device::flex().autodiff();
+    let mut loss = IbotLoss::new(24, 0.1, 0.9);
+    loss.center = map["ibot.center_before"].data.clone();
+    let teacher_raw = tensor::<2>(&map, "ibot.teacher_raw", &device.clone().inner());
+    let targets = loss.softmax_center_teacher(teacher_raw.clone(), 0.05);
+    let e = rel_err(&values(targets.clone()), &map["ibot.teacher_p"].data);
+    assert!(e <= 1e-6, "teacher targets: {e}");
+    loss.update_center(teacher_raw);
+    let e = rel_err(&loss.center, &map["ibot.center_after"].data);
+    assert!(e <= 1e-6, "centre: {e}");
+
+    // The weights as `collate_data_and_cast` makes them from the masks.
+    let masks = &map["ibot.masks"];
+    let patches = masks.shape[1];
+    let counts: Vec<f32> = masks.data.chunks(patches).map(|m| m.iter().sum()).collect();
+    let weights: Vec<f32> = masks
+        .data
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| **m > 0.5)
+        .map(|(i, _)| 1.0 / counts[i / patches].max(1.0))
+        .collect();
+    assert_eq!(weights, map["ibot.weights"].data);
+
+    let s = tensor::<2>(&map, "ibot.student", &device).require_grad();
+    let value = loss.forward_masked(
+        s.clone(),
+        Tensor::from_inner(targets),
+        &weights,
+        masks.shape[0],
+    );
+    let grad = s.grad(&value.backward()).unwrap();
+    let got = values(value.inner())[0];
+    let want = scalar(&record, "ibot");
+    assert!(rel_err(&[got], &[want]) <= 1e-6, "{got} vs {want}");
+    let e = rel_err(&values(grad), &map["ibot.grad"].data);
+    assert!(e <= 1e-6, "gradient: {e}");
+}
+
+#[test]
+fn gram_loss_and_gradient_match_the_official_function() {
+    let (map, record) = fixtures();
+    let device = Device::flex().autodiff();
+    for (level, image_level) in [("image", true), ("batch", false)] {
+        for (neg, negatives) in [
+            ("keep", GramNegatives::Keep),
+            ("remove_neg", GramNegatives::RemoveNeg),
+            (
+                "remove_only_teacher_neg",
+                GramNegatives::RemoveOnlyTeacherNeg,
+            ),
+        ] {
+            let name = format!("gram.{level}.{neg}");
+            let s = tensor::<3>(&map, "gram.student", &device).require_grad();
+            let t = tensor::<3>(&map, "gram.teacher", &device);
+            let loss = gram_loss(s.clone(), t, image_level, negatives);
+            let grad = s.grad(&loss.backward()).unwrap();
+            let got = values(loss.inner())[0];
+            let want = scalar(&record, &name);
+            assert!(rel_err(&[got], &[want]) <= 1e-6, "{name}: {got} vs {want}");
+            let e = rel_err(&values(grad), &map[&format!("{name}.grad")].data);
+            assert!(e <= 1e-6, "{name} gradient: {e}");
+        }
+    }
+}
+
+/// Mean and spread of one statistic over our draws against the official value: within five
+/// standard errors of the two estimates combined (a real difference of distribution shows as
+/// tens of them at these draw counts).
+fn assert_same_mean(what: &str, ours: &[f64], official_mean: f64, official_std: f64, draws: f64) {
+    let n = ours.len() as f64;
+    let mean = ours.iter().sum::<f64>() / n;
+    let var = ours.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n;
+    let se = (var / n + official_std.powi(2) / draws).sqrt().max(1e-9);
+    assert!(
+        (mean - official_mean).abs() <= 5.0 * se,
+        "{what}: ours {mean:.4} vs official {official_mean:.4} (standard error {se:.4})"
+    );
+}
+
+#[test]
+fn the_masking_generator_draws_the_official_distribution() {
+    let (_, record) = fixtures();
+    let g = record["masking_grid"].as_u64().unwrap() as usize;
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    for (version, complete) in [("v2", false), ("v3", true)] {
+        let generator = MaskingGenerator::for_crops(g * 16, 16, complete);
+        assert_eq!(
+            generator.max_num_patches,
+            record["masking_max_num_patches"].as_f64().unwrap()
+        );
+        for target in [4usize, 19, 49, 98] {
+            let official = &record["masking"][format!("{version}.{target}")];
+            let f = |k: &str| official[k].as_f64().unwrap();
+            let draws = f("draws");
+            let masks: Vec<Vec<bool>> = (0..4000)
+                .map(|_| generator.generate(target, &mut rng))
+                .collect();
+            let counts: Vec<f64> = masks
+                .iter()
+                .map(|m| m.iter().filter(|&&b| b).count() as f64)
+                .collect();
+            let what = |s: &str| format!("{version} target {target}: {s}");
+            assert_same_mean(
+                &what("masked count"),
+                &counts,
+                f("count_mean"),
+                f("count_std"),
+                draws,
+            );
+            let (mut log_aspect, mut abs_log_aspect, mut border) = (vec![], vec![], vec![]);
+            for m in masks.iter().filter(|m| m.iter().any(|&b| b)) {
+                let rows: Vec<usize> = (0..g).filter(|&i| (0..g).any(|j| m[i * g + j])).collect();
+                let cols: Vec<usize> = (0..g).filter(|&j| (0..g).any(|i| m[i * g + j])).collect();
+                let h = (rows[rows.len() - 1] - rows[0] + 1) as f64;
+                let w = (cols[cols.len() - 1] - cols[0] + 1) as f64;
+                log_aspect.push((h / w).ln());
+                abs_log_aspect.push((h / w).ln().abs());
+                let total = m.iter().filter(|&&b| b).count() as f64;
+                let ring = (0..g * g)
+                    .filter(|&k| {
+                        m[k] && (k / g == 0 || k / g == g - 1 || k % g == 0 || k % g == g - 1)
+                    })
+                    .count() as f64;
+                border.push(ring / total);
+            }
+            assert_same_mean(
+                &what("log aspect"),
+                &log_aspect,
+                f("log_aspect_mean"),
+                f("log_aspect_std"),
+                draws,
+            );
+            // |log aspect| has no recorded spread: the log aspect's bounds it.
+            assert_same_mean(
+                &what("|log aspect|"),
+                &abs_log_aspect,
+                f("abs_log_aspect_mean"),
+                f("log_aspect_std"),
+                draws,
+            );
+            assert_same_mean(
+                &what("border share"),
+                &border,
+                f("border_share_mean"),
+                f("border_share_std"),
+                draws,
+            );
+        }
+    }
+}
+
+#[test]
+fn batch_mask_sampling_matches_collate_data_and_cast() {
+    let (_, record) = fixtures();
+    let g = record["masking_grid"].as_u64().unwrap() as usize;
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let generator = MaskingGenerator::for_crops(g * 16, 16, false);
+    let v2 = MaskSampling {
+        probability: 0.5,
+        ratio: (0.1, 0.5),
+        target_at_max: false,
+    };
+    // The buffer bound is deterministic: it must equal the official one for every batch size.
+    for (crops, upper) in record["collate_upperbound"].as_object().unwrap() {
+        let crops: usize = crops.parse().unwrap();
+        let masks = sample_batch_masks(&generator, crops, &v2, &mut rng);
+        assert_eq!(
+            masks.upperbound as u64,
+            upper.as_u64().unwrap(),
+            "2B = {crops}"
+        );
+        assert!(masks.indices.len() <= masks.upperbound);
+    }
+    for (version, complete) in [("v2", false), ("v3", true)] {
+        let generator = MaskingGenerator::for_crops(g * 16, 16, complete);
+        let sampling = MaskSampling {
+            target_at_max: complete,
+            ..v2
+        };
+        let official = &record[format!("collate.{version}")];
+        let draws = official["draws"].as_f64().unwrap();
+        let mut sorted = vec![vec![]; 16];
+        let mut totals = vec![];
+        for _ in 0..1000 {
+            let masks = sample_batch_masks(&generator, 16, &sampling, &mut rng);
+            let mut counts = masks.counts();
+            assert_eq!(counts.iter().filter(|&&c| c > 0).count(), 8);
+            counts.sort_unstable();
+            for (k, c) in counts.iter().enumerate() {
+                sorted[k].push(*c as f64);
+            }
+            totals.push(masks.indices.len() as f64);
+        }
+        let f = |k: &str| official[k].as_f64().unwrap();
+        assert_same_mean(
+            &format!("{version} total"),
+            &totals,
+            f("total_mean"),
+            f("total_std"),
+            draws,
+        );
+        for (k, ours) in sorted.iter().enumerate().skip(8) {
+            assert_same_mean(
+                &format!("{version} sorted count {k}"),
+                ours,
+                official["sorted_count_mean"][k].as_f64().unwrap(),
+                official["sorted_count_std"][k].as_f64().unwrap(),
+                draws,
+            );
+        }
+    }
+}
+
+#[test]
+fn dinov2_parameter_groups_match_get_params_groups_with_decay() {
+    let (_, record) = fixtures();
+    let v2 = &record["param_groups_v2"];
+    let depth = v2["depth"].as_u64().unwrap() as usize;
+    let (decay, patch) = (
+        v2["layer_decay"].as_f64().unwrap(),
+        v2["patch_embed_lr_mult"].as_f64().unwrap(),
+    );
+    let groups = v2["groups"].as_object().unwrap();
+    assert!(groups.len() > 40, "the fixture lists every parameter");
+    for (name, want) in groups {
+        let got = dinov2_param_group(name, depth, decay, patch);
+        let lr = want[0].as_f64().unwrap();
+        assert!(
+            (got.lr_multiplier - lr).abs() <= 1e-12 * lr,
+            "{name}: lr {got:?} vs {want}"
+        );
+        assert_eq!(got.wd_multiplier, want[1].as_f64().unwrap(), "{name}: wd");
+        assert_eq!(
+            got.is_last_layer,
+            want[2].as_bool().unwrap(),
+            "{name}: last layer"
+        );
+    }
+}
+
+/// Every trainable parameter of a model: path, id and our dims.
+#[derive(Default)]
+struct Params {
+    stack: Vec<String>,
+    found: Vec<(String, ParamId, Vec<usize>)>,
+}
+
+impl ModuleVisitor for Params {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.stack.push(name.to_string());
+    }
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.stack.pop();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if param.is_require_grad() {
+            self.found
+                .push((self.stack.join("."), param.id, param.val().dims().to_vec()));
+        }
+    }
+}
+
+#[test]
+fn dinov2_optimizer_steps_match_adamw_on_the_official_groups_with_submodel_clipping() {
+    let (map, record) = fixtures();
+    // The official backbone and head, saved as a DINOv2 training checkpoint ({"teacher": …}).
+    let imported = import_fixture("optim_v2_initial.pth");
+    let device = Device::flex();
+    let mut model = imported
+        .config
+        .load(&imported.tensors, "", &device.clone().autodiff())
+        .unwrap();
+    let rec = &record["optim_v2"];
+    let rules = Dinov2Rules {
+        depth: rec["depth"].as_u64().unwrap() as usize,
+        layer_decay: rec["layer_decay"].as_f64().unwrap(),
+        patch_embed_lr_mult: rec["patch_embed_lr_mult"].as_f64().unwrap(),
+    };
+    let mut params = Params::default();
+    model.visit(&mut params);
+    // Every official parameter is trained, the head's weight_g included (DINOv2 does not freeze it).
+    let official = map
+        .keys()
+        .filter(|k| k.starts_with("optim_v2.step0.grad."))
+        .count();
+    assert_eq!(params.found.len(), official);
+    let mut optim = Optimizer::new(OptimizerKind::AdamW);
+    for (i, step) in rec["steps"].as_array().unwrap().iter().enumerate() {
+        let mut grads = GradientsParams::new();
+        for (path, id, dims) in &params.found {
+            let name = official_param_name(path).replacen("head.", "dino_head.", 1);
+            let g = &map[&format!("optim_v2.step{i}.grad.{name}")];
+            // Linear weights, weight_v and the patch projection are [in, out] matrices here,
+            // [out, in] (a convolution kernel for the patches) in PyTorch.
+            let transposed = dims.len() == 2
+                && (path.ends_with(".weight")
+                    || path.ends_with("last_layer_v")
+                    || path.ends_with("patch_weight"));
+            let data = if transposed {
+                let (rows, cols) = (g.shape[0], g.data.len() / g.shape[0]);
+                (0..rows * cols)
+                    .map(|k| g.data[(k % rows) * cols + k / rows])
+                    .collect()
+            } else {
+                g.data.clone()
+            };
+            match dims.len() {
+                1 => grads.register::<1>(
+                    *id,
+                    Tensor::from_data(TensorData::new(data, dims.clone()), &device),
+                ),
+                2 => grads.register::<2>(
+                    *id,
+                    Tensor::from_data(TensorData::new(data, dims.clone()), &device),
+                ),
+                3 => grads.register::<3>(
+                    *id,
+                    Tensor::from_data(TensorData::new(data, dims.clone()), &device),
+                ),
+                4 => grads.register::<4>(
+                    *id,
+                    Tensor::from_data(TensorData::new(data, dims.clone()), &device),
+                ),
+                n => panic!("{path}: rank {n}"),
+            }
+        }
+        let f = |k: &str| step[k].as_f64().unwrap();
+        model = optim.step(
+            model,
+            &mut grads,
+            StepParams {
+                lr: f("lr"),
+                weight_decay: f("wd"),
+                clip_grad: rec["clip_grad"].as_f64().unwrap(),
+                freeze_last_layer: f("last_layer_lr") == 0.0,
+                dinov2: Some(rules),
+            },
+        );
+    }
+    let mut ours = TensorMap::new();
+    model.save_tensors(&mut ours, "");
+    let mut worst = (0.0f64, String::new());
+    for (key, want) in map
+        .iter()
+        .filter_map(|(k, v)| k.strip_prefix("optim_v2.final.").map(|k| (k, v)))
+    {
+        let name = key
+            .strip_prefix("backbone.")
+            .map(str::to_string)
+            .unwrap_or_else(|| key.replacen("dino_head.", "head.", 1));
+        let got = ours
+            .get(&name)
+            .unwrap_or_else(|| panic!("no {name} in our model"));
+        let e = rel_err(&got.data, &want.data);
+        if e > worst.0 {
+            worst = (e, name);
+        }
+    }
+    assert!(
+        worst.0 <= 1e-5,
+        "weights after 3 steps: worst {} at {}",
+        worst.0,
+        worst.1
+    );
+}
+
+#[test]
+fn subset_drop_path_replays_the_official_stochastic_depth() {
+    let (map, record) = fixtures();
+    let imported = import_fixture("drop_path_v2.pth");
+    let device = Device::flex();
+    let model = imported
+        .config
+        .load(&imported.tensors, "", &device)
+        .unwrap();
+    let rec = &record["drop_path"];
+    let (rate, rows) = (
+        rec["rate"].as_f64().unwrap(),
+        rec["batch"].as_u64().unwrap() as usize,
+    );
+    let kept = ((rows as f64 * (1.0 - rate)) as usize).max(1);
+    // The official randperm draws, in call order: block 0 attention, block 0 MLP, block 1 …
+    let perms = &map["drop_path.perms"];
+    assert_eq!(perms.shape, vec![2 * model.backbone.depth(), rows]);
+    let subsets: Vec<[Vec<usize>; 2]> = perms
+        .data
+        .chunks(2 * rows)
+        .map(|pair| {
+            [0, 1].map(|k| {
+                pair[k * rows..k * rows + kept]
+                    .iter()
+                    .map(|&i| i as usize)
+                    .collect()
+            })
+        })
+        .collect();
+    let masks = subset_masks(&subsets, rows, &device);
+    let tokens = model
+        .backbone
+        .forward_tokens(tensor::<4>(&map, "drop_path.images", &device), Some(&masks));
+    let prefix = model.backbone.prefix_tokens();
+    let [b, n, d] = tokens.dims();
+    let cls = values(tokens.clone().narrow(1, 0, 1).reshape([b, d]));
+    let patches = values(tokens.narrow(1, prefix, n - prefix));
+    let (e_cls, e_patch) = (
+        rel_err(&cls, &map["drop_path.cls"].data),
+        rel_err(&patches, &map["drop_path.patches"].data),
+    );
+    assert!(
+        e_cls <= 1e-5 && e_patch <= 1e-5,
+        "cls {e_cls}, patches {e_patch}"
+    );
+
+    // Our own draws: exactly `kept` samples per branch, each scaled by rows / kept.
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let ours = subset_drop_path_masks(2, rate, rows, &mut rng, &device);
+    for pair in ours.masks {
+        for m in pair {
+            let v = values(m);
+            let on: Vec<f32> = v.iter().copied().filter(|&x| x != 0.0).collect();
+            assert_eq!(on.len(), kept);
+            assert!(
+                on.iter()
+                    .all(|&x| (x - rows as f32 / kept as f32).abs() < 1e-6)
+            );
+        }
+    }
+}
