@@ -4,12 +4,13 @@
 # JSON lines to $OUT/gpu.jsonl (plus gpu-check.log, the autotune cache and the demo run), then
 # the GPU section of BENCHMARKS.md from them (scripts/benchmarks.py --section gpu).
 #
-#   bash scripts/gpu-kit.sh                 # here, once: release dino (vulkan), Vulkan loader
+#   bash scripts/gpu-kit.sh                 # here, once: release dino (WGSL, SPIR-V), Vulkan loader
 #   device run: bash scripts/gpu-check.sh   # carry ["gpu-kit", "third_party"]; ~9 minutes
 #   bash scripts/gpu-check.sh --dry-run     # the same sequence here, tiny, lavapipe + CPU torch
 #
-# Nothing on the machine is changed: the loader is unpacked under $OUT's sibling temp folder and
-# found through LD_LIBRARY_PATH; the autotune cache lives under $OUT.
+# Nothing on the machine is changed: the binaries and the loader are unpacked in a temp folder (removed at exit) and
+# found through LD_LIBRARY_PATH; caches live under $OUT (XDG_CACHE_HOME). cubecl's persistent
+# autotune cache is not compiled in yet (BENCHMARKS.md, dry run), so step-warm re-tunes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 dry=0
@@ -44,21 +45,32 @@ part() {
   esac
 }
 
-# The binary: the kit's (release, vulkan) when present, else the README's build (dry run only).
-dino=${DINO:-gpu-kit/dino}
-if [ ! -x "$dino" ]; then
-  if [ $dry = 1 ]; then
-    target=$(cargo metadata --format-version 1 --no-deps | "$py" -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
-    dino=$target/debug/dino
-    say "no gpu-kit/dino (bash scripts/gpu-kit.sh builds it); the dry run uses $dino"
-  else
-    echo "gpu-kit/dino is missing: run bash scripts/gpu-kit.sh here first and carry gpu-kit" >&2
-    exit 1
-  fi
+# The binaries: the kit's two release builds (unpacked beside $OUT, with Python's lzma where the
+# machine has no xz): $dino with the SPIR-V `vulkan` feature, $dino_wgsl as the README builds
+# it. Without a kit (dry run only) both are the README's debug build.
+kit_tmp=$(mktemp -d)
+trap 'rm -rf "$kit_tmp"' EXIT
+unpack() {
+  local path=$kit_tmp/$1
+  if command -v xz >/dev/null; then xz -dc "gpu-kit/$1.xz" > "$path"
+  else "$py" -c 'import lzma,shutil,sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' "gpu-kit/$1.xz" "$path"; fi
+  chmod +x "$path"
+  echo "$path"
+}
+if [ -f gpu-kit/dino.xz ] && [ -f gpu-kit/dino-wgsl.xz ]; then
+  dino=$(unpack dino)
+  dino_wgsl=$(unpack dino-wgsl)
+elif [ $dry = 1 ]; then
+  target=$(cargo metadata --format-version 1 --no-deps | "$py" -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+  dino=$target/debug/dino dino_wgsl=$target/debug/dino
+  say "no gpu-kit (bash scripts/gpu-kit.sh builds it); the dry run uses $dino"
+else
+  echo "gpu-kit/dino.xz or gpu-kit/dino-wgsl.xz is missing: run bash scripts/gpu-kit.sh here first and carry gpu-kit" >&2
+  exit 1
 fi
 
 if [ $dry = 0 ]; then
-  vk=$(mktemp -d)
+  vk=$kit_tmp/vulkan-loader
   for deb in gpu-kit/debs/*.deb; do dpkg -x "$deb" "$vk"; done
   export LD_LIBRARY_PATH=$vk/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
   for icd in /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json /usr/share/vulkan/icd.d/nvidia_icd.json /etc/vulkan/icd.d/nvidia_icd.json; do
@@ -73,6 +85,7 @@ if [ $dry = 0 ]; then
   ref_steps="--warmup 2 --steps 10"
   view_sizes=480
   demo_secs=180 demo_steps=896
+  cold_s=120 warm_s=90
 else
   gpu="dry run: $(lscpu | sed -n 's/^Model name: *//p' | head -1), lavapipe"
   cores=$(nproc)
@@ -86,6 +99,8 @@ else
   ref_steps="--warmup 1 --steps 1"
   view_sizes=64
   demo_secs=90 demo_steps=2
+  # lavapipe compiles and autotunes every kernel of the first step on 2 cores: minutes.
+  cold_s=420 warm_s=150
 fi
 export XDG_CACHE_HOME=$OUT/cache   # cubecl's autotune cache, carried back in $OUT
 "$py" - "$results" "$gpu" "$cores" "$dry" <<'PY'
@@ -101,20 +116,21 @@ meta = {"mode": "meta", "date": datetime.date.today().isoformat(), "machine": f"
         "dry_run": sys.argv[4] == "1"}
 open(sys.argv[1], "a").write(json.dumps(meta) + "\n")
 PY
-say "machine: $gpu; binary: $dino"
+say "machine: $gpu; binaries: $dino (SPIR-V), $dino_wgsl (WGSL)"
 
-# 1. The binary carries both GPU paths (the dry run stops here for SPIR-V).
+# 1. The SPIR-V binary was built with it and runs (the dry run stops here for SPIR-V: lavapipe
+#    crashes in its kernels); its bench line lists the compiled-in backends.
 part backends 60 "$dino" bench --mode data --data synthetic --synthetic-count 8 --batch-size 2 --steps 1 --workers 1 \
   --image-size 32 --local-size 16 --local-crops 1
 
 # 2. Autotune cache: the same step cold (empty cache), then warm; first_step_secs tells them apart.
-part step-cold 120 "$dino" bench --mode step --device "$wgpu" --arch vit_small $big $steps
-part step-warm 90 "$dino" bench --mode step --device "$wgpu" --arch vit_small $big $steps
+part step-cold "$cold_s" "$dino_wgsl" bench --mode step --device "$wgpu" --arch vit_small $big $steps
+part step-warm "$warm_s" "$dino_wgsl" bench --mode step --device "$wgpu" --arch vit_small $big $steps
 
 # 3. The DINO step: ours (WGSL; SPIR-V; f32 and f16) and the official code (f32; fp16 autocast).
 for arch in vit_small vit_tiny; do
   for p in f32 f16; do
-    [ "$arch/$p" = vit_small/f32 ] || part "step-$arch-$each-$p" 75 "$dino" bench --mode step --device "$each" --arch "$arch" $big --precision "$p" $steps
+    [ "$arch/$p" = vit_small/f32 ] || part "step-$arch-$each-$p" 75 "$dino_wgsl" bench --mode step --device "$each" --arch "$arch" $big --precision "$p" $steps
     [ $dry = 0 ] && part "step-$arch-vulkan-$p" 75 "$dino" bench --mode step --device "$vulkan" --arch "$arch" $big --precision "$p" $steps
     fp16=; [ "$p" = f16 ] && fp16=--fp16
     [ $dry = 1 ] && [ "$p" = f16 ] && continue   # autocast fp16 needs CUDA
@@ -127,12 +143,12 @@ photos=$(mktemp -d)
 mkdir -p "$photos/photos"
 for i in $(seq 1 16); do for f in assets/samples/*.jpg; do cp "$f" "$photos/photos/$i-$(basename "$f")"; done; done
 n=$([ $dry = 1 ] && echo 2 || echo 16)
-part data-ours 45 "$dino" bench --mode data --data "$photos" --workers "$cores" --batch-size 16 --steps $((2 * cores))
+part data-ours 45 "$dino_wgsl" bench --mode data --data "$photos" --workers "$cores" --batch-size 16 --steps $((2 * cores))
 part data-official 60 "$py" scripts/bench_reference.py --dino-repo "$repo" --threads 1 data --data "$photos" --workers "$cores" --images $((16 * n * cores / 2))
 
 # 5. The viewer's network at 480 px, all heads: ViT-S/16 and ViT-S/8.
 for patch in 16 8; do
-  part "viewer-$patch-ours" 45 "$dino" bench --mode viewer --device "$each" --arch vit_small --patch-size $patch --viewer-size $view_sizes --steps 5
+  part "viewer-$patch-ours" 45 "$dino_wgsl" bench --mode viewer --device "$each" --arch vit_small --patch-size $patch --viewer-size $view_sizes --steps 5
   part "viewer-$patch-official" 30 "$py" scripts/bench_reference.py --dino-repo "$repo" --threads "$cores" viewer $cuda --arch vit_small --patch-size $patch --size $view_sizes --runs 5
 done
 
@@ -140,7 +156,7 @@ done
 #    speed and where its Jaccard got to (evaluated every 64 steps, so a cut run still reports).
 demo=$OUT/demo
 rm -rf "$demo"
-part demo $((demo_secs + 30)) "$dino" train -o "$demo" --device auto --quiet --arch vit_tiny --depth 4 --patch-size 8 \
+part demo $((demo_secs + 30)) "$dino_wgsl" train -o "$demo" --device auto --quiet --arch vit_tiny --depth 4 --patch-size 8 \
   --image-size 64 --local-size 32 --local-crops 4 --out-dim 4096 --batch-size 32 --epochs 14 --warmup-epochs 2 \
   --lr 0.002 --eval-every 64 --max-steps "$demo_steps"
 "$py" - "$demo/metrics.jsonl" "$results" <<'PY'

@@ -97,3 +97,44 @@ fn unpaired_and_bad_lines_are_reported_not_hidden() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a JSON line"));
 }
+
+#[test]
+fn the_gpu_dry_run_section_is_regenerated_from_the_recorded_dry_run() {
+    // `bash scripts/gpu-check.sh --dry-run` on the CPU machine: the GPU run's sequence, tiny,
+    // on lavapipe and CPU PyTorch. Its parser output is BENCHMARKS.md's dry-run section.
+    let recorded = repo().join("docs/benchmarks/gpu-dry-run.jsonl");
+    let made = render(&recorded, "gpu-dry-run");
+    let doc = std::fs::read_to_string(repo().join("BENCHMARKS.md")).unwrap();
+    assert_eq!(
+        made.trim_end(),
+        section(&doc, "gpu-dry-run"),
+        "BENCHMARKS.md's GPU dry-run section differs from what scripts/benchmarks.py makes of {}: \
+         regenerate it with `python3 scripts/benchmarks.py {} --section gpu-dry-run --write BENCHMARKS.md`",
+        recorded.display(),
+        recorded.display()
+    );
+    // The sequence reached its end: the meta line says dry run, every part reported a status,
+    // and the WGSL step ran on the software adapter with its official counterpart.
+    let text = std::fs::read_to_string(&recorded).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["mode"] == "meta" && l["dry_run"] == true)
+    );
+    let parts: Vec<&str> = lines
+        .iter()
+        .filter(|l| l["mode"] == "status")
+        .map(|l| l["part"].as_str().unwrap())
+        .collect();
+    for part in ["backends", "step-cold", "step-warm", "data-ours", "demo"] {
+        assert!(
+            parts.contains(&part),
+            "no status for part {part}: {parts:?}"
+        );
+    }
+    assert!(made.contains("Parts: "), "{made}");
+}
