@@ -3,7 +3,7 @@
 //! features over the sphere. The official loop applies it to each global-crop chunk of the
 //! student separately (a crop's nearest neighbour is never its own other view), summed.
 
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{Bool, Tensor};
 
 /// `F.normalize`'s and `PairwiseDistance`'s epsilon in the official loss.
 const EPS: f64 = 1e-8;
@@ -15,29 +15,14 @@ pub fn koleo_loss(x: Tensor<2>) -> Tensor<1> {
     let device = x.device();
     let norm = x.clone().square().sum_dim(1).sqrt().clamp_min(EPS);
     let unit = x / norm;
-    // The neighbour search is not differentiated (`torch.max` indices).
-    let dots: Vec<f32> = unit
+    // The neighbour search is not differentiated (`torch.max` indices) and stays on the
+    // device: no read-back each step.
+    let dots = unit
         .clone()
         .detach()
-        .matmul(unit.clone().detach().transpose())
-        .into_data()
-        .try_to_vec::<f32>()
-        .expect("f32 inner products");
-    let nearest: Vec<i64> = dots
-        .chunks_exact(rows)
-        .enumerate()
-        .map(|(i, row)| {
-            let mut best = (usize::MAX, f32::NEG_INFINITY);
-            for (j, &d) in row.iter().enumerate() {
-                let d = if i == j { -1.0 } else { d };
-                if d > best.1 || best.0 == usize::MAX {
-                    best = (j, d);
-                }
-            }
-            best.0 as i64
-        })
-        .collect();
-    let idx = Tensor::<1, Int>::from_data(TensorData::new(nearest, [rows]), &device);
+        .matmul(unit.clone().detach().transpose());
+    let diagonal = Tensor::<2, Bool>::diag_mask([rows, rows], 0, &device).bool_not();
+    let idx = dots.mask_fill(diagonal, -1.0).argmax(1).reshape([rows]);
     let other = unit.clone().select(0, idx);
     // torch.pairwise_distance adds eps to the difference before the norm.
     let dist = (unit - other).add_scalar(EPS).square().sum_dim(1).sqrt();
@@ -47,7 +32,7 @@ pub fn koleo_loss(x: Tensor<2>) -> Tensor<1> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::tensor::Device;
+    use burn::tensor::{Device, TensorData};
 
     #[test]
     fn two_orthogonal_points_are_sqrt2_apart() {

@@ -153,11 +153,16 @@ impl BatchMasks {
 
     /// Masked patches of each crop.
     pub fn counts(&self) -> Vec<usize> {
-        self.masks
-            .chunks(self.patches.max(1))
-            .map(|m| m.iter().filter(|&&b| b).count())
-            .collect()
+        masked_counts(&self.masks, self.patches)
     }
+}
+
+/// Masked patches of each crop of row-major `[crops, patches]` masks.
+fn masked_counts(masks: &[bool], patches: usize) -> Vec<usize> {
+    masks
+        .chunks(patches.max(1))
+        .map(|m| m.iter().filter(|&&b| b).count())
+        .collect()
 }
 
 /// `torch.linspace(start, end, steps)` in f32 as PyTorch's CPU kernel computes it (from the
@@ -213,10 +218,7 @@ pub fn sample_batch_masks(
     }
     let masks: Vec<bool> = list.concat();
     let indices: Vec<usize> = (0..masks.len()).filter(|&i| masks[i]).collect();
-    let counts: Vec<usize> = masks
-        .chunks(n.max(1))
-        .map(|m| m.iter().filter(|&&b| b).count())
-        .collect();
+    let counts = masked_counts(&masks, n);
     let weights = indices
         .iter()
         .map(|&i| 1.0 / (counts[i / n] as f32).max(1.0))
