@@ -18,7 +18,7 @@ import sys
 
 # What identifies "the same work" in each mode.
 KEYS = {
-    "step": ["device_kind", "arch", "patch", "depth", "batch", "global_size", "local_size", "local_crops",
+    "step": ["device_kind", "method", "arch", "patch", "depth", "batch", "global_size", "local_size", "local_crops",
              "out_dim", "precision", "threads"],
     "data": ["global_size", "local_size", "local_crops", "workers"],
     "viewer": ["device_kind", "arch", "patch", "image_size", "threads"],
@@ -31,7 +31,7 @@ def device_kind(line):
 
 
 def key(line):
-    line = dict(line, device_kind=device_kind(line))
+    line = dict(line, device_kind=device_kind(line), method=line.get("method", "dino"))
     return (line["mode"],) + tuple(str(line.get(k)) for k in KEYS[line["mode"]])
 
 
@@ -85,6 +85,8 @@ def step_table(rows):
         a, b = r.get("ours"), r.get("official")
         ref = a or b
         model = f"{ref['arch']}/{ref['patch']} depth {ref['depth']}"
+        if ref.get("method", "dino") != "dino":
+            model += f" ({ref['method']})"
         crops = f"2×{ref['global_size']} + {ref['local_crops']}×{ref['local_size']}"
         threads = ref.get("threads", "–")
         device = a["device"] if a else "–"
@@ -119,6 +121,24 @@ def viewer_table(rows):
     return out
 
 
+def first_steps(lines):
+    """The first-step time of the step-cold and step-warm parts, from the step line each wrote
+    before its status line (none when it was stopped at its budget)."""
+    out, pending = [], None
+    for line in lines:
+        if line.get("mode") == "step" and line.get("impl") != "official":
+            pending = line
+        elif line.get("mode") == "status":
+            if line["part"] in ("step-cold", "step-warm"):
+                name = line["part"].removeprefix("step-")
+                if line["status"] == "ok" and pending:
+                    out.append(f"{name} first step {fmt(pending.get('first_step_secs'))} s")
+                else:
+                    out.append(f"{name} did not finish within {line['secs']} s ({line['status']})")
+            pending = None
+    return out
+
+
 def render(lines, section):
     meta = next((l for l in lines if l.get("mode") == "meta"), {})
     rows = pair(lines)
@@ -133,6 +153,10 @@ def render(lines, section):
     for m in KEYS:
         if by_mode[m]:
             text += [f"**{titles[m]}**", ""] + tables[m](by_mode[m]) + [""]
+    for c in (l for l in lines if l.get("mode") == "autotune_cache"):
+        text += [f"**Autotune cache** (`DINO_AUTOTUNE_CACHE`): the warm run loaded {c['loaded_entries']} tuned "
+                 f"kernel choices ({c['cache_kib']} KiB on disk) that the cold run wrote; "
+                 + "; ".join(first_steps(lines)) + ".", ""]
     demo = [l for l in lines if l.get("mode") == "demo"]
     for d in demo:
         text += [f"**Class demo** (`dino train` with the README's class-demo flags, `--device auto`): "

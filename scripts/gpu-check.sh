@@ -9,8 +9,8 @@
 #   bash scripts/gpu-check.sh --dry-run     # the same sequence here, tiny, lavapipe + CPU torch
 #
 # Nothing on the machine is changed: the binaries and the loader are unpacked in a temp folder (removed at exit) and
-# found through LD_LIBRARY_PATH; caches live under $OUT (XDG_CACHE_HOME). cubecl's persistent
-# autotune cache is not compiled in yet (BENCHMARKS.md, dry run), so step-warm re-tunes.
+# found through LD_LIBRARY_PATH; caches live under $OUT: CubeCL's autotune results in
+# $OUT/autotune-cache (DINO_AUTOTUNE_CACHE), which step-warm reuses, the rest under XDG_CACHE_HOME.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 dry=0
@@ -102,7 +102,8 @@ else
   # lavapipe compiles and autotunes every kernel of the first step on 2 cores: minutes.
   cold_s=420 warm_s=150
 fi
-export XDG_CACHE_HOME=$OUT/cache   # cubecl's autotune cache, carried back in $OUT
+export XDG_CACHE_HOME=$OUT/cache
+export DINO_AUTOTUNE_CACHE=$OUT/autotune-cache   # written by step-cold, read by every later part
 "$py" - "$results" "$gpu" "$cores" "$dry" <<'PY'
 import datetime, json, subprocess, sys
 try:
@@ -125,7 +126,12 @@ part backends 60 "$dino" bench --mode data --data synthetic --synthetic-count 8 
 
 # 2. Autotune cache: the same step cold (empty cache), then warm; first_step_secs tells them apart.
 part step-cold "$cold_s" "$dino_wgsl" bench --mode step --device "$wgpu" --arch vit_small $big $steps
+log_at=$(wc -c < "$log")
 part step-warm "$warm_s" "$dino_wgsl" bench --mode step --device "$wgpu" --arch vit_small $big $steps
+# What step-warm found in the cache (CubeCL logs one "Loaded N autotune cached entries" per tuner).
+loaded=$(tail -c +$((log_at + 1)) "$log" | sed -n 's/.*Loaded \([0-9]*\) autotune cached entries.*/\1/p' | awk '{s += $1} END {print s + 0}')
+kib=$(du -sk "$DINO_AUTOTUNE_CACHE" 2>/dev/null | cut -f1)
+printf '{"mode": "autotune_cache", "loaded_entries": %s, "cache_kib": %s}\n' "$loaded" "${kib:-0}" >> "$results"
 
 # 3. The DINO step: ours (WGSL; SPIR-V; f32 and f16) and the official code (f32; fp16 autocast).
 for arch in vit_small vit_tiny; do

@@ -524,7 +524,12 @@ impl VitConfig {
                 Distribution::Uniform(-bound, bound),
                 device,
             )),
-            cls_token: Param::from_tensor(trunc_normal([1, 1, dim], device)),
+            // DINOv2's `init_weights` draws CLS like the registers (normal, std 1e-6).
+            cls_token: Param::from_tensor(if self.family == Family::Dinov2 {
+                Tensor::random([1, 1, dim], Distribution::Normal(0.0, 1e-6), device)
+            } else {
+                trunc_normal([1, 1, dim], device)
+            }),
             pos_embed,
             register_tokens: (self.num_register_tokens > 0).then(|| {
                 Param::from_tensor(Tensor::random(

@@ -137,4 +137,19 @@ fn the_gpu_dry_run_section_is_regenerated_from_the_recorded_dry_run() {
         );
     }
     assert!(made.contains("Parts: "), "{made}");
+    // The warm step found the cold step's tunings in the carried cache.
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["mode"] == "status" && l["part"] == "step-warm" && l["status"] == "ok"),
+        "step-warm did not finish"
+    );
+    let loaded = lines
+        .iter()
+        .find(|l| l["mode"] == "autotune_cache")
+        .and_then(|l| l["loaded_entries"].as_u64());
+    assert!(
+        loaded.is_some_and(|n| n > 0),
+        "the warm step loaded no tunings: {loaded:?}"
+    );
 }

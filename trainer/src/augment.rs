@@ -20,6 +20,14 @@ pub struct AugmentConfig {
     pub global_scale: (f64, f64),
     /// Area range of the local crops (0.05, 0.4).
     pub local_scale: (f64, f64),
+    /// Probability of a Gaussian blur on global crop 1, global crop 2 and each local crop.
+    #[serde(default = "dino_blur")]
+    pub blur: [f64; 3],
+}
+
+/// `DataAugmentationDINO`'s blur probabilities.
+fn dino_blur() -> [f64; 3] {
+    [1.0, 0.1, 0.5]
 }
 
 impl Default for AugmentConfig {
@@ -30,6 +38,22 @@ impl Default for AugmentConfig {
             local_crops: 8,
             global_scale: (0.4, 1.0),
             local_scale: (0.05, 0.4),
+            blur: dino_blur(),
+        }
+    }
+}
+
+impl AugmentConfig {
+    /// DINOv2's `DataAugmentationDINO` (`data/augmentations.py`): crop scales 0.32–1 and
+    /// 0.05–0.32, and the blur probabilities the released models were trained with. Its
+    /// `GaussianBlur(p)` hands `1 - p` to `RandomApply`, so the nominal 1.0 / 0.1 / 0.5 blur
+    /// global crop 1 never, global crop 2 with probability 0.9 and local crops with 0.5.
+    pub fn dinov2() -> Self {
+        Self {
+            global_scale: (0.32, 1.0),
+            local_scale: (0.05, 0.32),
+            blur: [0.0, 0.9, 0.5],
+            ..Self::default()
         }
     }
 }
@@ -308,14 +332,36 @@ fn view<R: Rng>(
     }
 }
 
-/// All views of one image: global 1 (blur p 1.0), global 2 (blur p 0.1, solarise p 0.2),
-/// then the local crops (blur p 0.5).
+/// All views of one image: global 1 (DINO: blur p 1.0), global 2 (blur p 0.1, solarise p
+/// 0.2), then the local crops (blur p 0.5); the blur probabilities are `cfg.blur`.
 pub fn multi_crop<R: Rng>(rng: &mut R, img: &RgbImage, cfg: &AugmentConfig) -> Vec<Crop> {
+    let [blur_1, blur_2, blur_local] = cfg.blur;
     let mut crops = Vec::with_capacity(2 + cfg.local_crops);
-    crops.push(view(rng, img, cfg.global_size, cfg.global_scale, 1.0, 0.0));
-    crops.push(view(rng, img, cfg.global_size, cfg.global_scale, 0.1, 0.2));
+    crops.push(view(
+        rng,
+        img,
+        cfg.global_size,
+        cfg.global_scale,
+        blur_1,
+        0.0,
+    ));
+    crops.push(view(
+        rng,
+        img,
+        cfg.global_size,
+        cfg.global_scale,
+        blur_2,
+        0.2,
+    ));
     for _ in 0..cfg.local_crops {
-        crops.push(view(rng, img, cfg.local_size, cfg.local_scale, 0.5, 0.0));
+        crops.push(view(
+            rng,
+            img,
+            cfg.local_size,
+            cfg.local_scale,
+            blur_local,
+            0.0,
+        ));
     }
     crops
 }

@@ -7,10 +7,14 @@ use std::time::Instant;
 use anyhow::{Result, bail};
 use burn::tensor::{Device, Distribution, Tensor};
 use dino_model::ModelConfig;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 use serde_json::json;
 
 use crate::augment::AugmentConfig;
-use crate::step::{Networks, StepHyper, dino_step};
+use crate::masking::{MaskingGenerator, sample_batch_masks};
+use crate::objective::StepInputs;
+use crate::step::{Networks, StepHyper, train_step};
 use crate::train::TrainConfig;
 
 /// The compute pool's size: burn's CPU backend runs its kernels on rayon's global pool, which
@@ -94,7 +98,8 @@ pub fn step_flops_per_image(cfg: &TrainConfig) -> Result<f64> {
     Ok(student + 2.0 * g)
 }
 
-/// Times `steps` DINO steps on random crops after `warmup` untimed ones.
+/// Times `steps` training steps of the run's method (DINO, or DINOv2 with masks drawn as in
+/// training) on random crops after `warmup` untimed ones.
 pub fn bench_step(
     cfg: &TrainConfig,
     device: &Device,
@@ -117,6 +122,11 @@ pub fn bench_step(
         clip_grad: cfg.clip_grad,
         freeze_last_layer: false,
     };
+    let masking = cfg
+        .dinov2
+        .as_ref()
+        .map(|_| MaskingGenerator::for_crops(a.global_size as usize, cfg.patch_size, false));
+    let rng = std::cell::RefCell::new(ChaCha8Rng::seed_from_u64(cfg.seed));
     let run = |nets: Networks| {
         let g = Tensor::<4>::random(
             [2 * b, 3, a.global_size as usize, a.global_size as usize],
@@ -135,8 +145,22 @@ pub fn bench_step(
                 &ad,
             )
         });
+        let masks = masking.as_ref().map(|m| {
+            sample_batch_masks(
+                m,
+                2 * b,
+                &cfg.dinov2.as_ref().expect("masking implies DINOv2").mask,
+                &mut rng.borrow_mut(),
+            )
+        });
+        let inputs = StepInputs {
+            globals: g,
+            locals: l,
+            drop: [None, None],
+            masks,
+        };
         // The loss is read back every step (NaN check), which synchronises the device.
-        let out = dino_step(nets, g, l, &[None, None], &hyper, device);
+        let out = train_step(nets, inputs, &hyper, cfg.dinov2.as_ref(), device);
         (out.nets, out.skipped)
     };
     // The first step pays for shader compilation and autotuning on a GPU (cold cache).
@@ -158,7 +182,7 @@ pub fn bench_step(
     let img_per_sec = (steps * b) as f64 / secs;
     let flops = step_flops_per_image(cfg)?;
     let mut line = json!({
-        "mode": "step", "device": device_name, "arch": cfg.arch, "patch": cfg.patch_size, "depth": mc.vit.depth,
+        "mode": "step", "method": cfg.method, "device": device_name, "arch": cfg.arch, "patch": cfg.patch_size, "depth": mc.vit.depth,
         "batch": b, "global_crops": 2, "local_crops": a.local_crops, "global_size": a.global_size, "local_size": a.local_size,
         "out_dim": cfg.out_dim, "precision": cfg.precision, "skipped_steps": skipped, "warmup_steps": warmup, "steps": steps, "first_step_secs": first_step_secs,
         "img_per_sec": img_per_sec, "ms_per_step": 1000.0 * secs / steps as f64,

@@ -11,6 +11,7 @@ use clap::Args;
 use dino_model::Precision;
 
 use crate::device::DeviceChoice;
+use crate::objective::{Centering, Method};
 use crate::optim::OptimizerKind;
 use crate::train::TrainConfig;
 
@@ -136,6 +137,42 @@ pub struct TrainArgs {
     /// adamw, sgd (momentum 0.9) or lars, as main_dino.py --optimizer [default: adamw]
     #[arg(long, value_parser = parse_optimizer)]
     pub optimizer: Option<OptimizerKind>,
+    /// dino (main_dino.py) or dinov2 (iBOT masked patches, KoLeo, DINOv2's parameter groups,
+    /// clipping and augmentation; the defaults of ssl_default_config.yaml) [default: dino]
+    #[arg(long, value_enum)]
+    pub method: Option<Method>,
+    /// DINOv2: weight of the DINO CLS term [default: 1.0]
+    #[arg(long, alias = "dino_loss_weight")]
+    pub dino_weight: Option<f64>,
+    /// DINOv2: weight of the iBOT masked-patch term [default: 1.0]
+    #[arg(long, alias = "ibot_loss_weight")]
+    pub ibot_weight: Option<f64>,
+    /// DINOv2: weight of the KoLeo regulariser on the global CLS tokens [default: 0.1]
+    #[arg(long, alias = "koleo_loss_weight")]
+    pub koleo_weight: Option<f64>,
+    /// DINOv2: share of the global crops that get masked patches [default: 0.5]
+    #[arg(long, alias = "mask_sample_probability")]
+    pub mask_probability: Option<f64>,
+    /// DINOv2: masked share of a masked crop's patches: MIN,MAX [default: 0.1,0.5]
+    #[arg(long, num_args = 1..=2, value_delimiter = ',', value_name = "MIN,MAX",
+          value_parser = parse_scale, alias = "mask_ratio_min_max")]
+    pub mask_ratio: Option<Vec<f64>>,
+    /// DINOv2: teacher targets by a running mean (mean; official: centering) or Sinkhorn-Knopp
+    /// (sinkhorn; official: sinkhorn_knopp) [default: mean]
+    #[arg(long, value_parser = Centering::parse)]
+    pub centering: Option<Centering>,
+    /// DINOv2: register tokens between CLS and the patches [default: 0]
+    #[arg(long, alias = "num_register_tokens")]
+    pub registers: Option<usize>,
+    /// DINOv2: LayerScale (init 1e-5) on every residual branch [default: true]
+    #[arg(long, value_parser = parse_bool_flag)]
+    pub layerscale: Option<bool>,
+    /// DINOv2: layer-wise learning-rate decay [default: 0.9]
+    #[arg(long, alias = "layerwise_decay")]
+    pub layer_decay: Option<f64>,
+    /// DINOv2: learning-rate multiplier of the patch embedding [default: 0.2]
+    #[arg(long, alias = "patch_embed_lr_mult")]
+    pub patch_embed_lr_mult: Option<f64>,
     /// Compute device
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     pub device: DeviceChoice,
@@ -234,6 +271,12 @@ impl TrainArgs {
             args.precision = Some(if fp16 { Precision::F16 } else { Precision::F32 });
         }
         let args = &args;
+        if let Some(m) = self.method {
+            given.push(("method", format!("{m:?}"), format!("{:?}", cfg.method)));
+            if m != cfg.method {
+                cfg = TrainConfig::for_method(m);
+            }
+        }
         let depth = self.depth.map(Some);
         if let Some(d) = depth {
             given.push(("depth", format!("{d:?}"), format!("{:?}", cfg.depth)));
@@ -309,7 +352,96 @@ impl TrainArgs {
                 *field = v;
             }
         }
+        self.apply_dinov2(&mut cfg, &mut given)?;
         Ok((cfg, given))
+    }
+
+    /// The DINOv2 flags: applied to a DINOv2 run, an error on a DINO one.
+    fn apply_dinov2(&self, cfg: &mut TrainConfig, given: &mut Vec<GivenFlag>) -> Result<()> {
+        let named = [
+            ("dino_weight", self.dino_weight.map(|v| v.to_string())),
+            ("ibot_weight", self.ibot_weight.map(|v| v.to_string())),
+            ("koleo_weight", self.koleo_weight.map(|v| v.to_string())),
+            (
+                "mask_probability",
+                self.mask_probability.map(|v| v.to_string()),
+            ),
+            (
+                "mask_ratio",
+                self.mask_ratio.as_ref().map(|v| format!("{v:?}")),
+            ),
+            ("centering", self.centering.map(|v| format!("{v:?}"))),
+            ("registers", self.registers.map(|v| v.to_string())),
+            ("layerscale", self.layerscale.map(|v| v.to_string())),
+            ("layer_decay", self.layer_decay.map(|v| v.to_string())),
+            (
+                "patch_embed_lr_mult",
+                self.patch_embed_lr_mult.map(|v| v.to_string()),
+            ),
+        ];
+        let Some(o) = cfg.dinov2.as_mut() else {
+            let flags: Vec<String> = named
+                .iter()
+                .filter(|(_, v)| v.is_some())
+                .map(|(n, v)| format!("--{} {}", n.replace('_', "-"), v.as_deref().unwrap_or("")))
+                .collect();
+            if !flags.is_empty() {
+                bail!(
+                    "{} only apply to --method dinov2; this is a --method {} run. Add --method dinov2 or drop them",
+                    flags.join(", "),
+                    format!("{:?}", cfg.method).to_lowercase()
+                );
+            }
+            return Ok(());
+        };
+        macro_rules! set {
+            ($flag:expr, $name:literal, $field:expr) => {
+                if let Some(v) = $flag {
+                    given.push(($name, format!("{:?}", v), format!("{:?}", $field)));
+                    $field = v;
+                }
+            };
+        }
+        set!(self.dino_weight, "dino_weight", o.dino_weight);
+        set!(self.ibot_weight, "ibot_weight", o.ibot_weight);
+        set!(self.koleo_weight, "koleo_weight", o.koleo_weight);
+        set!(self.centering, "centering", o.centering);
+        set!(self.registers, "registers", o.registers);
+        set!(self.layerscale, "layerscale", o.layer_scale);
+        set!(self.layer_decay, "layer_decay", o.layer_decay);
+        set!(
+            self.patch_embed_lr_mult,
+            "patch_embed_lr_mult",
+            o.patch_embed_lr_mult
+        );
+        if let Some(p) = self.mask_probability {
+            if !(0.0..=1.0).contains(&p) {
+                bail!(
+                    "--mask-probability {p} is not a probability; give a value in [0, 1] (official 0.5)"
+                );
+            }
+            given.push((
+                "mask_probability",
+                format!("{p:?}"),
+                format!("{:?}", o.mask.probability),
+            ));
+            o.mask.probability = p;
+        }
+        if let Some(v) = &self.mask_ratio {
+            let &[min, max] = v.as_slice() else {
+                bail!("--mask-ratio takes two numbers, MIN,MAX or MIN MAX");
+            };
+            if min > max {
+                bail!("--mask-ratio {min},{max}: MIN must not exceed MAX");
+            }
+            given.push((
+                "mask_ratio",
+                format!("{:?}", (min, max)),
+                format!("{:?}", o.mask.ratio),
+            ));
+            o.mask.ratio = (min, max);
+        }
+        Ok(())
     }
 
     /// The config of a resumed run: flags given now must agree with the saved run.

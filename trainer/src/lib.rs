@@ -3,6 +3,7 @@
 
 pub mod amp;
 pub mod augment;
+pub mod autotune_cache;
 pub mod bench;
 pub mod cli_train;
 pub mod commands;
@@ -16,6 +17,7 @@ pub mod koleo;
 pub mod loss;
 pub mod masking;
 pub mod npy;
+pub mod objective;
 pub mod optim;
 pub mod param_groups;
 pub mod pipeline;

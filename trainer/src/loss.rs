@@ -46,12 +46,29 @@ impl DinoLoss {
         ncrops: usize,
         teacher_temp: f64,
     ) -> (Tensor<2>, TeacherStats) {
-        let [rows, out_dim] = teacher.dims();
-        let batch = rows / 2;
         let device = teacher.device();
         let center = self.center_tensor(&device);
         let teacher = teacher.detach();
         let q = softmax((teacher.clone() - center).div_scalar(teacher_temp), 1);
+        let out = self.forward_with_targets(student, q, ncrops);
+        self.update_center(teacher);
+        out
+    }
+
+    /// The cross-entropy of every student crop to the teacher targets `q` of each other global
+    /// crop, averaged over the pairs; the centre is not touched (Sinkhorn-Knopp targets).
+    ///
+    /// # Shapes
+    /// `student`: `[ncrops * batch, out_dim]` (global crops first), `q`: `[2 * batch, out_dim]`
+    /// probabilities.
+    pub fn forward_with_targets(
+        &self,
+        student: Tensor<2>,
+        q: Tensor<2>,
+        ncrops: usize,
+    ) -> (Tensor<2>, TeacherStats) {
+        let [rows, out_dim] = q.dims();
+        let batch = rows / 2;
         let log_p = log_softmax(student.div_scalar(self.student_temp), 1);
         let mut total: Option<Tensor<2>> = None;
         let mut terms = 0usize;
@@ -74,9 +91,7 @@ impl DinoLoss {
         let loss = total
             .expect("ncrops >= 2 gives at least one term")
             .div_scalar(terms as f64);
-        let stats = teacher_stats(q, out_dim);
-        self.update_center(teacher);
-        (loss, stats)
+        (loss, teacher_stats(q, out_dim))
     }
 
     fn center_tensor(&self, device: &Device) -> Tensor<2> {

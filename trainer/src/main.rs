@@ -205,7 +205,8 @@ fn main() {
         .filter_module("wgpu_hal", log::LevelFilter::Warn)
         .filter_module("naga", log::LevelFilter::Warn)
         .init();
-    if let Err(e) = run(Cli::parse()) {
+    let cli = Cli::parse();
+    if let Err(e) = dino_trainer::autotune_cache::configure_from_env().and_then(|_| run(cli)) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }

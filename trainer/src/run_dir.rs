@@ -80,6 +80,12 @@ pub fn training_checkpoint(
         "dino_loss.center".into(),
         RawTensor::new(vec![1, loss.center.len()], loss.center.clone()),
     );
+    if let Some(ibot) = &nets.ibot {
+        map.insert(
+            "ibot_loss.center".into(),
+            RawTensor::new(vec![1, ibot.center.len()], ibot.center.clone()),
+        );
+    }
     let mut meta = BTreeMap::new();
     meta.insert(
         "dino.train_state".into(),
@@ -143,6 +149,19 @@ pub fn read_training_checkpoint(
         ),
         None => cfg.fresh_loss_scaler(),
     };
+    let ibot = match cfg.fresh_ibot_loss() {
+        Some(mut ibot) => {
+            let center = ckpt.tensors.get("ibot_loss.center").with_context(|| {
+                format!(
+                    "{} has no iBOT centre, which a --method dinov2 run saves; it was not written by this run",
+                    path.display()
+                )
+            })?;
+            ibot.center = center.data.clone();
+            Some(ibot)
+        }
+        None => None,
+    };
     Ok((
         Networks {
             student: student.with_precision(cfg.precision),
@@ -150,16 +169,19 @@ pub fn read_training_checkpoint(
             optim,
             loss,
             scaler,
+            ibot,
         },
         state.step,
     ))
 }
 
-/// Draws `loss.png` (loss per step) and, when evaluations ran, `eval.png` (Jaccard and k-NN).
+/// Draws `loss.png` (the loss per step, and each DINOv2 term beside the total) and, when
+/// evaluations ran, `eval.png` (Jaccard and k-NN).
 pub fn plot_metrics(run: &RunDir) -> Result<()> {
     let text = std::fs::read_to_string(run.metrics())
         .with_context(|| format!("reading {}", run.metrics().display()))?;
     let mut loss = Vec::new();
+    let (mut dino, mut ibot, mut koleo) = (Vec::new(), Vec::new(), Vec::new());
     let (mut best, mut mean_map, mut knn) = (Vec::new(), Vec::new(), Vec::new());
     for line in text.lines() {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
@@ -167,6 +189,15 @@ pub fn plot_metrics(run: &RunDir) -> Result<()> {
         };
         if let (Some(s), Some(l)) = (v["step"].as_f64(), v["loss"].as_f64()) {
             loss.push((s, l));
+            for (key, series) in [
+                ("ibot_loss", &mut ibot),
+                ("koleo_loss", &mut koleo),
+                ("dino_loss", &mut dino),
+            ] {
+                if let Some(y) = v[key].as_f64() {
+                    series.push((s, y));
+                }
+            }
         }
         if let Some(s) = v["eval"].as_f64() {
             for (key, series, scale) in [
@@ -180,8 +211,34 @@ pub fn plot_metrics(run: &RunDir) -> Result<()> {
             }
         }
     }
-    let mut png = crate::plot::line_plot(&[(&loss, [30, 90, 200])], 640, 360);
-    crate::plot::legend(&mut png, &[("DINO loss", [30, 90, 200])]);
+    let blue = [30, 90, 200];
+    let png = if ibot.is_empty() {
+        let mut png = crate::plot::line_plot(&[(&loss, blue)], 640, 360);
+        crate::plot::legend(&mut png, &[("DINO loss", blue)]);
+        png
+    } else {
+        let (black, orange, green) = ([20, 20, 20], [230, 150, 20], [30, 150, 60]);
+        let mut png = crate::plot::line_plot(
+            &[
+                (&loss, black),
+                (&dino, blue),
+                (&ibot, orange),
+                (&koleo, green),
+            ],
+            640,
+            360,
+        );
+        crate::plot::legend(
+            &mut png,
+            &[
+                ("total loss", black),
+                ("DINO term", blue),
+                ("iBOT term", orange),
+                ("KoLeo term (unweighted)", green),
+            ],
+        );
+        png
+    };
     crate::render::save_png(&png, &run.root.join("loss.png"))?;
     if !best.is_empty() || !knn.is_empty() {
         // The paper's yardstick: twice the random-init model's Jaccard (the step-0 evaluation).

@@ -1,5 +1,7 @@
 //! Schedules of `main_dino.py` / `utils.py`: learning rate, weight decay, teacher momentum
-//! (per iteration, `cosine_scheduler`) and teacher temperature (per epoch).
+//! (per iteration, `cosine_scheduler`) and teacher temperature (per epoch); and DINOv2's
+//! (`train/train.py` `build_schedulers`, `CosineScheduler`): the same shapes, the learning
+//! rate scaled by `√(batch / 1024)` and the temperature warmed up per iteration.
 
 /// `utils.cosine_scheduler`: linear warm-up from `start_warmup_value` to `base_value` over
 /// `warmup_epochs`, then a half cosine from `base_value` to `final_value`; one value per
@@ -61,8 +63,12 @@ pub struct Schedules {
     pub wd: Vec<f64>,
     /// Teacher EMA momentum per iteration (cosine `momentum_teacher → 1`).
     pub momentum: Vec<f64>,
-    /// Teacher temperature per epoch.
+    /// Teacher temperature per epoch (DINO) or per iteration (DINOv2).
     pub teacher_temp: Vec<f64>,
+    /// Whether `teacher_temp` is indexed by iteration; past its end the final value holds.
+    pub temp_per_iteration: bool,
+    /// The temperature after the warm-up.
+    pub final_teacher_temp: f64,
 }
 
 /// The hyperparameters the schedules are built from.
@@ -92,14 +98,38 @@ pub struct ScheduleParams {
     pub iters_per_epoch: usize,
     /// Images per step.
     pub batch_size: usize,
+    /// DINOv2's rules: `sqrt_wrt_1024` learning-rate scaling, per-iteration temperature.
+    pub dinov2: bool,
 }
 
 impl Schedules {
     /// Builds all schedules exactly as `main_dino.py` does.
     pub fn new(p: &ScheduleParams) -> Self {
+        let lr = if p.dinov2 {
+            p.lr * (p.batch_size as f64 / 1024.0).sqrt()
+        } else {
+            p.lr * p.batch_size as f64 / 256.0
+        };
+        let teacher_temp = if p.dinov2 {
+            // CosineScheduler(temp, temp, W, warmup_iters=W, start_warmup_value=warmup): a
+            // linspace over the W = epochs × length warm-up iterations, then `temp`.
+            teacher_temp_schedule(
+                p.warmup_teacher_temp,
+                p.teacher_temp,
+                p.warmup_teacher_temp_epochs * p.iters_per_epoch,
+                p.warmup_teacher_temp_epochs * p.iters_per_epoch,
+            )
+        } else {
+            teacher_temp_schedule(
+                p.warmup_teacher_temp,
+                p.teacher_temp,
+                p.warmup_teacher_temp_epochs,
+                p.epochs,
+            )
+        };
         Self {
             lr: cosine_scheduler(
-                p.lr * p.batch_size as f64 / 256.0,
+                lr,
                 p.min_lr,
                 p.epochs,
                 p.iters_per_epoch,
@@ -122,12 +152,19 @@ impl Schedules {
                 0,
                 0.0,
             ),
-            teacher_temp: teacher_temp_schedule(
-                p.warmup_teacher_temp,
-                p.teacher_temp,
-                p.warmup_teacher_temp_epochs,
-                p.epochs,
-            ),
+            teacher_temp,
+            temp_per_iteration: p.dinov2,
+            final_teacher_temp: p.teacher_temp,
+        }
+    }
+
+    /// The teacher temperature of iteration `it` in `epoch`.
+    pub fn teacher_temp_at(&self, it: usize, epoch: usize) -> f64 {
+        let i = if self.temp_per_iteration { it } else { epoch };
+        match self.teacher_temp.get(i) {
+            Some(&t) => t,
+            None if self.temp_per_iteration => self.final_teacher_temp,
+            None => *self.teacher_temp.last().unwrap_or(&self.final_teacher_temp),
         }
     }
 }
@@ -145,6 +182,37 @@ mod tests {
         assert_eq!(s[5], 1.0);
         assert!(s[19] > 0.0 && s[19] < 0.02);
         assert!(s[5..].windows(2).all(|w| w[1] <= w[0]));
+    }
+
+    #[test]
+    fn dinov2_scales_the_rate_by_the_square_root_and_warms_the_temperature_per_iteration() {
+        let p = ScheduleParams {
+            lr: 0.004,
+            min_lr: 1e-6,
+            warmup_epochs: 1,
+            weight_decay: 0.04,
+            weight_decay_end: 0.4,
+            momentum_teacher: 0.992,
+            warmup_teacher_temp: 0.04,
+            teacher_temp: 0.07,
+            warmup_teacher_temp_epochs: 2,
+            epochs: 4,
+            iters_per_epoch: 3,
+            batch_size: 256,
+            dinov2: true,
+        };
+        let s = Schedules::new(&p);
+        // Warm-up ends at the base value: 0.004 × √(256 / 1024).
+        assert!((s.lr[2] - 0.002).abs() < 1e-15);
+        // linspace(0.04, 0.07, 6) over iterations 0..6, then 0.07.
+        assert!((s.teacher_temp_at(0, 0) - 0.04).abs() < 1e-15);
+        assert!((s.teacher_temp_at(1, 0) - 0.046).abs() < 1e-12);
+        assert!((s.teacher_temp_at(5, 1) - 0.07).abs() < 1e-15);
+        assert_eq!(s.teacher_temp_at(11, 3), 0.07);
+        let v1 = Schedules::new(&ScheduleParams { dinov2: false, ..p });
+        assert!((v1.lr[2] - 0.004).abs() < 1e-15);
+        assert!((v1.teacher_temp_at(1, 0) - 0.04).abs() < 1e-15);
+        assert!((v1.teacher_temp_at(3, 1) - 0.07).abs() < 1e-15);
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! One training iteration (`train_one_epoch`'s body) on the networks it updates: student on
-//! every crop, teacher on the global crops, loss, backward, optimiser step, EMA.
+//! One training iteration (`train_one_epoch`'s body) on the networks it updates: the method's
+//! losses (`objective`), backward, optimiser step, EMA. Every method runs through this step.
 
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor, TensorData};
@@ -10,7 +10,9 @@ use rand_chacha::ChaCha8Rng;
 use anyhow::{Result, bail};
 
 use crate::amp::LossScaler;
+use crate::ibot::IbotLoss;
 use crate::loss::DinoLoss;
+use crate::objective::{Dinov2Objective, StepInputs, dino_losses, dinov2_losses};
 use crate::optim::{Optimizer, StepParams, ema_update, unscale_gradients};
 use crate::pipeline::{Batch, derive_seed};
 use crate::train::TrainConfig;
@@ -27,6 +29,8 @@ pub struct Networks {
     pub loss: DinoLoss,
     /// Dynamic loss scaling, present with `--precision f16`.
     pub scaler: Option<LossScaler>,
+    /// The iBOT loss with its running centre (DINOv2).
+    pub ibot: Option<IbotLoss>,
 }
 
 impl Networks {
@@ -55,6 +59,7 @@ impl Networks {
             optim: Optimizer::new(cfg.optimizer),
             loss: DinoLoss::new(cfg.out_dim, cfg.student_temp, cfg.center_momentum),
             scaler: cfg.fresh_loss_scaler(),
+            ibot: cfg.fresh_ibot_loss(),
         })
     }
 }
@@ -82,6 +87,8 @@ pub struct StepOutput {
     pub nets: Networks,
     /// The loss before the update.
     pub loss: f64,
+    /// Its terms before their weights (`dino_loss`, and for DINOv2 `ibot_loss`, `koleo_loss`).
+    pub terms: Vec<(&'static str, f64)>,
     /// Teacher entropy statistics.
     pub stats: crate::loss::TeacherStats,
     /// Whether the optimiser step was skipped because a scaled f16 gradient overflowed.
@@ -90,8 +97,7 @@ pub struct StepOutput {
 
 /// One DINO iteration (`train_one_epoch`'s body): student on the global crops `[2B, 3, G, G]`
 /// and the local crops `[L·B, 3, l, l]` (grouped by resolution as `MultiCropWrapper`),
-/// teacher on the global crops, loss, backward, optimiser step, EMA. A non-finite loss returns the
-/// networks unchanged so the caller can stop with the last good state.
+/// teacher on the global crops, loss, backward, optimiser step, EMA.
 pub fn dino_step(
     nets: Networks,
     globals: Tensor<4>,
@@ -100,44 +106,78 @@ pub fn dino_step(
     hyper: &StepHyper,
     device: &Device,
 ) -> StepOutput {
+    let inputs = StepInputs {
+        globals,
+        locals,
+        drop: drop.clone(),
+        masks: None,
+    };
+    train_step(nets, inputs, hyper, None, device)
+}
+
+/// One iteration of any method: its losses (DINO's, or DINOv2's when `dinov2` is given), then
+/// the shared backward pass, optimiser step (DINOv2's parameter groups and clipping for
+/// DINOv2) and EMA. A non-finite loss returns the networks unchanged (centres included) so
+/// the caller can stop with the last good state.
+pub fn train_step(
+    nets: Networks,
+    inputs: StepInputs,
+    hyper: &StepHyper,
+    dinov2: Option<&Dinov2Objective>,
+    device: &Device,
+) -> StepOutput {
     let Networks {
         student,
         teacher,
         mut optim,
         mut loss,
         mut scaler,
+        mut ibot,
     } = nets;
-    let [rows_g, ..] = globals.dims();
-    let ncrops = 2 + locals.as_ref().map_or(0, |l| l.dims()[0] / (rows_g / 2));
-    let teacher_in = globals.clone().inner();
-    let mut feats = vec![student.backbone.forward_train(globals, drop[0].as_ref())];
-    if let Some(locals) = locals {
-        feats.push(student.backbone.forward_train(locals, drop[1].as_ref()));
-    }
-    let student_out = student
-        .head
-        .as_ref()
-        .expect("training models have a head")
-        .forward(Tensor::cat(feats, 0));
-    let teacher_out = teacher
-        .head
-        .as_ref()
-        .expect("training models have a head")
-        .forward(teacher.backbone.forward(teacher_in.to_device(device)));
     let center_before = loss.center.clone();
-    let (loss_tensor, stats) = loss.forward(
-        student_out,
-        Tensor::from_inner(teacher_out),
-        ncrops,
-        hyper.teacher_temp,
-    );
-    let value = loss_tensor
-        .clone()
+    let ibot_before = ibot.as_ref().map(|i| i.center.clone());
+    let losses = match dinov2 {
+        None => dino_losses(
+            &student,
+            &teacher,
+            &mut loss,
+            inputs,
+            hyper.teacher_temp,
+            device,
+        ),
+        Some(objective) => dinov2_losses(
+            &student,
+            &teacher,
+            (
+                &mut loss,
+                ibot.as_mut().expect("DINOv2 networks have an iBOT loss"),
+            ),
+            objective,
+            inputs,
+            hyper.teacher_temp,
+            device,
+        ),
+    };
+    let stats = losses.stats;
+    // One read-back for the total and every term.
+    let mut read = vec![losses.total.clone().detach()];
+    read.extend(losses.terms.iter().map(|(_, t)| t.clone().detach()));
+    let values = Tensor::cat(read, 0)
         .into_data()
         .try_to_vec::<f32>()
-        .map_or(f64::NAN, |v| v[0] as f64);
+        .unwrap_or_default();
+    let value = values.first().map_or(f64::NAN, |&v| v as f64);
+    let terms: Vec<(&'static str, f64)> = losses
+        .terms
+        .iter()
+        .zip(values.iter().skip(1))
+        .map(|((name, _), &v)| (*name, v as f64))
+        .collect();
     if !value.is_finite() {
         loss.center = center_before;
+        if let (Some(i), Some(c)) = (ibot.as_mut(), ibot_before) {
+            i.center = c;
+        }
         return StepOutput {
             nets: Networks {
                 student,
@@ -145,8 +185,10 @@ pub fn dino_step(
                 optim,
                 loss,
                 scaler,
+                ibot,
             },
             loss: value,
+            terms,
             stats,
             skipped: true,
         };
@@ -154,18 +196,20 @@ pub fn dino_step(
     // `fp16_scaler.scale(loss).backward()`, then `unscale_` before clipping; a step whose
     // gradients overflowed is skipped (`fp16_scaler.step`) and the scale backed off.
     let loss_tensor = match &scaler {
-        Some(s) => loss_tensor.mul_scalar(s.scale),
-        None => loss_tensor,
+        Some(s) => losses.total.mul_scalar(s.scale),
+        None => losses.total,
     };
     let mut grads = GradientsParams::from_grads(loss_tensor.backward(), &student);
     let finite = scaler.as_ref().is_none_or(|s| {
-        let cancel_first = hyper.freeze_last_layer && hyper.clip_grad <= 0.0;
+        // DINOv2 freezes the last layer by learning rate 0, not by dropping its gradient.
+        let cancel_first = dinov2.is_none() && hyper.freeze_last_layer && hyper.clip_grad <= 0.0;
         unscale_gradients(&student, &mut grads, s.scale, cancel_first)
     });
     if let Some(s) = &mut scaler {
         s.update(!finite);
     }
     let student = if finite {
+        let depth = student.backbone.depth();
         optim.step(
             student,
             &mut grads,
@@ -174,7 +218,7 @@ pub fn dino_step(
                 weight_decay: hyper.weight_decay,
                 clip_grad: hyper.clip_grad,
                 freeze_last_layer: hyper.freeze_last_layer,
-                dinov2: None,
+                dinov2: dinov2.map(|o| o.rules(depth)),
             },
         )
     } else {
@@ -189,8 +233,10 @@ pub fn dino_step(
             optim,
             loss,
             scaler,
+            ibot,
         },
         loss: value,
+        terms,
         stats,
         skipped: !finite,
     }

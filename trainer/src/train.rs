@@ -10,20 +10,28 @@ use anyhow::{Context, Result, bail};
 use burn::tensor::Device;
 use dino_model::{HeadConfig, ModelConfig, Precision, VitConfig};
 use indicatif::{ProgressBar, ProgressStyle};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::amp::LossScaler;
 use crate::augment::AugmentConfig;
 use crate::data::{self, Source};
 use crate::loss::collapse_indicator;
+use crate::masking::{MaskingGenerator, sample_batch_masks};
+use crate::objective::StepInputs;
+use crate::objective::{Dinov2Objective, Method};
 use crate::optim::OptimizerKind;
 use crate::pipeline::Loader;
+use crate::pipeline::derive_seed;
 use crate::run_dir::{
     RunDir, plot_metrics, read_training_checkpoint, remove_stale_temp_files, training_checkpoint,
     truncate_metrics,
 };
 use crate::schedule::{ScheduleParams, Schedules};
-use crate::step::{Networks, StepHyper, crops_tensor, dino_step, drop_path_masks};
+use crate::step::{
+    Networks, StepHyper, crops_tensor, drop_path_masks, subset_drop_path_masks, train_step,
+};
 use crate::train_eval::{EvalSet, evaluate};
 
 /// Everything that defines a run; saved as `config.json` and inside every checkpoint.
@@ -94,6 +102,12 @@ pub struct TrainConfig {
     /// Loss scale an f16 run starts from.
     #[serde(default = "default_loss_scale")]
     pub loss_scale: f64,
+    /// The training recipe (`--method`).
+    #[serde(default)]
+    pub method: Method,
+    /// DINOv2's objective settings, present exactly when `method` is `dinov2`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dinov2: Option<Dinov2Objective>,
 }
 
 fn default_loss_scale() -> f64 {
@@ -135,11 +149,46 @@ impl Default for TrainConfig {
             precision: Precision::F32,
             loss_scale: crate::amp::INIT_SCALE,
             optimizer: OptimizerKind::AdamW,
+            method: Method::Dino,
+            dinov2: None,
         }
     }
 }
 
 impl TrainConfig {
+    /// The defaults of `--method`: `main_dino.py`'s for DINO; for DINOv2 those of
+    /// `ssl_default_config.yaml` (ViT-S/16 here, as DINO's default: learning rate 0.004 for a
+    /// batch of 1024 under the square-root rule, drop path 0.3 uniform, teacher momentum 0.992,
+    /// teacher temperature 0.04 → 0.07 over 30 epochs, crop scales 0.32 / 0.05–0.32, the
+    /// weight-normalised last layer's gain trained, the official blur probabilities).
+    pub fn for_method(method: Method) -> Self {
+        match method {
+            Method::Dino => Self::default(),
+            Method::Dinov2 => Self {
+                norm_last_layer: false,
+                drop_path_rate: 0.3,
+                lr: 0.004,
+                momentum_teacher: 0.992,
+                warmup_teacher_temp: 0.04,
+                teacher_temp: 0.07,
+                warmup_teacher_temp_epochs: 30,
+                augment: AugmentConfig::dinov2(),
+                method,
+                dinov2: Some(Dinov2Objective::default()),
+                ..Self::default()
+            },
+        }
+    }
+}
+
+impl TrainConfig {
+    /// The iBOT loss a DINOv2 run starts with (zero centre); `None` for DINO.
+    pub fn fresh_ibot_loss(&self) -> Option<crate::ibot::IbotLoss> {
+        self.dinov2.as_ref().map(|_| {
+            crate::ibot::IbotLoss::new(self.out_dim, self.student_temp, self.center_momentum)
+        })
+    }
+
     /// The loss scaler an f16 run starts with (`None` in f32).
     pub fn fresh_loss_scaler(&self) -> Option<LossScaler> {
         (self.precision == Precision::F16).then_some(LossScaler {
@@ -156,6 +205,25 @@ impl TrainConfig {
         }
         vit.img_size = self.augment.global_size as usize;
         vit.drop_path_rate = self.drop_path_rate;
+        match (self.method, &self.dinov2) {
+            (Method::Dino, None) => {}
+            (Method::Dinov2, Some(o)) => {
+                // DINOv2's ViT: a mask token for iBOT, LayerScale, registers; its position
+                // embedding is resized as DINO's (interpolate_offset 0.1, no antialias).
+                vit.family = dino_model::Family::Dinov2;
+                vit.layer_scale = o.layer_scale;
+                vit.num_register_tokens = o.registers;
+                if self.batch_size < 2 && o.koleo_weight > 0.0 {
+                    bail!(
+                        "KoLeo needs at least 2 images per global crop; raise --batch-size or set --koleo-weight 0"
+                    );
+                }
+            }
+            (method, _) => bail!(
+                "config.json is inconsistent: method {method:?} with{} DINOv2 settings; start a new run with -o",
+                if self.dinov2.is_some() { "" } else { "out" }
+            ),
+        }
         if vit.img_size % self.patch_size != 0
             || !(self.augment.local_size as usize).is_multiple_of(self.patch_size)
         {
@@ -267,6 +335,7 @@ pub fn train(
         epochs: cfg.epochs,
         iters_per_epoch,
         batch_size: cfg.batch_size,
+        dinov2: cfg.method == Method::Dinov2,
     });
     let total_steps = (cfg.epochs * iters_per_epoch) as u64;
     let end_step = opts.max_steps.map_or(total_steps, |m| m.min(total_steps));
@@ -360,13 +429,15 @@ pub fn train(
     let mut collapse = String::from("ok");
     let mut last_saved = start_step;
     let mut skipped = 0u64;
-    let ncrops = cfg.ncrops();
+    let masking = cfg.dinov2.as_ref().map(|_| {
+        MaskingGenerator::for_crops(cfg.augment.global_size as usize, cfg.patch_size, false)
+    });
     for step in start_step..end_step {
         let t0 = Instant::now();
         let batch = loader.next_batch().expect("loader covers the step range")?;
         let epoch = (step / iters_per_epoch as u64) as usize;
         let it = step as usize;
-        let temp = schedules.teacher_temp[epoch.min(schedules.teacher_temp.len() - 1)];
+        let temp = schedules.teacher_temp_at(it, epoch);
         let hyper = StepHyper {
             lr: schedules.lr[it],
             weight_decay: schedules.wd[it],
@@ -375,20 +446,8 @@ pub fn train(
             clip_grad: cfg.clip_grad,
             freeze_last_layer: epoch < cfg.freeze_last_layer,
         };
-        let globals = crops_tensor(&batch, 0..2, &ad_device);
-        let locals = (ncrops > 2).then(|| crops_tensor(&batch, 2..ncrops, &ad_device));
-        let drop = [
-            drop_path_masks(&nets.student, &cfg, step, 0, 2 * cfg.batch_size, &ad_device),
-            drop_path_masks(
-                &nets.student,
-                &cfg,
-                step,
-                1,
-                (ncrops - 2) * cfg.batch_size,
-                &ad_device,
-            ),
-        ];
-        let out = dino_step(nets, globals, locals, &drop, &hyper, device);
+        let inputs = step_inputs(&cfg, &nets, &batch, masking.as_ref(), step, &ad_device);
+        let out = train_step(nets, inputs, &hyper, cfg.dinov2.as_ref(), device);
         nets = out.nets;
         let (loss_value, stats) = (out.loss, out.stats);
         skipped += u64::from(out.skipped && loss_value.is_finite());
@@ -413,6 +472,11 @@ pub fn train(
             "momentum": schedules.momentum[it], "teacher_temp": temp, "img_per_sec": img_per_sec,
             "teacher_entropy": stats.entropy, "teacher_batch_entropy": stats.mean_entropy, "collapse": collapse,
         });
+        if cfg.dinov2.is_some() {
+            for (name, v) in &out.terms {
+                record[*name] = (*v).into();
+            }
+        }
         if let Some(scaler) = &nets.scaler {
             // The scale after this step's update, and whether the update was skipped.
             record["loss_scale"] = scaler.scale.into();
@@ -511,4 +575,60 @@ pub fn train(
         images_per_sec: images / started.elapsed().as_secs_f64(),
         collapse,
     })
+}
+
+/// RNG streams of the per-step draws (besides the loader's permutation and augmentation).
+const STREAM_SUBSET_DROP_PATH: u64 = 4;
+const STREAM_MASKS: u64 = 5;
+
+/// The crops of `batch` as the step takes them, with the method's per-step randomness drawn
+/// from the run's seed and the step (so a resumed step draws the same): DINO's per-sample
+/// drop path; DINOv2's batch-subset drop path at the uniform rate and iBOT's masks.
+pub fn step_inputs(
+    cfg: &TrainConfig,
+    nets: &Networks,
+    batch: &crate::pipeline::Batch,
+    masking: Option<&MaskingGenerator>,
+    step: u64,
+    ad_device: &Device,
+) -> StepInputs {
+    let ncrops = cfg.ncrops();
+    let rows = [2 * cfg.batch_size, (ncrops - 2) * cfg.batch_size];
+    let globals = crops_tensor(batch, 0..2, ad_device);
+    let locals = (ncrops > 2).then(|| crops_tensor(batch, 2..ncrops, ad_device));
+    let Some(objective) = &cfg.dinov2 else {
+        let drop =
+            [0, 1].map(|g| drop_path_masks(&nets.student, cfg, step, g as u64, rows[g], ad_device));
+        return StepInputs {
+            globals,
+            locals,
+            drop,
+            masks: None,
+        };
+    };
+    let depth = nets.student.backbone.depth();
+    let drop = [0, 1].map(|g| {
+        (cfg.drop_path_rate > 0.0 && rows[g] > 0).then(|| {
+            let mut rng = ChaCha8Rng::seed_from_u64(derive_seed(
+                cfg.seed,
+                STREAM_SUBSET_DROP_PATH,
+                step,
+                g as u64,
+            ));
+            subset_drop_path_masks(depth, cfg.drop_path_rate, rows[g], &mut rng, ad_device)
+        })
+    });
+    let mut rng = ChaCha8Rng::seed_from_u64(derive_seed(cfg.seed, STREAM_MASKS, step, 0));
+    let masks = sample_batch_masks(
+        masking.expect("DINOv2 runs have a masking generator"),
+        rows[0],
+        &objective.mask,
+        &mut rng,
+    );
+    StepInputs {
+        globals,
+        locals,
+        drop,
+        masks: Some(masks),
+    }
 }

@@ -379,6 +379,27 @@ fn bad_inputs_give_clear_errors() {
         &["holds no images"],
     );
     fails(
+        &["train", "-o", o, "--koleo-weight", "0.1", "--device", "cpu"],
+        &[
+            "--koleo-weight 0.1 only apply to --method dinov2",
+            "--method dino run",
+        ],
+    );
+    fails(
+        &[
+            "train",
+            "-o",
+            o,
+            "--method",
+            "dinov2",
+            "--mask-ratio",
+            "0.5,0.1",
+            "--device",
+            "cpu",
+        ],
+        &["--mask-ratio 0.5,0.1: MIN must not exceed MAX"],
+    );
+    fails(
         &["train", "-o", o, "--loss-scale", "1024", "--device", "cpu"],
         &[
             "--loss-scale only applies to mixed precision",
@@ -651,6 +672,72 @@ fn resumed_lars_run_equals_the_straight_run() {
             "cpu",
         ],
         &["--optimizer", "different configuration"],
+    );
+}
+
+/// `--method dinov2` resumes exactly too: iBOT's centre travels in the checkpoint and the
+/// masks and subset drop path are drawn from the seed and the step. Its metrics carry each
+/// term, whose weighted sum is the loss, and loss.png draws them.
+#[test]
+fn resumed_dinov2_run_equals_the_straight_run() {
+    let (run, _dir) = resume_equals_straight(&["--method", "dinov2", "--registers", "2"]);
+    let ckpt =
+        read_checkpoint(&std::fs::read(run.join("checkpoints/last.safetensors")).unwrap()).unwrap();
+    for key in [
+        "ibot_loss.center",
+        "mask_token",
+        "register_tokens",
+        "blocks.0.ls1.gamma",
+        "student.mask_token",
+    ] {
+        assert!(
+            ckpt.tensors.keys().any(|k| k.starts_with(key)),
+            "{key} missing from {:?}",
+            ckpt.tensors.keys().take(12).collect::<Vec<_>>()
+        );
+    }
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let steps: Vec<serde_json::Value> = metrics
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r.get("loss").is_some())
+        .collect();
+    assert_eq!(steps.len(), 10);
+    let mut masked_steps = 0;
+    for r in &steps {
+        let term = |k: &str| r[k].as_f64().unwrap_or_else(|| panic!("no {k} in {r}"));
+        let (dino, ibot, koleo) = (term("dino_loss"), term("ibot_loss"), term("koleo_loss"));
+        let total = r["loss"].as_f64().unwrap();
+        assert!(
+            (total - (dino + ibot + 0.1 * koleo)).abs() < 1e-4 * total.abs().max(1.0),
+            "loss {total} is not dino + ibot + 0.1 koleo: {r}"
+        );
+        masked_steps += usize::from(ibot > 0.0);
+    }
+    assert!(
+        masked_steps >= 5,
+        "iBOT saw masked patches in only {masked_steps} of 10 steps"
+    );
+    assert!(run.join("loss.png").exists());
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["method"], "dinov2");
+    assert_eq!(config["dinov2"]["registers"], 2);
+    assert_eq!(
+        config["augment"]["blur"],
+        serde_json::json!([0.0, 0.9, 0.5])
+    );
+    fails(
+        &[
+            "train",
+            "--resume",
+            run.to_str().unwrap(),
+            "--registers",
+            "0",
+            "--device",
+            "cpu",
+        ],
+        &["--registers", "different configuration"],
     );
 }
 

@@ -68,6 +68,13 @@ fn rel_err(a: &[f32], b: &[f32]) -> f64 {
         / scale
 }
 
+/// Our tensor name of an official sub-model key (`backbone.…` or `dino_head.…`).
+fn our_name(key: &str) -> String {
+    key.strip_prefix("backbone.")
+        .map(str::to_string)
+        .unwrap_or_else(|| key.replacen("dino_head.", "head.", 1))
+}
+
 fn scalar(record: &Value, key: &str) -> f32 {
     record[key].as_f64().unwrap() as f32
 }
@@ -450,10 +457,7 @@ fn dinov2_optimizer_steps_match_adamw_on_the_official_groups_with_submodel_clipp
         .iter()
         .filter_map(|(k, v)| k.strip_prefix("optim_v2.final.").map(|k| (k, v)))
     {
-        let name = key
-            .strip_prefix("backbone.")
-            .map(str::to_string)
-            .unwrap_or_else(|| key.replacen("dino_head.", "head.", 1));
+        let name = our_name(key);
         let got = ours
             .get(&name)
             .unwrap_or_else(|| panic!("no {name} in our model"));
@@ -531,4 +535,157 @@ fn subset_drop_path_replays_the_official_stochastic_depth() {
             );
         }
     }
+}
+
+/// Five official DINOv2 iterations (`SSLMetaArch.forward_backward`, clipping, AdamW on the v2
+/// parameter groups, EMA; `scripts/make_dinov2_step_fixtures.py`) replayed by our step on the
+/// same crops and masks: each loss term, the weights of student and teacher, and both centres.
+#[test]
+fn five_official_dinov2_iterations_are_replayed_by_our_step() {
+    use dino_model::{PosInterp, Position};
+    use dino_trainer::loss::DinoLoss;
+    use dino_trainer::masking::BatchMasks;
+    use dino_trainer::objective::{Dinov2Objective, StepInputs};
+    use dino_trainer::step::{Networks, StepHyper, train_step};
+
+    let dir = format!("{}/tests/fixtures/dinov2_step", env!("CARGO_MANIFEST_DIR"));
+    let (_, map) =
+        read_safetensors(&std::fs::read(format!("{dir}/steps.safetensors")).unwrap()).unwrap();
+    let record: Value =
+        serde_json::from_slice(&std::fs::read(format!("{dir}/steps.json")).unwrap()).unwrap();
+    let options = ImportOptions {
+        num_heads: Some(2),
+        ..ImportOptions::default()
+    };
+    let imported = import_with(
+        &std::fs::read(format!("{dir}/initial.pth")).unwrap(),
+        &options,
+    )
+    .unwrap();
+    let mut mc = imported.config.clone();
+    // Training resizes the position embedding as DINO does (interpolate_offset 0.1, no
+    // antialias), whatever the hub convention for register models.
+    mc.vit.position = Position::Learned {
+        interp: PosInterp::Offset,
+    };
+    let device = Device::flex();
+    let ad = device.clone().autodiff();
+    let k = record["prototypes"].as_u64().unwrap() as usize;
+    let mut nets = Networks {
+        student: mc.load(&imported.tensors, "", &ad).unwrap(),
+        teacher: mc.load(&imported.tensors, "", &device).unwrap(),
+        optim: Optimizer::new(OptimizerKind::AdamW),
+        loss: DinoLoss::new(k, 0.1, 0.9),
+        scaler: None,
+        ibot: Some(IbotLoss::new(k, 0.1, 0.9)),
+    };
+    let objective = Dinov2Objective {
+        registers: 2,
+        ..Dinov2Objective::default()
+    };
+    for (i, step) in record["steps"].as_array().unwrap().iter().enumerate() {
+        let f = |key: &str| step[key].as_f64().unwrap();
+        let mask_values = &map[&format!("step{i}.masks")];
+        let patches = mask_values.shape[1];
+        let masks: Vec<bool> = mask_values.data.iter().map(|&v| v > 0.5).collect();
+        let indices: Vec<usize> = (0..masks.len()).filter(|&j| masks[j]).collect();
+        assert_eq!(indices.len(), step["masked"].as_u64().unwrap() as usize);
+        let inputs = StepInputs {
+            globals: tensor(&map, &format!("step{i}.globals"), &ad),
+            locals: Some(tensor(&map, &format!("step{i}.locals"), &ad)),
+            drop: [None, None],
+            masks: Some(BatchMasks {
+                masks,
+                patches,
+                indices,
+                weights: map[&format!("step{i}.masks_weight")].data.clone(),
+                upperbound: step["upperbound"].as_u64().unwrap() as usize,
+            }),
+        };
+        let hyper = StepHyper {
+            lr: f("lr"),
+            weight_decay: f("wd"),
+            momentum: f("momentum"),
+            teacher_temp: f("teacher_temp"),
+            clip_grad: record["clip_grad"].as_f64().unwrap(),
+            freeze_last_layer: f("last_layer_lr") == 0.0,
+        };
+        let out = train_step(nets, inputs, &hyper, Some(&objective), &device);
+        nets = out.nets;
+        for (name, got) in &out.terms {
+            let want = f(name);
+            let e = (got - want).abs() / want.abs();
+            assert!(
+                e <= 1e-5,
+                "step {i}: {name} {got} vs official {want} (rel {e:.2e})"
+            );
+        }
+        println!("step {i}: {:?}", out.terms);
+    }
+    // Weights after five AdamW steps agree only as far as float32 lets two implementations
+    // agree: AdamW turns a gradient at rounding level into a full ±lr step, so an element whose
+    // gradient is nearly zero may move the other way. The official code run in float64 differs
+    // from itself in float32 that way too (median 1e-6, 99th percentile up to 1.7e-5 of a
+    // tensor's largest value, isolated elements by a step). So per tensor: the median
+    // difference within 1e-5 and the 99th percentile within 1e-4 of its largest value, and no
+    // element off by more than two learning-rate steps. The key third of qkv.bias is left out:
+    // its exact gradient is 0 (softmax ignores a constant per query), so both sides move it by
+    // rounding noise, and no output depends on it.
+    let max_step: f64 = 2.0
+        * record["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["lr"].as_f64().unwrap())
+            .fold(0.0, f64::max);
+    for (net, model) in [("student", &nets.student), ("teacher", &nets.teacher)] {
+        let mut ours = TensorMap::new();
+        model.save_tensors(&mut ours, "");
+        let prefix = format!("final.{net}.");
+        let mut compared = 0;
+        for (key, want) in map
+            .iter()
+            .filter_map(|(k, v)| k.strip_prefix(prefix.as_str()).map(|k| (k, v)))
+        {
+            let name = our_name(key);
+            let got = ours
+                .get(&name)
+                .unwrap_or_else(|| panic!("no {name} in our {net}"));
+            assert_eq!(got.data.len(), want.data.len(), "{net} {name}");
+            let keep: Vec<(f32, f32)> = got
+                .data
+                .iter()
+                .zip(&want.data)
+                .enumerate()
+                .filter(|(i, _)| {
+                    let d = want.data.len() / 3;
+                    !(name.ends_with("qkv.bias") && (d..2 * d).contains(i))
+                })
+                .map(|(_, (a, b))| (*a, *b))
+                .collect();
+            let scale = keep.iter().fold(1e-30f64, |m, p| m.max(p.1.abs() as f64));
+            let mut d: Vec<f64> = keep
+                .iter()
+                .map(|(a, b)| (*a as f64 - *b as f64).abs())
+                .collect();
+            d.sort_by(|a, b| b.partial_cmp(a).unwrap());
+            let at = |q: f64| d[((d.len() as f64) * q) as usize];
+            let (max, p99, p50) = (d[0], at(0.01), at(0.5));
+            assert!(
+                p50 <= 1e-5 * scale && p99 <= 1e-4 * scale && max <= max_step,
+                "{net} {name} after 5 steps: median {:.2e}, p99 {:.2e} of its largest value, max {max:.2e}",
+                p50 / scale,
+                p99 / scale
+            );
+            compared += 1;
+        }
+        assert!(compared >= 20, "{net}: only {compared} tensors compared");
+    }
+    let e = rel_err(&nets.loss.center, &map["final.dino_center"].data);
+    assert!(e <= 1e-5, "DINO centre: {e}");
+    let e = rel_err(
+        &nets.ibot.as_ref().unwrap().center,
+        &map["final.ibot_center"].data,
+    );
+    assert!(e <= 1e-5, "iBOT centre: {e}");
 }

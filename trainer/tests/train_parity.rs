@@ -84,6 +84,7 @@ fn replay(
             scale,
             growth_tracker: 0,
         }),
+        ibot: None,
     };
     let (_, expected) = read_safetensors(&fixture("train_steps.safetensors")).unwrap();
     let rec = record();
@@ -292,6 +293,7 @@ fn an_overflowing_f16_step_is_skipped_and_the_scale_halved() {
         optim: Optimizer::new(OptimizerKind::AdamW),
         loss: DinoLoss::new(64, 0.1, 0.9),
         scaler: Some(LossScaler::default()),
+        ibot: None,
     };
     let (_, expected) = read_safetensors(&fixture("train_steps.safetensors")).unwrap();
     let hyper = StepHyper {

@@ -1,7 +1,8 @@
 //! The wgpu backend trains the same numbers as the CPU backend: three DINO steps of a tiny
 //! ViT on `--device wgpu` (lavapipe in CI: Mesa's CPU Vulkan driver, a real shader path)
 //! against `--device cpu`, loss by loss, in f32 and in mixed precision (`--precision f16`,
-//! WGSL's f16 through wgpu's shader-f16, which lavapipe offers).
+//! WGSL's f16 through wgpu's shader-f16, which lavapipe offers). The runs keep CubeCL's autotune
+//! results in `DINO_AUTOTUNE_CACHE`, and a second run of the same shapes loads them from there.
 //!
 //! Needs a Vulkan/Metal/DX12 adapter; `scripts/setup-tests.sh` installs lavapipe. Set
 //! `DINOSCOPE_SKIP_WGPU_TEST=1` to skip explicitly on a machine without any adapter.
@@ -10,10 +11,16 @@ mod common;
 
 use std::process::Command;
 
-/// Runs the tiny 3-step training on `device` in `precision`; returns each step's
-/// (loss, loss scale, skipped) from metrics.jsonl.
-fn three_steps(dir: &std::path::Path, device: &str, precision: &str) -> Vec<(f64, f64, bool)> {
-    let run = dir.join(format!("{device}-{precision}"));
+/// Runs the tiny 3-step training on `device` in `precision` (run folder `<device>-<precision>
+/// <tag>`, CubeCL's autotune results in `dir/autotune`); returns each step's (loss, loss scale,
+/// skipped) from metrics.jsonl and what the run logged.
+fn three_steps(
+    dir: &std::path::Path,
+    device: &str,
+    precision: &str,
+    tag: &str,
+) -> (Vec<(f64, f64, bool)>, String) {
+    let run = dir.join(format!("{device}-{precision}{tag}"));
     let out = Command::new(env!("CARGO_BIN_EXE_dino"))
         .args([
             "train",
@@ -67,7 +74,8 @@ fn three_steps(dir: &std::path::Path, device: &str, precision: &str) -> Vec<(f64
         .args(["--max-steps", "3", "--eval-every", "100000"])
         // Keep lavapipe's shader compilation and autotuning short.
         .env("CUBECL_AUTOTUNE_LEVEL", "minimal")
-        .env("RUST_LOG", "warn")
+        .env("DINO_AUTOTUNE_CACHE", dir.join("autotune"))
+        .env("RUST_LOG", "warn,cubecl_runtime::tune=info")
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -91,7 +99,20 @@ fn three_steps(dir: &std::path::Path, device: &str, precision: &str) -> Vec<(f64
         .collect();
     assert_eq!(steps.len(), 3);
     assert_eq!(steps.iter().map(|s| s.0).collect::<Vec<_>>(), losses);
-    steps
+    (steps, stderr.into_owned())
+}
+
+/// Tuned kernel choices CubeCL says it loaded from its cache ("Loaded N autotune cached
+/// entries", one line per tuner).
+fn loaded_tunings(log: &str) -> usize {
+    log.lines()
+        .filter_map(|l| {
+            let rest = l.split("Loaded ").nth(1)?;
+            rest.strip_suffix(" autotune cached entries")?
+                .parse::<usize>()
+                .ok()
+        })
+        .sum()
 }
 
 #[test]
@@ -104,8 +125,20 @@ fn wgpu_and_cpu_backends_give_the_same_losses() {
     // f32 agrees to accumulation order; f16 keeps 11 significant bits, so a loss near 3
     // moves by a few 1e-3 when the two backends sum products in different orders.
     for (precision, tolerance) in [("f32", 1e-4), ("f16", 2e-2)] {
-        let cpu = three_steps(dir.path(), "cpu", precision);
-        let wgpu = three_steps(dir.path(), "wgpu", precision);
+        let (cpu, _) = three_steps(dir.path(), "cpu", precision, "");
+        let (wgpu, log) = three_steps(dir.path(), "wgpu", precision, "");
+        if precision == "f32" {
+            // The first wgpu run of this test tuned every kernel into DINO_AUTOTUNE_CACHE.
+            assert_eq!(
+                loaded_tunings(&log),
+                0,
+                "a fresh cache loaded tunings:\n{log}"
+            );
+            let cached = std::fs::read_dir(dir.path().join("autotune"))
+                .map(|d| d.count())
+                .unwrap_or(0);
+            assert!(cached > 0, "nothing was written to DINO_AUTOTUNE_CACHE");
+        }
         if precision == "f16" {
             assert!(
                 cpu.iter().all(|s| !s.2),
@@ -123,4 +156,11 @@ fn wgpu_and_cpu_backends_give_the_same_losses() {
             assert_eq!((a.1, a.2), (b.1, b.2), "{precision}: loss scaling differs");
         }
     }
+    // A second run of the same shapes finds its kernels' tunings in the cache.
+    let (again, log) = three_steps(dir.path(), "wgpu", "f32", "-again");
+    assert!(
+        loaded_tunings(&log) > 0,
+        "the second run loaded no tunings from DINO_AUTOTUNE_CACHE:\n{log}"
+    );
+    assert_eq!(again.len(), 3);
 }
