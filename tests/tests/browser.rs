@@ -104,21 +104,44 @@ impl Drop for Driver {
 }
 
 impl Driver {
-    fn post(&self, path: &str, body: Value) -> Value {
+    /// One WebDriver command; an error carries chromedriver's own message (its body).
+    fn try_post(&self, path: &str, body: Value) -> Result<Value, String> {
         let url = format!(
             "{}/session/{}{path}",
             self.base,
             self.session.as_ref().unwrap()
         );
-        ureq::post(&url)
-            .send_json(body)
-            .unwrap_or_else(|e| panic!("POST {url}: {e}"))
-            .into_json()
-            .unwrap()
+        match ureq::post(&url).send_json(body) {
+            Ok(r) => r.into_json().map_err(|e| format!("POST {url}: {e}")),
+            Err(ureq::Error::Status(code, r)) => Err(format!(
+                "POST {url}: status {code}: {}",
+                r.into_string().unwrap_or_default()
+            )),
+            Err(e) => Err(format!("POST {url}: {e}")),
+        }
     }
 
+    fn post(&self, path: &str, body: Value) -> Value {
+        self.try_post(path, body).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn try_script(&self, js: &str) -> Result<Value, String> {
+        self.try_post("/execute/sync", json!({"script": js, "args": []}))
+            .map(|v| v["value"].clone())
+    }
+
+    /// Runs `js`, waiting out a renderer too busy to answer (see `busy`) for up to 60 s.
     fn script(&self, js: &str) -> Value {
-        self.post("/execute/sync", json!({"script": js, "args": []}))["value"].clone()
+        let start = Instant::now();
+        loop {
+            match self.try_script(js) {
+                Ok(v) => return v,
+                Err(e) if busy(&e) && start.elapsed() < Duration::from_secs(60) => {
+                    std::thread::sleep(Duration::from_millis(500))
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
     }
 }
 
@@ -200,17 +223,28 @@ fn chromium() -> (Driver, tempfile::TempDir) {
     (driver, profile)
 }
 
-/// Polls `data-state` until it is `ready…` or `error` (at most 240 s).
+/// Whether a WebDriver error only says the renderer did not answer in time: a page busy
+/// compiling the wasm or drawing on a loaded machine misses chromedriver's own deadline
+/// (a 500 "timeout: Timed out receiving message from renderer"). That is "not yet", not a
+/// failure; a crashed tab or a script error is.
+fn busy(error: &str) -> bool {
+    error.contains("timeout")
+}
+
+/// Polls `data-state` until it is `ready…` or `error` (at most 300 s).
 fn wait_ready(driver: &Driver) -> String {
     let start = Instant::now();
     loop {
-        let s = driver.script("return document.body.getAttribute('data-state') || ''");
-        let s = s.as_str().unwrap_or("").to_string();
+        let s = match driver.try_script("return document.body.getAttribute('data-state') || ''") {
+            Ok(v) => v.as_str().unwrap_or("").to_string(),
+            Err(e) if busy(&e) => format!("busy: {e}"),
+            Err(e) => panic!("{e}"),
+        };
         if s.starts_with("ready") || s == "error" {
             return s;
         }
         assert!(
-            start.elapsed() < Duration::from_secs(240),
+            start.elapsed() < Duration::from_secs(300),
             "the page never drew its maps (state {s:?})"
         );
         std::thread::sleep(Duration::from_millis(500));

@@ -164,15 +164,27 @@ pub struct TrainArgs {
     /// DINOv2: register tokens between CLS and the patches [default: 0]
     #[arg(long, alias = "num_register_tokens")]
     pub registers: Option<usize>,
-    /// DINOv2: LayerScale (init 1e-5) on every residual branch [default: true]
-    #[arg(long, value_parser = parse_bool_flag)]
-    pub layerscale: Option<bool>,
+    /// DINOv2: LayerScale's initial value on every residual branch; 0 (or false) turns it
+    /// off, true is 1e-5 [default: 1e-5]
+    #[arg(long, value_parser = parse_layerscale, value_name = "INIT")]
+    pub layerscale: Option<f64>,
     /// DINOv2: layer-wise learning-rate decay [default: 0.9]
     #[arg(long, alias = "layerwise_decay")]
     pub layer_decay: Option<f64>,
     /// DINOv2: learning-rate multiplier of the patch embedding [default: 0.2]
     #[arg(long, alias = "patch_embed_lr_mult")]
     pub patch_embed_lr_mult: Option<f64>,
+    /// Fine-tune: start the student's and teacher's backbones from these released weights
+    /// (official DINO / DINOv2 / DINOv3 .pth, Hugging Face safetensors with its config.json,
+    /// a dinoscope checkpoint); the backbone's shape comes from the file, the heads start
+    /// fresh (official: student.pretrained_weights)
+    #[arg(
+        long,
+        value_name = "FILE",
+        alias = "pretrained_weights",
+        conflicts_with = "resume"
+    )]
+    pub init: Option<PathBuf>,
     /// Compute device
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     pub device: DeviceChoice,
@@ -206,6 +218,21 @@ fn parse_bool_flag(s: &str) -> Result<bool, String> {
         "off" | "false" | "0" => Ok(false),
         _ => Err(format!(
             "`{s}` is not a boolean; expected true/false, on/off or 1/0"
+        )),
+    }
+}
+
+/// `student.layerscale`: an initial value (0 = off); the booleans of the older flag too.
+fn parse_layerscale(s: &str) -> Result<f64, String> {
+    if let Ok(on) = parse_bool_flag(s)
+        && !s.starts_with(['0', '1'])
+    {
+        return Ok(if on { 1e-5 } else { 0.0 });
+    }
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!(
+            "`{s}` is not a LayerScale initial value; give a number such as 1e-5, or 0 to turn it off"
         )),
     }
 }
@@ -554,6 +581,18 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(err.contains("not supported"), "{err}");
+    }
+
+    #[test]
+    fn layerscale_takes_an_initial_value_or_a_boolean() {
+        assert_eq!(parse_layerscale("1e-4"), Ok(1e-4));
+        assert_eq!(parse_layerscale("1"), Ok(1.0));
+        assert_eq!(parse_layerscale("0"), Ok(0.0));
+        assert_eq!(parse_layerscale("true"), Ok(1e-5));
+        assert_eq!(parse_layerscale("off"), Ok(0.0));
+        assert!(parse_layerscale("-1").is_err());
+        assert!(parse_layerscale("nan").is_err());
+        assert!(parse_layerscale("big").is_err());
     }
 
     #[test]

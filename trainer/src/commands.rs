@@ -413,11 +413,11 @@ pub fn train(args: &crate::cli_train::TrainArgs) -> Result<()> {
                     run.root.display()
                 );
             }
-            (
-                run,
-                args.apply(crate::train::TrainConfig::default())?.0,
-                false,
-            )
+            let (mut cfg, given) = args.apply(crate::train::TrainConfig::default())?;
+            if let Some(file) = &args.init {
+                crate::init::resolve(&mut cfg, file, &given)?;
+            }
+            (run, cfg, false)
         }
     };
     if args.loss_scale.is_some() && cfg.precision != dino_model::Precision::F16 {

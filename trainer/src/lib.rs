@@ -12,6 +12,7 @@ pub mod device;
 pub mod eval;
 pub mod gram;
 pub mod ibot;
+pub mod init;
 pub mod io;
 pub mod koleo;
 pub mod loss;

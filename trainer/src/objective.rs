@@ -72,8 +72,9 @@ pub struct Dinov2Objective {
     pub patch_embed_lr_mult: f64,
     /// Register tokens of the backbone (`student.num_register_tokens`, 0).
     pub registers: usize,
-    /// LayerScale on every residual branch, initialised at 1e-5 (`student.layerscale`).
-    pub layer_scale: bool,
+    /// LayerScale's initial value on every residual branch; 0 turns it off
+    /// (`student.layerscale`, 1e-5).
+    pub layer_scale: f64,
 }
 
 impl Default for Dinov2Objective {
@@ -91,7 +92,7 @@ impl Default for Dinov2Objective {
             layer_decay: 0.9,
             patch_embed_lr_mult: 0.2,
             registers: 0,
-            layer_scale: true,
+            layer_scale: 1e-5,
         }
     }
 }

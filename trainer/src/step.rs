@@ -51,6 +51,17 @@ impl Networks {
         let init = mc.init(&cpu)?;
         let mut map = TensorMap::new();
         init.save_tensors(&mut map, "");
+        if let Some(value) = cfg.dinov2.as_ref().map(|o| o.layer_scale as f32) {
+            // `--layerscale INIT`: the model draws its gammas at DINOv2's 1e-5.
+            for (name, t) in map.iter_mut() {
+                if name.ends_with(".ls1.gamma") || name.ends_with(".ls2.gamma") {
+                    t.data.iter_mut().for_each(|g| *g = value);
+                }
+            }
+        }
+        if let Some(from) = &cfg.init {
+            crate::init::load_backbone(from, &mut map)?;
+        }
         Ok(Self {
             student: mc
                 .load(&map, "", &device.clone().autodiff())?

@@ -108,6 +108,9 @@ pub struct TrainConfig {
     /// DINOv2's objective settings, present exactly when `method` is `dinov2`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dinov2: Option<Dinov2Objective>,
+    /// The released weights the backbones started from (`--init`), when fine-tuning.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<crate::init::InitFrom>,
 }
 
 fn default_loss_scale() -> f64 {
@@ -151,6 +154,7 @@ impl Default for TrainConfig {
             optimizer: OptimizerKind::AdamW,
             method: Method::Dino,
             dinov2: None,
+            init: None,
         }
     }
 }
@@ -199,19 +203,29 @@ impl TrainConfig {
 
     /// The model this run trains.
     pub fn model_config(&self) -> Result<ModelConfig> {
-        let mut vit = VitConfig::by_name(&self.arch, self.patch_size)?;
-        if let Some(d) = self.depth {
-            vit.depth = d;
-        }
-        vit.img_size = self.augment.global_size as usize;
+        let mut vit = match &self.init {
+            // A released backbone keeps its position grid: crops of another size interpolate
+            // it, as they do at inference.
+            Some(init) => init.backbone.clone(),
+            None => {
+                let mut vit = VitConfig::by_name(&self.arch, self.patch_size)?;
+                if let Some(d) = self.depth {
+                    vit.depth = d;
+                }
+                vit.img_size = self.augment.global_size as usize;
+                vit
+            }
+        };
         vit.drop_path_rate = self.drop_path_rate;
         match (self.method, &self.dinov2) {
             (Method::Dino, None) => {}
             (Method::Dinov2, Some(o)) => {
                 // DINOv2's ViT: a mask token for iBOT, LayerScale, registers; its position
                 // embedding is resized as DINO's (interpolate_offset 0.1, no antialias).
-                vit.family = dino_model::Family::Dinov2;
-                vit.layer_scale = o.layer_scale;
+                if self.init.is_none() {
+                    vit.family = dino_model::Family::Dinov2;
+                }
+                vit.layer_scale = o.layer_scale > 0.0;
                 vit.num_register_tokens = o.registers;
                 if self.batch_size < 2 && o.koleo_weight > 0.0 {
                     bail!(
@@ -224,7 +238,7 @@ impl TrainConfig {
                 if self.dinov2.is_some() { "" } else { "out" }
             ),
         }
-        if vit.img_size % self.patch_size != 0
+        if !(self.augment.global_size as usize).is_multiple_of(self.patch_size)
             || !(self.augment.local_size as usize).is_multiple_of(self.patch_size)
         {
             bail!(

@@ -675,14 +675,26 @@ fn resumed_lars_run_equals_the_straight_run() {
     );
 }
 
-/// `--method dinov2` resumes exactly too: iBOT's centre travels in the checkpoint and the
+/// `--method dinov2` (here with `--layerscale 0.1`) resumes exactly too: iBOT's centre
+/// travels in the checkpoint and the
 /// masks and subset drop path are drawn from the seed and the step. Its metrics carry each
 /// term, whose weighted sum is the loss, and loss.png draws them.
 #[test]
 fn resumed_dinov2_run_equals_the_straight_run() {
-    let (run, _dir) = resume_equals_straight(&["--method", "dinov2", "--registers", "2"]);
+    let (run, _dir) = resume_equals_straight(&[
+        "--method",
+        "dinov2",
+        "--registers",
+        "2",
+        "--layerscale",
+        "0.1",
+    ]);
     let ckpt =
         read_checkpoint(&std::fs::read(run.join("checkpoints/last.safetensors")).unwrap()).unwrap();
+    // `--layerscale 0.1` started every gamma there; ten small steps keep them near it.
+    let gamma = &ckpt.tensors["blocks.1.ls2.gamma"].data;
+    let mean = gamma.iter().sum::<f32>() / gamma.len() as f32;
+    assert!((mean - 0.1).abs() < 0.02, "LayerScale gamma mean {mean}");
     for key in [
         "ibot_loss.center",
         "mask_token",
@@ -888,4 +900,156 @@ fn non_finite_loss_stops_with_the_last_good_checkpoint_kept() {
         &["the loss became", "last good checkpoint", "--resume"],
     );
     assert!(run.join("checkpoints/last.safetensors").is_file());
+}
+
+/// TINY without the flags that set the backbone's shape, which `--init` takes from its file.
+fn tiny_without_backbone(image: &str, local: &str) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    let mut it = TINY.iter();
+    while let Some(&flag) = it.next() {
+        match flag {
+            "--arch" | "--depth" | "--patch-size" | "--image-size" | "--local-size" => {
+                it.next();
+            }
+            _ => out.push(flag),
+        }
+    }
+    let leak = |s: &str| -> &'static str { Box::leak(s.to_string().into_boxed_str()) };
+    out.extend(["--image-size", leak(image), "--local-size", leak(local)]);
+    out
+}
+
+/// `--init` fine-tunes released weights: a DINOv2-with-registers Hugging Face file (with its
+/// config.json) becomes both backbones exactly (checked after a step at learning rate 0), the
+/// run's shape comes from the file and a contradicting flag is refused, the run resumes
+/// without the file, and a DINO v1 backbone trains under `--method dinov2` with a zero mask
+/// token.
+#[test]
+fn init_fine_tunes_released_weights() {
+    use dino_model::import::{ImportOptions, Which, import_with};
+    let dir = tempfile::tempdir().unwrap();
+    let release = dir.path().join("release");
+    std::fs::create_dir_all(&release).unwrap();
+    for f in ["model.safetensors", "config.json"] {
+        std::fs::copy(fixture(&format!("families/v2reg_hf/{f}")), release.join(f)).unwrap();
+    }
+    let weights = release.join("model.safetensors");
+    let weights_s = weights.to_str().unwrap().to_string();
+    let base = tiny_without_backbone("28", "14");
+    let run = |out: &Path, extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = vec!["train".into(), "-o".into(), out.display().to_string()];
+        v.extend(base.iter().map(|s| s.to_string()));
+        v.extend(["--method", "dinov2", "--init", &weights_s].map(String::from));
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let frozen = dir.path().join("frozen");
+    let args = run(
+        &frozen,
+        &[
+            "--max-steps",
+            "1",
+            "--lr",
+            "0",
+            "--min-lr",
+            "0",
+            "--weight-decay",
+            "0",
+            "--weight-decay-end",
+            "0",
+        ],
+    );
+    ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let file = import_with(
+        &std::fs::read(&weights).unwrap(),
+        &ImportOptions {
+            which: Which::Teacher,
+            hf_config: Some(std::fs::read_to_string(release.join("config.json")).unwrap()),
+            ..ImportOptions::default()
+        },
+    )
+    .unwrap();
+    let ckpt =
+        read_checkpoint(&std::fs::read(frozen.join("checkpoints/last.safetensors")).unwrap())
+            .unwrap();
+    let mut compared = 0;
+    for (name, want) in &file.tensors {
+        for net in ["student.", ""] {
+            let got = ckpt
+                .tensors
+                .get(&format!("{net}{name}"))
+                .unwrap_or_else(|| panic!("{net}{name} missing from the checkpoint"));
+            assert_eq!(got.shape, want.shape, "{net}{name}");
+            let worst = got
+                .data
+                .iter()
+                .zip(&want.data)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            assert!(worst <= 1e-6, "{net}{name} moved from the file by {worst}");
+            compared += 1;
+        }
+    }
+    assert!(compared >= 2 * 20, "only {compared} tensors compared");
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(frozen.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["init"]["backbone"]["num_register_tokens"], 4);
+    assert_eq!(config["patch_size"], 14);
+    assert_eq!(config["dinov2"]["registers"], 4);
+
+    // A flag that contradicts the file is refused, naming both.
+    let bad = run(&dir.path().join("bad"), &["--registers", "0"]);
+    fails(
+        &bad.iter().map(String::as_str).collect::<Vec<_>>(),
+        &["--registers 0 contradicts --init", "4 registers"],
+    );
+    let missing = dir.path().join("nowhere.pth");
+    fails(
+        &[
+            "train",
+            "-o",
+            dir.path().join("m").to_str().unwrap(),
+            "--init",
+            missing.to_str().unwrap(),
+            "--device",
+            "cpu",
+        ],
+        &["nowhere.pth"],
+    );
+
+    // Training moves it, and the run resumes without the file.
+    let tuned = dir.path().join("tuned");
+    let first = run(&tuned, &["--max-steps", "2"]);
+    ok(&first.iter().map(String::as_str).collect::<Vec<_>>());
+    std::fs::remove_dir_all(&release).unwrap();
+    ok(&[
+        "train",
+        "--resume",
+        tuned.to_str().unwrap(),
+        "--max-steps",
+        "4",
+        "--device",
+        "cpu",
+        "--quiet",
+    ]);
+    assert_eq!(common::losses(&tuned).len(), 4);
+
+    // A DINO v1 backbone under --method dinov2: its mask token starts at zero.
+    let v1 = dir.path().join("v1");
+    let mut args: Vec<&str> = vec!["train", "-o", v1.to_str().unwrap()];
+    let base64 = tiny_without_backbone("32", "16");
+    args.extend(base64.iter().copied());
+    let official = fixture("official_backbone.pth");
+    args.extend([
+        "--method",
+        "dinov2",
+        "--init",
+        &official,
+        "--max-steps",
+        "1",
+    ]);
+    ok(&args);
+    let ckpt =
+        read_checkpoint(&std::fs::read(v1.join("checkpoints/last.safetensors")).unwrap()).unwrap();
+    assert_eq!(ckpt.tensors["mask_token"].shape, vec![1, 128]);
 }
