@@ -54,28 +54,22 @@ pub fn resolve(cfg: &mut TrainConfig, file: &Path, given: &[GivenFlag]) -> Resul
         // official `strict=False` load leaves it.
         vit.family = Family::Dinov2;
     }
-    let layer_scale = cfg
-        .dinov2
-        .as_ref()
-        .map(|o| o.layer_scale > 0.0)
-        .unwrap_or(vit.layer_scale);
     let file_has = [
         ("arch", format!("{:?}", vit.arch)),
         ("patch_size", format!("{:?}", vit.patch_size)),
         ("depth", format!("{:?}", Some(vit.depth))),
         ("registers", format!("{:?}", vit.num_register_tokens)),
-        ("layerscale", vit.layer_scale.to_string()),
     ];
     let conflicts: Vec<String> = given
         .iter()
-        .filter_map(|(name, value, _)| {
-            let (_, theirs) = file_has.iter().find(|(n, _)| n == name)?;
-            let agrees = match *name {
-                "layerscale" => layer_scale == vit.layer_scale,
-                _ => value == theirs,
-            };
-            (!agrees).then(|| format!("--{} {value}", name.replace('_', "-")))
+        .filter(|(name, value, _)| match *name {
+            // Any initial value agrees with a file that has LayerScale: its gammas are loaded.
+            "layerscale" => (value.parse::<f64>().unwrap_or(0.0) > 0.0) != vit.layer_scale,
+            _ => file_has
+                .iter()
+                .any(|(n, theirs)| n == name && value != theirs),
         })
+        .map(|(name, value, _)| format!("--{} {value}", name.replace('_', "-")))
         .collect();
     if !conflicts.is_empty() {
         bail!(
