@@ -2,9 +2,10 @@
 """Five official DINOv2 training iterations on a tiny ViT, for `--method dinov2`'s replay test.
 
 Usage: python3 -W ignore scripts/make_dinov2_step_fixtures.py --dinov2-repo third_party/dinov2 \
-           --out trainer/tests/fixtures/dinov2_step
+           --out trainer/tests/fixtures/dinov2_step [--separate-head]
 
-Builds `SSLMetaArch` from `ssl_default_config.yaml` (shared DINO/iBOT head, mean centering,
+Builds `SSLMetaArch` from `ssl_default_config.yaml` (shared DINO/iBOT head, or with
+--separate-head `ibot.separate_head` of the ViT-L/g configs, the iBOT head sized as the DINO head; mean centering,
 KoLeo 0.1, LayerScale 1e-5, 2 registers, interpolate_offset 0.1) on a ViT/8 32 wide with 2 heads
 and 2 blocks, global crops 40 px and two 16 px local crops, batch 3, drop path 0, f32. Each iteration is
 train.py's: `apply_optim_scheduler`, `forward_backward` on crops collated by the official
@@ -88,6 +89,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--dinov2-repo", required=True)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--separate-head", action="store_true", help="ibot.separate_head: true")
     args = parser.parse_args()
     os.environ.pop("XFORMERS_DISABLED", None)
     install_xformers_stand_in()
@@ -132,6 +134,9 @@ def main():
     cfg.dino.head_hidden_dim = 48
     cfg.dino.head_bottleneck_dim = 16
     cfg.ibot.head_n_prototypes = prototypes
+    cfg.ibot.separate_head = args.separate_head
+    cfg.ibot.head_hidden_dim = cfg.dino.head_hidden_dim
+    cfg.ibot.head_bottleneck_dim = cfg.dino.head_bottleneck_dim
 
     torch.manual_seed(0)
     random.seed(0)
@@ -209,6 +214,7 @@ def main():
               "local_crops": n_local, "patch": patch, "prototypes": prototypes, "registers": 2,
               "clip_grad": cfg.optim.clip_grad, "layer_decay": cfg.optim.layerwise_decay,
               "patch_embed_lr_mult": cfg.optim.patch_embed_lr_mult, "koleo_weight": cfg.dino.koleo_loss_weight,
+              "separate_head": bool(args.separate_head),
               "torch": torch.__version__}
     save_file({k: v.contiguous() for k, v in tensors.items()}, os.path.join(args.out, "steps.safetensors"))
     with open(os.path.join(args.out, "steps.json"), "w") as f:

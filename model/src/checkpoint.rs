@@ -51,8 +51,16 @@ impl Checkpoint {
         let config = self.require_config()?;
         let mut config = config.clone();
         // A backbone-only use (viewer) works even if a head is declared but absent.
-        if config.head.is_some() && !self.tensors.contains_key("head.last_layer.weight_v") {
+        let has = |prefix: &str| {
+            ["last_layer.weight_v", "last_layer.weight"]
+                .iter()
+                .any(|k| self.tensors.contains_key(&format!("{prefix}{k}")))
+        };
+        if config.head.is_some() && !has("head.") {
             config.head = None;
+        }
+        if config.ibot_head.is_some() && !has("ibot_head.") {
+            config.ibot_head = None;
         }
         config.load(&self.tensors, "", device)
     }
@@ -212,6 +220,7 @@ mod tests {
                 bottleneck_dim: 16,
                 ..HeadConfig::dino(192, 64)
             }),
+            ibot_head: None,
             vit,
         }
     }
@@ -242,6 +251,58 @@ mod tests {
             .try_to_vec::<f32>()
             .unwrap();
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn a_separate_plain_ibot_head_round_trips() {
+        // DINOv3's heads: plain last layers, iBOT's its own.
+        let device = Device::flex();
+        let mut config = tiny();
+        let plain = HeadConfig {
+            weight_norm: false,
+            norm_last_layer: false,
+            ..config.head.clone().unwrap()
+        };
+        config.head = Some(plain.clone());
+        config.ibot_head = Some(HeadConfig {
+            out_dim: 48,
+            ..plain
+        });
+        let model = config.init(&device).unwrap();
+        let bytes = model_checkpoint_bytes(&config, &model).unwrap();
+        let ckpt = read_checkpoint(&bytes).unwrap();
+        assert_eq!(ckpt.config.as_ref(), Some(&config));
+        assert_eq!(ckpt.tensors["head.last_layer.weight"].shape, vec![64, 16]);
+        assert_eq!(
+            ckpt.tensors["ibot_head.last_layer.weight"].shape,
+            vec![48, 16]
+        );
+        assert!(!ckpt.tensors.contains_key("head.last_layer.weight_g"));
+        let loaded = ckpt.model(&device).unwrap();
+        let x = Tensor::<2>::random([3, 192], Distribution::Normal(0.0, 1.0), &device);
+        for (a, b) in [
+            (model.head.as_ref(), loaded.head.as_ref()),
+            (model.ibot_head.as_ref(), loaded.ibot_head.as_ref()),
+        ] {
+            let (a, b) = (a.unwrap(), b.unwrap());
+            assert!(!a.weight_norm());
+            let ya = a
+                .forward(x.clone())
+                .into_data()
+                .try_to_vec::<f32>()
+                .unwrap();
+            let yb = b
+                .forward(x.clone())
+                .into_data()
+                .try_to_vec::<f32>()
+                .unwrap();
+            assert_eq!(ya, yb);
+            // The plain layer is the weight itself: logits = normalised bottleneck · W.
+            let w = a.last_layer_v.val();
+            let direct = a.bottleneck(x.clone()).matmul(w);
+            let yd = direct.into_data().try_to_vec::<f32>().unwrap();
+            assert_eq!(ya, yd);
+        }
     }
 
     #[test]

@@ -518,6 +518,15 @@ pub struct HeadConfig {
     pub nlayers: usize,
     /// Whether the weight-norm gain of the last layer is frozen at 1.
     pub norm_last_layer: bool,
+    /// Whether the last layer is weight-normalised (DINO, DINOv2) or a plain linear layer
+    /// (DINOv3's `DINOHead`); absent in files written before DINOv3 training.
+    #[serde(default = "weight_norm_default")]
+    pub weight_norm: bool,
+}
+
+/// Files written before DINOv3 training always had a weight-normalised last layer.
+fn weight_norm_default() -> bool {
+    true
 }
 
 impl HeadConfig {
@@ -530,6 +539,7 @@ impl HeadConfig {
             bottleneck_dim: 256,
             nlayers: 3,
             norm_last_layer: true,
+            weight_norm: true,
         }
     }
 
@@ -556,13 +566,17 @@ pub struct ModelConfig {
     pub vit: VitConfig,
     /// The projection head, absent for backbone-only files such as the official releases.
     pub head: Option<HeadConfig>,
+    /// A separate head for iBOT's masked patches (DINOv2's `ibot.separate_head`, always in
+    /// DINOv3); absent when the DINO head serves both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ibot_head: Option<HeadConfig>,
 }
 
 impl ModelConfig {
     /// Checks both parts.
     pub fn validate(&self) -> Result<()> {
         self.vit.validate()?;
-        if let Some(head) = &self.head {
+        for head in self.head.iter().chain(&self.ibot_head) {
             head.validate()?;
             if head.in_dim != self.vit.embed_dim {
                 return Err(ModelError::InvalidConfig {

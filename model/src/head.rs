@@ -8,16 +8,21 @@ use crate::config::{HeadConfig, Precision};
 use crate::error::Result;
 use crate::vit::{to_f32, trunc_normal};
 
-/// MLP → L2 normalisation → weight-normalised linear layer to `out_dim` prototypes.
+/// MLP → L2 normalisation → linear layer to `out_dim` prototypes, weight-normalised (DINO,
+/// DINOv2) or plain (DINOv3).
 #[derive(Module, Debug)]
 pub struct DinoHead {
     /// The MLP layers (`head.mlp.0`, `head.mlp.2`, `head.mlp.4` in the official keys; GELU between).
     pub mlp: Vec<Linear>,
-    /// Direction of the last layer (`head.last_layer.weight_v`), stored as `[bottleneck, out_dim]`.
+    /// Direction of the last layer (`head.last_layer.weight_v`), stored as `[bottleneck, out_dim]`;
+    /// the weight itself (`head.last_layer.weight`) when the layer is plain.
     pub last_layer_v: Param<Tensor<2>>,
     /// Gain of the last layer (`head.last_layer.weight_g`), `[out_dim]`; frozen at 1 when
-    /// `norm_last_layer` is set.
+    /// `norm_last_layer` is set or the layer is plain.
     pub last_layer_g: Param<Tensor<1>>,
+    /// Whether the last layer is weight-normalised; not part of the weights.
+    #[module(skip)]
+    weight_norm: bool,
     /// How the matrix products are computed; not part of the weights.
     #[module(skip)]
     precision: Precision,
@@ -45,20 +50,26 @@ impl HeadConfig {
         };
         // weight_norm wraps an nn.Linear whose default init is Kaiming-uniform with a = sqrt(5):
         // U(-1/sqrt(fan_in), 1/sqrt(fan_in)); only the direction matters once normalised.
-        let bound = 1.0 / (self.bottleneck_dim as f64).sqrt();
-        let v = Tensor::random(
-            [self.bottleneck_dim, self.out_dim],
-            burn::tensor::Distribution::Uniform(-bound, bound),
-            device,
-        );
+        // DINOv3's plain last layer gets the truncated normal of every other linear layer.
+        let v = if self.weight_norm {
+            let bound = 1.0 / (self.bottleneck_dim as f64).sqrt();
+            Tensor::random(
+                [self.bottleneck_dim, self.out_dim],
+                burn::tensor::Distribution::Uniform(-bound, bound),
+                device,
+            )
+        } else {
+            trunc_normal([self.bottleneck_dim, self.out_dim], device)
+        };
         let mut g = Param::from_tensor(Tensor::ones([self.out_dim], device));
-        if self.norm_last_layer {
+        if self.norm_last_layer || !self.weight_norm {
             g = g.set_require_grad(false);
         }
         Ok(DinoHead {
             mlp,
             last_layer_v: Param::from_tensor(v),
             last_layer_g: g,
+            weight_norm: self.weight_norm,
             precision: Precision::F32,
         })
     }
@@ -76,13 +87,21 @@ impl DinoHead {
         self.last_layer_g.dims()[0]
     }
 
+    /// Whether the last layer is weight-normalised (false: DINOv3's plain linear layer).
+    pub fn weight_norm(&self) -> bool {
+        self.weight_norm
+    }
+
     /// The effective last-layer weight `g · v / ‖v‖`, normalised per output prototype
-    /// (PyTorch's `weight_norm` with `dim=0` on the `[out, in]` weight).
+    /// (PyTorch's `weight_norm` with `dim=0` on the `[out, in]` weight), or the plain weight.
     ///
     /// # Shapes
     /// → `[bottleneck, out_dim]`.
     pub fn last_layer_weight(&self) -> Tensor<2> {
         let v = self.last_layer_v.val();
+        if !self.weight_norm {
+            return v;
+        }
         let norm = v.clone().square().sum_dim(0).sqrt();
         v / norm * self.last_layer_g.val().unsqueeze::<2>()
     }
@@ -101,9 +120,11 @@ impl DinoHead {
                 x = p.gelu(x);
             }
         }
-        // F.normalize(p=2, eps=1e-12): x / max(‖x‖, eps); autocast runs it in f32.
+        // F.normalize(p=2, eps=1e-12): x / max(‖x‖, eps); autocast runs it in f32. The clamp
+        // goes under the root (the same value) so that a zero row, which a DINOv3 mask token
+        // can give, has PyTorch's zero gradient instead of sqrt's infinite one at 0.
         let x = to_f32(x);
-        let norm = x.clone().square().sum_dim(1).sqrt().clamp_min(1e-12);
+        let norm = x.clone().square().sum_dim(1).clamp_min(1e-24).sqrt();
         x / norm
     }
 
@@ -117,5 +138,37 @@ impl DinoHead {
             p.compute(self.bottleneck(x))
                 .matmul(p.compute(self.last_layer_weight())),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_zero_input_row_has_a_finite_gradient() {
+        // A DINOv3 mask token starts at zero and has no position embedding, so a masked patch
+        // whose every residual branch is dropped reaches the head as a zero row.
+        let device = Device::flex().autodiff();
+        let mut config = HeadConfig::dino(8, 16);
+        (config.hidden_dim, config.bottleneck_dim, config.weight_norm) = (12, 4, false);
+        let head = config.init(&device).unwrap();
+        let x = Tensor::<2>::zeros([2, 8], &device).require_grad();
+        let grads = head.forward(x.clone()).sum().backward();
+        let g = x
+            .grad(&grads)
+            .unwrap()
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        assert!(g.iter().all(|v| v.is_finite()), "{g:?}");
+        let w = head.mlp[0]
+            .weight
+            .grad(&grads)
+            .unwrap()
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        assert!(w.iter().all(|v| v.is_finite()));
     }
 }

@@ -450,7 +450,11 @@ fn infer_config_with(map: &TensorMap, hints: &Hints) -> Result<ModelConfig> {
         normalization: None,
     };
     let head = infer_head(map, dim)?;
-    let config = ModelConfig { vit, head };
+    let config = ModelConfig {
+        vit,
+        head,
+        ibot_head: None,
+    };
     config.validate()?;
     Ok(config)
 }
@@ -489,6 +493,7 @@ fn infer_head(map: &TensorMap, dim: usize) -> Result<Option<HeadConfig>> {
         bottleneck_dim,
         nlayers,
         norm_last_layer,
+        weight_norm: true,
     }))
 }
 

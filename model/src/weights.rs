@@ -395,6 +395,15 @@ impl DinoHead {
             load_linear(layer, map, &head_mlp_name(prefix, i, n), device)?;
         }
         let [bottleneck, out_dim] = self.last_layer_v.dims();
+        if !self.weight_norm() {
+            let w = take(
+                map,
+                &format!("{prefix}last_layer.weight"),
+                &[out_dim, bottleneck],
+            )?;
+            self.last_layer_v = param(&w.transpose2(), device, true);
+            return Ok(());
+        }
         let v = take(
             map,
             &format!("{prefix}last_layer.weight_v"),
@@ -412,6 +421,13 @@ impl DinoHead {
         let n = self.mlp.len();
         for (i, layer) in self.mlp.iter().enumerate() {
             save_linear(layer, out, &head_mlp_name(prefix, i, n));
+        }
+        if !self.weight_norm() {
+            out.insert(
+                format!("{prefix}last_layer.weight"),
+                RawTensor::from_tensor(self.last_layer_v.val()).transpose2(),
+            );
+            return;
         }
         out.insert(
             format!("{prefix}last_layer.weight_v"),
@@ -432,6 +448,8 @@ pub struct DinoModel {
     pub backbone: VisionTransformer,
     /// The DINO projection head, when the file has one.
     pub head: Option<DinoHead>,
+    /// iBOT's own head (`ibot_head.` in the official keys), when it is not the DINO head.
+    pub ibot_head: Option<DinoHead>,
 }
 
 impl ModelConfig {
@@ -441,6 +459,11 @@ impl ModelConfig {
         Ok(DinoModel {
             backbone: self.vit.init(device)?,
             head: self.head.as_ref().map(|h| h.init(device)).transpose()?,
+            ibot_head: self
+                .ibot_head
+                .as_ref()
+                .map(|h| h.init(device))
+                .transpose()?,
         })
     }
 
@@ -452,6 +475,9 @@ impl ModelConfig {
         if let Some(head) = &mut model.head {
             head.load_tensors(map, &format!("{prefix}head."), device)?;
         }
+        if let Some(head) = &mut model.ibot_head {
+            head.load_tensors(map, &format!("{prefix}ibot_head."), device)?;
+        }
         Ok(model)
     }
 }
@@ -462,6 +488,7 @@ impl DinoModel {
         DinoModel {
             backbone: self.backbone.with_precision(precision),
             head: self.head.map(|h| h.with_precision(precision)),
+            ibot_head: self.ibot_head.map(|h| h.with_precision(precision)),
         }
     }
 
@@ -471,6 +498,9 @@ impl DinoModel {
         self.backbone.save_tensors(out, prefix);
         if let Some(head) = &self.head {
             head.save_tensors(out, &format!("{prefix}head."));
+        }
+        if let Some(head) = &self.ibot_head {
+            head.save_tensors(out, &format!("{prefix}ibot_head."));
         }
     }
 
@@ -557,15 +587,17 @@ pub fn expected_shapes(config: &ModelConfig) -> BTreeMap<String, Vec<usize>> {
     }
     s.insert("norm.weight".into(), vec![d]);
     s.insert("norm.bias".into(), vec![d]);
-    if let Some(HeadConfig {
-        in_dim,
-        out_dim,
-        hidden_dim,
-        bottleneck_dim,
-        nlayers,
-        ..
-    }) = config.head
-    {
+    for (prefix, head) in [("head.", &config.head), ("ibot_head.", &config.ibot_head)] {
+        let Some(head) = head else { continue };
+        let HeadConfig {
+            in_dim,
+            out_dim,
+            hidden_dim,
+            bottleneck_dim,
+            nlayers,
+            weight_norm,
+            ..
+        } = *head;
         let dims: Vec<(usize, usize)> = if nlayers == 1 {
             vec![(in_dim, bottleneck_dim)]
         } else {
@@ -575,15 +607,22 @@ pub fn expected_shapes(config: &ModelConfig) -> BTreeMap<String, Vec<usize>> {
             v
         };
         for (i, (din, dout)) in dims.iter().enumerate() {
-            let name = head_mlp_name("head.", i, nlayers);
+            let name = head_mlp_name(prefix, i, nlayers);
             s.insert(format!("{name}.weight"), vec![*dout, *din]);
             s.insert(format!("{name}.bias"), vec![*dout]);
         }
-        s.insert(
-            "head.last_layer.weight_v".into(),
-            vec![out_dim, bottleneck_dim],
-        );
-        s.insert("head.last_layer.weight_g".into(), vec![out_dim, 1]);
+        if weight_norm {
+            s.insert(
+                format!("{prefix}last_layer.weight_v"),
+                vec![out_dim, bottleneck_dim],
+            );
+            s.insert(format!("{prefix}last_layer.weight_g"), vec![out_dim, 1]);
+        } else {
+            s.insert(
+                format!("{prefix}last_layer.weight"),
+                vec![out_dim, bottleneck_dim],
+            );
+        }
     }
     s
 }

@@ -16,6 +16,7 @@ fn tiny() -> ModelConfig {
     ModelConfig {
         vit,
         head: Some(head),
+        ibot_head: None,
     }
 }
 

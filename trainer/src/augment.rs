@@ -23,6 +23,10 @@ pub struct AugmentConfig {
     /// Probability of a Gaussian blur on global crop 1, global crop 2 and each local crop.
     #[serde(default = "dino_blur")]
     pub blur: [f64; 3],
+    /// DINOv3: the side of two more crops, the global crops seen by the Gram teacher
+    /// (`crops.gram_teacher_crops_size`); the loader's, not saved.
+    #[serde(skip)]
+    pub gram_size: Option<u32>,
 }
 
 /// `DataAugmentationDINO`'s blur probabilities.
@@ -39,6 +43,7 @@ impl Default for AugmentConfig {
             global_scale: (0.4, 1.0),
             local_scale: (0.05, 0.4),
             blur: dino_blur(),
+            gram_size: None,
         }
     }
 }
@@ -332,27 +337,67 @@ fn view<R: Rng>(
     }
 }
 
+/// `v2.Resize(size, BICUBIC)` of a normalised crop (antialiased, as torchvision does on
+/// tensors), one matrix product per axis.
+pub fn resize_crop(crop: &Crop, size: u32) -> Crop {
+    let (n, m) = (crop.size as usize, size as usize);
+    let w = dino_model::interp::antialias_bicubic_matrix(n, m);
+    let mut out = vec![0.0f32; 3 * m * m];
+    let mut rows = vec![0.0f32; n * m];
+    for c in 0..3 {
+        let plane = &crop.chw[c * n * n..(c + 1) * n * n];
+        // Width first: rows[y][j] = Σ_x plane[y][x]·w[j][x]; then height.
+        for y in 0..n {
+            for j in 0..m {
+                let wj = &w[j * n..(j + 1) * n];
+                rows[y * m + j] = plane[y * n..(y + 1) * n]
+                    .iter()
+                    .zip(wj)
+                    .map(|(a, b)| a * b)
+                    .sum();
+            }
+        }
+        for i in 0..m {
+            let wi = &w[i * n..(i + 1) * n];
+            for j in 0..m {
+                out[c * m * m + i * m + j] = (0..n).map(|y| wi[y] * rows[y * m + j]).sum();
+            }
+        }
+    }
+    Crop { size, chw: out }
+}
+
 /// All views of one image: global 1 (DINO: blur p 1.0), global 2 (blur p 0.1, solarise p
-/// 0.2), then the local crops (blur p 0.5); the blur probabilities are `cfg.blur`.
+/// 0.2), then the local crops (blur p 0.5); the blur probabilities are `cfg.blur`. With a
+/// Gram crop size (DINOv3's `DataAugmentationDINO`), each global view is cropped and
+/// distorted at the larger of the two sizes, then resized to each; the Gram teacher's two
+/// crops follow the local ones.
 pub fn multi_crop<R: Rng>(rng: &mut R, img: &RgbImage, cfg: &AugmentConfig) -> Vec<Crop> {
     let [blur_1, blur_2, blur_local] = cfg.blur;
-    let mut crops = Vec::with_capacity(2 + cfg.local_crops);
-    crops.push(view(
-        rng,
-        img,
-        cfg.global_size,
-        cfg.global_scale,
-        blur_1,
-        0.0,
-    ));
-    crops.push(view(
-        rng,
-        img,
-        cfg.global_size,
-        cfg.global_scale,
-        blur_2,
-        0.2,
-    ));
+    let mut crops = Vec::with_capacity(4 + cfg.local_crops);
+    let big = cfg
+        .gram_size
+        .map_or(cfg.global_size, |g| g.max(cfg.global_size));
+    let mut grams = Vec::new();
+    for (blur, solarize) in [(blur_1, 0.0), (blur_2, 0.2)] {
+        let v = view(rng, img, big, cfg.global_scale, blur, solarize);
+        match cfg.gram_size {
+            None => crops.push(v),
+            Some(g) => {
+                let gram = if g == big {
+                    v.clone()
+                } else {
+                    resize_crop(&v, g)
+                };
+                crops.push(if cfg.global_size == big {
+                    v
+                } else {
+                    resize_crop(&v, cfg.global_size)
+                });
+                grams.push(gram);
+            }
+        }
+    }
     for _ in 0..cfg.local_crops {
         crops.push(view(
             rng,
@@ -363,6 +408,7 @@ pub fn multi_crop<R: Rng>(rng: &mut R, img: &RgbImage, cfg: &AugmentConfig) -> V
             0.0,
         ));
     }
+    crops.extend(grams);
     crops
 }
 
@@ -419,6 +465,34 @@ mod tests {
             let hi = (1.0 - 0.406) / 0.225 + 1e-4;
             assert!(c.chw.iter().all(|v| *v >= lo && *v <= hi));
         }
+    }
+
+    #[test]
+    fn gram_crops_are_the_global_views_at_their_size() {
+        let cfg = AugmentConfig {
+            global_size: 32,
+            local_size: 16,
+            local_crops: 2,
+            gram_size: Some(64),
+            ..Default::default()
+        };
+        let crops = multi_crop(&mut ChaCha8Rng::seed_from_u64(5), &test_image(), &cfg);
+        assert_eq!(
+            crops.iter().map(|c| c.size).collect::<Vec<_>>(),
+            vec![32, 32, 16, 16, 64, 64]
+        );
+        for k in 0..2 {
+            // The global crop is the Gram crop shrunk: same view, same distortions.
+            let shrunk = resize_crop(&crops[4 + k], 32);
+            assert_eq!(shrunk.chw, crops[k].chw);
+        }
+        // A constant image stays constant through the antialiased resize.
+        let flat = Crop {
+            size: 8,
+            chw: vec![0.25; 3 * 64],
+        };
+        let r = resize_crop(&flat, 3);
+        assert!(r.chw.iter().all(|v| (v - 0.25).abs() < 1e-6), "{:?}", r.chw);
     }
 
     #[test]

@@ -158,6 +158,7 @@ pub fn bench_step(
             locals: l,
             drop: [None, None],
             masks,
+            gram: None,
         };
         // The loss is read back every step (NaN check), which synchronises the device.
         let out = train_step(nets, inputs, &hyper, cfg.dinov2.as_ref(), device);

@@ -137,8 +137,10 @@ pub struct TrainArgs {
     /// adamw, sgd (momentum 0.9) or lars, as main_dino.py --optimizer [default: adamw]
     #[arg(long, value_parser = parse_optimizer)]
     pub optimizer: Option<OptimizerKind>,
-    /// dino (main_dino.py) or dinov2 (iBOT masked patches, KoLeo, DINOv2's parameter groups,
-    /// clipping and augmentation; the defaults of ssl_default_config.yaml) [default: dino]
+    /// dino (main_dino.py), dinov2 (iBOT masked patches, KoLeo, DINOv2's parameter groups,
+    /// clipping and augmentation; the defaults of ssl_default_config.yaml) or dinov3 (DINOv2's
+    /// objective with a separate iBOT head, plain last layers, Sinkhorn-Knopp, a RoPE ViT and
+    /// Gram anchoring) [default: dino]
     #[arg(long, value_enum)]
     pub method: Option<Method>,
     /// DINOv2: weight of the DINO CLS term [default: 1.0]
@@ -174,6 +176,32 @@ pub struct TrainArgs {
     /// DINOv2: learning-rate multiplier of the patch embedding [default: 0.2]
     #[arg(long, alias = "patch_embed_lr_mult")]
     pub patch_embed_lr_mult: Option<f64>,
+    /// DINOv2: iBOT's masked patches through a head of their own [default: false; dinov3: true]
+    #[arg(long, alias = "separate_head", value_parser = parse_bool_flag, value_name = "BOOL")]
+    pub ibot_separate_head: Option<bool>,
+    /// DINOv3: weight of the Gram anchoring term once ramped up [default: 2.0]
+    #[arg(long, alias = "gram_loss_weight")]
+    pub gram_weight: Option<f64>,
+    /// DINOv3: step at which the teacher is copied into the Gram teacher and anchoring
+    /// begins [default: 5/6 of the run, as the recipe's 1,000,000 of 1,200,000]
+    #[arg(long, value_name = "STEP")]
+    pub gram_from_step: Option<u64>,
+    /// DINOv3: steps over which the Gram weight ramps up from 0 [default: 1/1200 of the run]
+    #[arg(long, value_name = "STEPS")]
+    pub gram_ramp: Option<u64>,
+    /// DINOv3: refresh the Gram teacher from the teacher every N steps after anchoring begins
+    /// [default: 1/120 of the run]
+    #[arg(long, value_name = "N", alias = "gram_update_frequency")]
+    pub gram_refresh_every: Option<u64>,
+    /// DINOv3: refreshes of the Gram teacher at most [default: 3]
+    #[arg(long, value_name = "N", alias = "gram_max_updates")]
+    pub gram_max_refreshes: Option<u64>,
+    /// DINOv3: side in pixels of the crops the Gram teacher sees [default: twice --image-size]
+    #[arg(long, value_name = "PX", alias = "gram_teacher_crops_size")]
+    pub gram_size: Option<u32>,
+    /// DINOv3: one Gram matrix per image (true) or one per batch (false) [default: true]
+    #[arg(long, value_parser = parse_bool_flag, value_name = "BOOL", alias = "gram_img_level")]
+    pub gram_image_level: Option<bool>,
     /// Fine-tune: start the student's and teacher's backbones from these released weights
     /// (official DINO / DINOv2 / DINOv3 .pth, Hugging Face safetensors with its config.json,
     /// a dinoscope checkpoint); the backbone's shape comes from the file, the heads start
@@ -405,6 +433,26 @@ impl TrainArgs {
                 "patch_embed_lr_mult",
                 self.patch_embed_lr_mult.map(|v| v.to_string()),
             ),
+            (
+                "ibot_separate_head",
+                self.ibot_separate_head.map(|v| v.to_string()),
+            ),
+            ("gram_weight", self.gram_weight.map(|v| v.to_string())),
+            ("gram_from_step", self.gram_from_step.map(|v| v.to_string())),
+            ("gram_ramp", self.gram_ramp.map(|v| v.to_string())),
+            (
+                "gram_refresh_every",
+                self.gram_refresh_every.map(|v| v.to_string()),
+            ),
+            (
+                "gram_max_refreshes",
+                self.gram_max_refreshes.map(|v| v.to_string()),
+            ),
+            ("gram_size", self.gram_size.map(|v| v.to_string())),
+            (
+                "gram_image_level",
+                self.gram_image_level.map(|v| v.to_string()),
+            ),
         ];
         let Some(o) = cfg.dinov2.as_mut() else {
             let flags: Vec<String> = named
@@ -413,10 +461,13 @@ impl TrainArgs {
                 .map(|(n, v)| format!("--{} {}", n.replace('_', "-"), v.as_deref().unwrap_or("")))
                 .collect();
             if !flags.is_empty() {
+                let gram = flags.iter().any(|f| f.starts_with("--gram"));
                 bail!(
-                    "{} only apply to --method dinov2; this is a --method {} run. Add --method dinov2 or drop them",
+                    "{} only apply to --method {}; this is a --method {} run. Add --method {} or drop them",
                     flags.join(", "),
-                    format!("{:?}", cfg.method).to_lowercase()
+                    if gram { "dinov3" } else { "dinov2 or dinov3" },
+                    format!("{:?}", cfg.method).to_lowercase(),
+                    if gram { "dinov3" } else { "dinov2" }
                 );
             }
             return Ok(());
@@ -441,6 +492,76 @@ impl TrainArgs {
             "patch_embed_lr_mult",
             o.patch_embed_lr_mult
         );
+        set!(
+            self.ibot_separate_head,
+            "ibot_separate_head",
+            o.separate_ibot_head
+        );
+        let gram_flags = [
+            ("gram_weight", self.gram_weight.map(|v| v.to_string())),
+            ("gram_from_step", self.gram_from_step.map(|v| v.to_string())),
+            ("gram_ramp", self.gram_ramp.map(|v| v.to_string())),
+            (
+                "gram_refresh_every",
+                self.gram_refresh_every.map(|v| v.to_string()),
+            ),
+            (
+                "gram_max_refreshes",
+                self.gram_max_refreshes.map(|v| v.to_string()),
+            ),
+            ("gram_size", self.gram_size.map(|v| v.to_string())),
+            (
+                "gram_image_level",
+                self.gram_image_level.map(|v| v.to_string()),
+            ),
+        ];
+        if let Some(g) = o.gram.as_mut() {
+            set!(self.gram_weight, "gram_weight", g.weight);
+            set!(
+                self.gram_max_refreshes,
+                "gram_max_refreshes",
+                g.max_refreshes
+            );
+            set!(self.gram_image_level, "gram_image_level", g.image_level);
+            for (name, flag, field) in [
+                ("gram_from_step", self.gram_from_step, &mut g.from_step),
+                ("gram_ramp", self.gram_ramp, &mut g.ramp_steps),
+                (
+                    "gram_refresh_every",
+                    self.gram_refresh_every,
+                    &mut g.refresh_every,
+                ),
+            ] {
+                if let Some(v) = flag {
+                    given.push((name, format!("{:?}", Some(v)), format!("{field:?}")));
+                    *field = Some(v);
+                }
+            }
+            if let Some(v) = self.gram_size {
+                given.push((
+                    "gram_size",
+                    format!("{:?}", Some(v)),
+                    format!("{:?}", g.size),
+                ));
+                g.size = Some(v);
+            }
+            if self.gram_refresh_every == Some(0) {
+                bail!(
+                    "--gram-refresh-every 0: give a positive number of steps (or --gram-max-refreshes 0 for none)"
+                );
+            }
+        } else {
+            let flags: Vec<String> = gram_flags
+                .iter()
+                .filter_map(|(n, v)| v.as_ref().map(|v| format!("--{} {v}", n.replace('_', "-"))))
+                .collect();
+            if !flags.is_empty() {
+                bail!(
+                    "{} only apply to --method dinov3 (Gram anchoring); this is a --method dinov2 run. Add --method dinov3 or drop them",
+                    flags.join(", ")
+                );
+            }
+        }
         if let Some(p) = self.mask_probability {
             if !(0.0..=1.0).contains(&p) {
                 bail!(

@@ -256,17 +256,43 @@ pub fn info(path: &Path, options: LoadOptions) -> Result<()> {
     );
     let all = count(&imported.tensors, "");
     let head = count(&imported.tensors, "head.");
+    let ibot_head = count(&imported.tensors, "ibot_head.");
     println!(
         "backbone:    {} tensors, {} parameters",
-        all.0 - head.0,
-        all.1 - head.1
+        all.0 - head.0 - ibot_head.0,
+        all.1 - head.1 - ibot_head.1
     );
+    let last_layer = |h: &dino_model::HeadConfig| {
+        if h.weight_norm {
+            format!("norm_last_layer {}", h.norm_last_layer)
+        } else {
+            "plain last layer".to_string()
+        }
+    };
     match &c.head {
         Some(h) => println!(
-            "head:        {} tensors, {} parameters (out_dim {}, hidden {}, bottleneck {}, {} layers, norm_last_layer {})",
-            head.0, head.1, h.out_dim, h.hidden_dim, h.bottleneck_dim, h.nlayers, h.norm_last_layer
+            "head:        {} tensors, {} parameters (out_dim {}, hidden {}, bottleneck {}, {} layers, {})",
+            head.0,
+            head.1,
+            h.out_dim,
+            h.hidden_dim,
+            h.bottleneck_dim,
+            h.nlayers,
+            last_layer(h)
         ),
         None => println!("head:        absent (backbone only)"),
+    }
+    if let Some(h) = &c.ibot_head {
+        println!(
+            "iBOT head:   {} tensors, {} parameters (out_dim {}, hidden {}, bottleneck {}, {} layers, {})",
+            ibot_head.0,
+            ibot_head.1,
+            h.out_dim,
+            h.hidden_dim,
+            h.bottleneck_dim,
+            h.nlayers,
+            last_layer(h)
+        );
     }
     println!("parameters:  {} total", all.1);
     if let Ok(ckpt) = dino_model::read_checkpoint(&bytes) {

@@ -227,7 +227,13 @@ mod tests {
         let mut vit = VitConfig::vit_tiny(8);
         vit.depth = 1;
         vit.img_size = 32;
-        let model = ModelConfig { vit, head: None }.init(&device).unwrap();
+        let model = ModelConfig {
+            vit,
+            head: None,
+            ibot_head: None,
+        }
+        .init(&device)
+        .unwrap();
         let img = RgbImage::from_fn(32, 32, |x, y| {
             Rgb([(x * 8) as u8, (y * 8) as u8, ((x + y) * 4) as u8])
         });

@@ -49,7 +49,7 @@ fn describe(vit: &VitConfig) -> String {
 pub fn resolve(cfg: &mut TrainConfig, file: &Path, given: &[GivenFlag]) -> Result<()> {
     let imported = load_weights(file, LoadOptions::default())?;
     let mut vit = imported.config.vit;
-    if cfg.method == Method::Dinov2 && vit.family == Family::Dino {
+    if cfg.method != Method::Dino && vit.family == Family::Dino {
         // iBOT needs a mask token, which a DINO backbone lacks: it starts at zero, as the
         // official `strict=False` load leaves it.
         vit.family = Family::Dinov2;
@@ -121,7 +121,7 @@ pub fn load_backbone(init: &InitFrom, map: &mut TensorMap) -> Result<()> {
     }
     let mut missing = Vec::new();
     for (name, fresh) in map.iter_mut() {
-        if name.starts_with("head.") {
+        if name.starts_with("head.") || name.starts_with("ibot_head.") {
             continue;
         }
         match imported.tensors.get(name) {

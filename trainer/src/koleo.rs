@@ -13,7 +13,8 @@ const EPS: f64 = 1e-8;
 pub fn koleo_loss(x: Tensor<2>) -> Tensor<1> {
     let [rows, _] = x.dims();
     let device = x.device();
-    let norm = x.clone().square().sum_dim(1).sqrt().clamp_min(EPS);
+    // max(‖x‖, eps) as √max(‖x‖², eps²): a zero row then has a finite gradient, as in PyTorch.
+    let norm = x.clone().square().sum_dim(1).clamp_min(EPS * EPS).sqrt();
     let unit = x / norm;
     // The neighbour search is not differentiated (`torch.max` indices) and stays on the
     // device: no read-back each step.

@@ -1,14 +1,16 @@
 //! What a training step optimises: DINO's cross-view loss (`main_dino.py`), or DINOv2's
 //! (`train/ssl_meta_arch.py` `SSLMetaArch.forward_backward`): the same DINO term on the CLS
-//! tokens plus the iBOT loss on masked patches and the KoLeo regulariser. Each loss lives in
-//! its own module (`loss`, `ibot`, `koleo`, `sinkhorn`, `masking`); this one composes them
-//! into one forward pass of student and teacher, which the single step of `step.rs` runs.
+//! tokens plus the iBOT loss on masked patches and the KoLeo regulariser, and for DINOv3 the
+//! Gram anchoring term. Each loss lives in its own module (`loss`, `ibot`, `koleo`,
+//! `sinkhorn`, `masking`, `gram`); this one composes them into one forward pass of student
+//! and teacher, which the single step of `step.rs` runs.
 
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use clap::ValueEnum;
-use dino_model::{DinoModel, DropPathMasks};
+use dino_model::{DinoModel, DropPathMasks, VisionTransformer};
 use serde::{Deserialize, Serialize};
 
+use crate::gram::{GramAnchoring, gram_loss, resize_patch_grid};
 use crate::ibot::IbotLoss;
 use crate::koleo::koleo_loss;
 use crate::loss::{DinoLoss, TeacherStats};
@@ -25,6 +27,9 @@ pub enum Method {
     Dino,
     /// DINOv2 (Oquab et al. 2023), `dinov2/train/train.py` with `ssl_default_config.yaml`.
     Dinov2,
+    /// DINOv3 (Siméoni et al. 2025), `dinov3/train/train.py`: DINOv2's objective with a
+    /// separate iBOT head, plain last layers, Sinkhorn-Knopp, a RoPE ViT and Gram anchoring.
+    Dinov3,
 }
 
 /// How the teacher's scores become targets (`train.centering`).
@@ -75,6 +80,13 @@ pub struct Dinov2Objective {
     /// LayerScale's initial value on every residual branch; 0 turns it off
     /// (`student.layerscale`, 1e-5).
     pub layer_scale: f64,
+    /// iBOT's masked patches go through a head of their own (`ibot.separate_head`: false in
+    /// DINOv2's default config, always in DINOv3).
+    #[serde(default)]
+    pub separate_ibot_head: bool,
+    /// DINOv3's Gram anchoring (absent for DINOv2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gram: Option<GramAnchoring>,
 }
 
 impl Default for Dinov2Objective {
@@ -93,6 +105,21 @@ impl Default for Dinov2Objective {
             patch_embed_lr_mult: 0.2,
             registers: 0,
             layer_scale: 1e-5,
+            separate_ibot_head: false,
+            gram: None,
+        }
+    }
+}
+
+impl Dinov2Objective {
+    /// DINOv3's `ssl_default_config.yaml` with the gram-anchor recipe's Gram loss: Sinkhorn-Knopp
+    /// centering (the only one its `SSLMetaArch` accepts) and a separate iBOT head.
+    pub fn dinov3() -> Self {
+        Self {
+            centering: Centering::Sinkhorn,
+            separate_ibot_head: true,
+            gram: Some(GramAnchoring::default()),
+            ..Self::default()
         }
     }
 }
@@ -118,6 +145,9 @@ pub struct StepInputs {
     pub drop: [Option<DropPathMasks>; 2],
     /// The masked patches of the student's global crops (DINOv2).
     pub masks: Option<BatchMasks>,
+    /// DINOv3: the Gram teacher's crops `[2B, 3, S, S]` on the plain device when they are
+    /// larger than the global crops (else it sees the global crops), and this step's weight.
+    pub gram: Option<(Option<Tensor<4>>, f64)>,
 }
 
 /// The loss of one step and what it is made of.
@@ -174,10 +204,15 @@ pub fn dino_losses(
 /// targets; the student sees the global crops with masked patches replaced by the mask token
 /// and the local crops; one head pass each over [CLS; masked patches]. The DINO term is
 /// DINO's pair average (the official local and global terms over the same pair count); KoLeo
-/// runs on the student's pre-head global CLS, one global crop at a time, summed.
+/// runs on the student's pre-head global CLS, one global crop at a time, summed. With a
+/// separate iBOT head the masked patches go through it instead (DINOv3's and DINOv2's
+/// `separate_head`); with a Gram teacher (DINOv3) the student's global patch tokens are held
+/// to its patch similarities (`get_gram_teacher_output`).
+#[allow(clippy::too_many_arguments)]
 pub fn dinov2_losses(
     student: &DinoModel,
     teacher: &DinoModel,
+    gram_teacher: Option<&VisionTransformer>,
     (loss, ibot): (&mut DinoLoss, &mut IbotLoss),
     objective: &Dinov2Objective,
     inputs: StepInputs,
@@ -189,6 +224,7 @@ pub fn dinov2_losses(
         locals,
         drop,
         masks,
+        gram,
     } = inputs;
     let masks = masks.expect("DINOv2 steps are given masks");
     let [rows_g, ..] = globals.dims();
@@ -204,24 +240,35 @@ pub fn dinov2_losses(
         Tensor::<1, Int>::from_data(TensorData::new(v, [masked]), on)
     };
 
-    // Teacher: CLS and the masked positions' patch tokens through its head in one pass.
+    // Teacher: CLS and the masked positions' patch tokens through its head(s); one pass
+    // when the head is shared.
+    let teacher_globals = globals.clone().inner().to_device(device);
     let t_tokens = teacher
         .backbone
-        .forward_tokens(globals.clone().inner().to_device(device), None);
+        .forward_tokens(teacher_globals.clone(), None);
     let dim = t_tokens.dims()[2];
     let t_cls = t_tokens.clone().narrow(1, 0, 1).reshape([rows_g, dim]);
-    let mut t_in = vec![t_cls];
-    if masked > 0 {
-        t_in.push(
-            t_tokens
-                .narrow(1, prefix, patches)
-                .reshape([rows_g * patches, dim])
-                .select(0, indices(device)),
-        );
-    }
-    let t_out = Tensor::<2>::from_inner(head(teacher).forward(Tensor::cat(t_in, 0)));
-    let t_cls_out = t_out.clone().narrow(0, 0, rows_g);
-    let t_patch_out = (masked > 0).then(|| t_out.narrow(0, rows_g, masked));
+    let t_masked = (masked > 0).then(|| {
+        t_tokens
+            .narrow(1, prefix, patches)
+            .reshape([rows_g * patches, dim])
+            .select(0, indices(device))
+    });
+    let (t_cls_out, t_patch_out) = match (&teacher.ibot_head, t_masked) {
+        (Some(ibot_head), t_masked) => (
+            Tensor::<2>::from_inner(head(teacher).forward(t_cls)),
+            t_masked.map(|m| Tensor::<2>::from_inner(ibot_head.forward(m))),
+        ),
+        (None, None) => (Tensor::<2>::from_inner(head(teacher).forward(t_cls)), None),
+        (None, Some(m)) => {
+            let t_out =
+                Tensor::<2>::from_inner(head(teacher).forward(Tensor::cat(vec![t_cls, m], 0)));
+            (
+                t_out.clone().narrow(0, 0, rows_g),
+                Some(t_out.narrow(0, rows_g, masked)),
+            )
+        }
+    };
 
     // Student: masked global crops, local crops, one head pass.
     let mask_tensor = Tensor::<2, Bool>::from_data(
@@ -233,20 +280,32 @@ pub fn dinov2_losses(
             .backbone
             .forward_tokens_masked(globals, Some(mask_tensor), drop[0].as_ref());
     let s_cls = s_tokens.clone().narrow(1, 0, 1).reshape([rows_g, dim]);
+    let s_patches = s_tokens.narrow(1, prefix, patches);
     let mut s_in = vec![s_cls.clone()];
     if let Some(locals) = locals {
         s_in.push(student.backbone.forward_train(locals, drop[1].as_ref()));
     }
-    if masked > 0 {
-        s_in.push(
-            s_tokens
-                .narrow(1, prefix, patches)
-                .reshape([rows_g * patches, dim])
-                .select(0, indices(&ad_device)),
-        );
-    }
-    let s_out = head(student).forward(Tensor::cat(s_in, 0));
-    let s_cls_out = s_out.clone().narrow(0, 0, rows_g + rows_l);
+    let s_masked = (masked > 0).then(|| {
+        s_patches
+            .clone()
+            .reshape([rows_g * patches, dim])
+            .select(0, indices(&ad_device))
+    });
+    let (s_cls_out, s_patch_out) = match (&student.ibot_head, s_masked) {
+        (Some(ibot_head), s_masked) => (
+            head(student).forward(Tensor::cat(s_in, 0)),
+            s_masked.map(|m| ibot_head.forward(m)),
+        ),
+        (None, None) => (head(student).forward(Tensor::cat(s_in, 0)), None),
+        (None, Some(m)) => {
+            s_in.push(m);
+            let s_out = head(student).forward(Tensor::cat(s_in, 0));
+            (
+                s_out.clone().narrow(0, 0, rows_g + rows_l),
+                Some(s_out.narrow(0, rows_g + rows_l, masked)),
+            )
+        }
+    };
 
     let (dino, stats) = match objective.centering {
         Centering::Mean => loss.forward(s_cls_out, t_cls_out, ncrops, teacher_temp),
@@ -260,8 +319,8 @@ pub fn dinov2_losses(
         .map(|c| koleo_loss(s_cls.clone().narrow(0, c * batch, batch)))
         .reduce(|a, b| a + b)
         .expect("two global crops");
-    let ibot_term = match t_patch_out {
-        Some(t_patch_out) => {
+    let ibot_term = match (t_patch_out, s_patch_out) {
+        (Some(t_patch_out), Some(s_patch_out)) => {
             let targets = match objective.centering {
                 Centering::Mean => {
                     let q = ibot.softmax_center_teacher(t_patch_out.clone(), teacher_temp);
@@ -272,23 +331,37 @@ pub fn dinov2_losses(
                     sinkhorn_knopp(t_patch_out, teacher_temp, SINKHORN_ITERATIONS)
                 }
             };
-            let s_patch_out = s_out.narrow(0, rows_g + rows_l, masked);
             ibot.forward_masked(s_patch_out, targets, &masks.weights, rows_g)
         }
         // No patch was masked this step (tiny crops): the official buffers would be empty and
         // its centre update NaN; the term is 0 and the centre stays.
-        None => Tensor::zeros([1], &ad_device),
+        _ => Tensor::zeros([1], &ad_device),
     };
-    let total = dino.clone().mul_scalar(objective.dino_weight)
+    let mut total = dino.clone().mul_scalar(objective.dino_weight)
         + koleo.clone().mul_scalar(objective.koleo_weight)
         + ibot_term.clone().mul_scalar(objective.ibot_weight);
+    let mut terms = vec![
+        ("dino_loss", dino),
+        ("ibot_loss", ibot_term),
+        ("koleo_loss", koleo),
+    ];
+    if let (Some(gram_teacher), Some((crops, weight)), Some(settings)) =
+        (gram_teacher, gram, objective.gram.as_ref())
+    {
+        // The Gram teacher on its (larger) crops, its patch grid resized to the student's.
+        let crops = crops.unwrap_or(teacher_globals);
+        let g_tokens = gram_teacher.forward_tokens(crops, None);
+        let g_patches = g_tokens.dims()[1] - prefix;
+        let g_patches = g_tokens.narrow(1, prefix, g_patches);
+        let grid = (patches as f64).sqrt().round() as usize;
+        let target = Tensor::<3>::from_inner(resize_patch_grid(g_patches, grid, device));
+        let term = gram_loss(s_patches, target, settings.image_level, settings.negatives);
+        total = total + term.clone().mul_scalar(weight);
+        terms.push(("gram_loss", term));
+    }
     Losses {
         total,
-        terms: vec![
-            ("dino_loss", dino),
-            ("ibot_loss", ibot_term),
-            ("koleo_loss", koleo),
-        ],
+        terms,
         stats,
     }
 }

@@ -697,6 +697,7 @@ mod unscale_tests {
         let model = ModelConfig {
             vit,
             head: Some(head),
+            ibot_head: None,
         }
         .init(&Device::flex())
         .unwrap();

@@ -80,7 +80,7 @@ fn make_batch(
 ) -> Result<Batch> {
     let indices = batch_indices(seed, source.len(), batch_size, step);
     let ncrops = 2 + cfg.local_crops;
-    let sizes: Vec<u32> = (0..ncrops)
+    let mut sizes: Vec<u32> = (0..ncrops)
         .map(|c| {
             if c < 2 {
                 cfg.global_size
@@ -89,6 +89,9 @@ fn make_batch(
             }
         })
         .collect();
+    if let Some(g) = cfg.gram_size {
+        sizes.extend([g, g]);
+    }
     let mut crops: Vec<CropBatch> = sizes
         .iter()
         .map(|&s| CropBatch {

@@ -71,6 +71,9 @@ pub fn training_checkpoint(
     let mut map = TensorMap::new();
     nets.teacher.save_tensors(&mut map, "");
     nets.student.save_tensors(&mut map, "student.");
+    if let Some(gram) = &nets.gram {
+        gram.save_tensors(&mut map, "gram_teacher.");
+    }
     let (moments, steps) = nets.optim.export();
     let loss = &nets.loss;
     for (k, v) in moments {
@@ -162,6 +165,14 @@ pub fn read_training_checkpoint(
         }
         None => None,
     };
+    let gram = if ckpt.tensors.keys().any(|k| k.starts_with("gram_teacher.")) {
+        let mut vit = mc.vit.init(device)?;
+        vit.load_tensors(&ckpt.tensors, "gram_teacher.", device)
+            .with_context(|| format!("Gram teacher weights in {}", path.display()))?;
+        Some(vit.with_precision(cfg.precision))
+    } else {
+        None
+    };
     Ok((
         Networks {
             student: student.with_precision(cfg.precision),
@@ -170,6 +181,7 @@ pub fn read_training_checkpoint(
             loss,
             scaler,
             ibot,
+            gram,
         },
         state.step,
     ))
@@ -181,7 +193,8 @@ pub fn plot_metrics(run: &RunDir) -> Result<()> {
     let text = std::fs::read_to_string(run.metrics())
         .with_context(|| format!("reading {}", run.metrics().display()))?;
     let mut loss = Vec::new();
-    let (mut dino, mut ibot, mut koleo) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut dino, mut ibot, mut koleo, mut gram) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut best, mut mean_map, mut knn) = (Vec::new(), Vec::new(), Vec::new());
     for line in text.lines() {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
@@ -193,6 +206,7 @@ pub fn plot_metrics(run: &RunDir) -> Result<()> {
                 ("ibot_loss", &mut ibot),
                 ("koleo_loss", &mut koleo),
                 ("dino_loss", &mut dino),
+                ("gram_loss", &mut gram),
             ] {
                 if let Some(y) = v[key].as_f64() {
                     series.push((s, y));
@@ -217,26 +231,26 @@ pub fn plot_metrics(run: &RunDir) -> Result<()> {
         crate::plot::legend(&mut png, &[("DINO loss", blue)]);
         png
     } else {
-        let (black, orange, green) = ([20, 20, 20], [230, 150, 20], [30, 150, 60]);
-        let mut png = crate::plot::line_plot(
-            &[
-                (&loss, black),
-                (&dino, blue),
-                (&ibot, orange),
-                (&koleo, green),
-            ],
-            640,
-            360,
-        );
-        crate::plot::legend(
-            &mut png,
-            &[
-                ("total loss", black),
-                ("DINO term", blue),
-                ("iBOT term", orange),
-                ("KoLeo term (unweighted)", green),
-            ],
-        );
+        let (black, orange, green, purple) =
+            ([20, 20, 20], [230, 150, 20], [30, 150, 60], [140, 60, 170]);
+        let mut series: Vec<crate::plot::Series> = vec![
+            (&loss, black),
+            (&dino, blue),
+            (&ibot, orange),
+            (&koleo, green),
+        ];
+        let mut entries = vec![
+            ("total loss", black),
+            ("DINO term", blue),
+            ("iBOT term", orange),
+            ("KoLeo term (unweighted)", green),
+        ];
+        if !gram.is_empty() {
+            series.push((&gram, purple));
+            entries.push(("Gram term (unweighted)", purple));
+        }
+        let mut png = crate::plot::line_plot(&series, 640, 360);
+        crate::plot::legend(&mut png, &entries);
         png
     };
     crate::render::save_png(&png, &run.root.join("loss.png"))?;

@@ -3,7 +3,7 @@
 
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor, TensorData};
-use dino_model::{DinoModel, ModelConfig, TensorMap};
+use dino_model::{DinoModel, ModelConfig, TensorMap, VisionTransformer};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -31,6 +31,9 @@ pub struct Networks {
     pub scaler: Option<LossScaler>,
     /// The iBOT loss with its running centre (DINOv2).
     pub ibot: Option<IbotLoss>,
+    /// DINOv3's Gram teacher, a frozen earlier copy of the teacher's backbone, once anchoring
+    /// has begun.
+    pub gram: Option<VisionTransformer>,
 }
 
 impl Networks {
@@ -71,6 +74,7 @@ impl Networks {
             loss: DinoLoss::new(cfg.out_dim, cfg.student_temp, cfg.center_momentum),
             scaler: cfg.fresh_loss_scaler(),
             ibot: cfg.fresh_ibot_loss(),
+            gram: None,
         })
     }
 }
@@ -122,6 +126,7 @@ pub fn dino_step(
         locals,
         drop: drop.clone(),
         masks: None,
+        gram: None,
     };
     train_step(nets, inputs, hyper, None, device)
 }
@@ -144,6 +149,7 @@ pub fn train_step(
         mut loss,
         mut scaler,
         mut ibot,
+        gram,
     } = nets;
     let center_before = loss.center.clone();
     let ibot_before = ibot.as_ref().map(|i| i.center.clone());
@@ -159,6 +165,7 @@ pub fn train_step(
         Some(objective) => dinov2_losses(
             &student,
             &teacher,
+            gram.as_ref(),
             (
                 &mut loss,
                 ibot.as_mut().expect("DINOv2 networks have an iBOT loss"),
@@ -197,6 +204,7 @@ pub fn train_step(
                 loss,
                 scaler,
                 ibot,
+                gram,
             },
             loss: value,
             terms,
@@ -245,6 +253,7 @@ pub fn train_step(
             loss,
             scaler,
             ibot,
+            gram,
         },
         loss: value,
         terms,

@@ -181,6 +181,14 @@ impl TrainConfig {
                 dinov2: Some(Dinov2Objective::default()),
                 ..Self::default()
             },
+            // DINOv3's `ssl_default_config.yaml` differs from DINOv2's in its learning rate
+            // (0.001), its plain last layers and its objective (`Dinov2Objective::dinov3`).
+            Method::Dinov3 => Self {
+                lr: 0.001,
+                method,
+                dinov2: Some(Dinov2Objective::dinov3()),
+                ..Self::for_method(Method::Dinov2)
+            },
         }
     }
 }
@@ -201,6 +209,26 @@ impl TrainConfig {
         })
     }
 
+    /// The Gram anchoring of a DINOv3 run.
+    pub fn gram(&self) -> Option<&crate::gram::GramAnchoring> {
+        self.dinov2.as_ref().and_then(|o| o.gram.as_ref())
+    }
+
+    /// Side of the Gram teacher's crops, when it is not the global crops' (which it then sees).
+    pub fn gram_crop_size(&self) -> Option<u32> {
+        let g = self.gram()?;
+        let size = g.size.unwrap_or(2 * self.augment.global_size);
+        (size != self.augment.global_size).then_some(size)
+    }
+
+    /// The augmentation the loader runs: the saved one, with the Gram teacher's crops.
+    pub fn loader_augment(&self) -> AugmentConfig {
+        AugmentConfig {
+            gram_size: self.gram_crop_size(),
+            ..self.augment.clone()
+        }
+    }
+
     /// The model this run trains.
     pub fn model_config(&self) -> Result<ModelConfig> {
         let mut vit = match &self.init {
@@ -219,14 +247,35 @@ impl TrainConfig {
         vit.drop_path_rate = self.drop_path_rate;
         match (self.method, &self.dinov2) {
             (Method::Dino, None) => {}
-            (Method::Dinov2, Some(o)) => {
+            (Method::Dinov2 | Method::Dinov3, Some(o)) => {
                 // DINOv2's ViT: a mask token for iBOT, LayerScale, registers; its position
                 // embedding is resized as DINO's (interpolate_offset 0.1, no antialias).
+                // DINOv3's: RoPE (base 100) instead of a position embedding, storage tokens
+                // for registers, LayerNorm eps 1e-6 (`norm_layer: layernorm`).
                 if self.init.is_none() {
                     vit.family = dino_model::Family::Dinov2;
+                    if self.method == Method::Dinov3 {
+                        vit.family = dino_model::Family::Dinov3;
+                        vit.position = dino_model::Position::Rope { base: 100.0 };
+                    }
                 }
                 vit.layer_scale = o.layer_scale > 0.0;
                 vit.num_register_tokens = o.registers;
+                if (self.method == Method::Dinov3) != o.gram.is_some() {
+                    bail!(
+                        "config.json is inconsistent: method {:?} with{} Gram anchoring; start a new run with -o",
+                        self.method,
+                        if o.gram.is_some() { "" } else { "out" }
+                    );
+                }
+                if let Some(size) = self.gram_crop_size()
+                    && !(size as usize).is_multiple_of(self.patch_size)
+                {
+                    bail!(
+                        "--gram-size {size} must be a multiple of --patch-size {}",
+                        self.patch_size
+                    );
+                }
                 if self.batch_size < 2 && o.koleo_weight > 0.0 {
                     bail!(
                         "KoLeo needs at least 2 images per global crop; raise --batch-size or set --koleo-weight 0"
@@ -260,10 +309,16 @@ impl TrainConfig {
             hidden_dim: self.head_hidden_dim,
             bottleneck_dim: self.head_bottleneck_dim,
             norm_last_layer: self.norm_last_layer,
+            // DINOv3's `DINOHead` ends in a plain `nn.Linear`.
+            weight_norm: self.method != Method::Dinov3,
             ..HeadConfig::dino(vit.embed_dim, self.out_dim)
         };
+        // The official separate head has its own `ibot.head_*` sizes, equal to the DINO
+        // head's in both default configs.
+        let separate = self.dinov2.as_ref().is_some_and(|o| o.separate_ibot_head);
         let c = ModelConfig {
             vit,
+            ibot_head: separate.then(|| head.clone()),
             head: Some(head),
         };
         c.validate()?;
@@ -349,7 +404,7 @@ pub fn train(
         epochs: cfg.epochs,
         iters_per_epoch,
         batch_size: cfg.batch_size,
-        dinov2: cfg.method == Method::Dinov2,
+        dinov2: cfg.method != Method::Dino,
     });
     let total_steps = (cfg.epochs * iters_per_epoch) as u64;
     let end_step = opts.max_steps.map_or(total_steps, |m| m.min(total_steps));
@@ -412,7 +467,7 @@ pub fn train(
         .with_context(|| format!("opening {}", run.metrics().display()))?;
     let mut loader = Loader::start(
         source.clone(),
-        cfg.augment.clone(),
+        cfg.loader_augment(),
         cfg.seed,
         cfg.batch_size,
         (start_step, end_step),
@@ -446,7 +501,33 @@ pub fn train(
     let masking = cfg.dinov2.as_ref().map(|_| {
         MaskingGenerator::for_crops(cfg.augment.global_size as usize, cfg.patch_size, false)
     });
+    let gram = cfg.gram().map(|g| g.schedule(total_steps));
+    if let Some(g) = &gram {
+        if start_step > g.from && nets.gram.is_none() {
+            bail!(
+                "{} is at step {start_step}, past the start of Gram anchoring (step {}), but holds no Gram teacher; it was not written by this run",
+                run.last().display(),
+                g.from
+            );
+        }
+        log::info!(
+            "Gram anchoring from step {} (weight ramping to {} over {} steps), the Gram teacher refreshed every {} steps at most {} times, on {} px crops",
+            g.from,
+            g.weight,
+            g.ramp,
+            g.every,
+            g.max_refreshes,
+            cfg.gram_crop_size().unwrap_or(cfg.augment.global_size)
+        );
+    }
     for step in start_step..end_step {
+        if let Some(g) = &gram
+            && g.active(step)
+            && nets.gram.is_none()
+        {
+            // `gram_load_ema_teacher` before iteration `it_load_ema_teacher`.
+            nets.gram = Some(nets.teacher.backbone.clone());
+        }
         let t0 = Instant::now();
         let batch = loader.next_batch().expect("loader covers the step range")?;
         let epoch = (step / iters_per_epoch as u64) as usize;
@@ -460,9 +541,26 @@ pub fn train(
             clip_grad: cfg.clip_grad,
             freeze_last_layer: epoch < cfg.freeze_last_layer,
         };
-        let inputs = step_inputs(&cfg, &nets, &batch, masking.as_ref(), step, &ad_device);
+        let gram_weight = gram.filter(|g| g.active(step)).map(|g| g.weight_at(step));
+        let mut inputs = step_inputs(&cfg, &nets, &batch, masking.as_ref(), step, &ad_device);
+        if let Some(w) = gram_weight {
+            let crops = cfg
+                .gram_crop_size()
+                .map(|_| crops_tensor(&batch, cfg.ncrops()..cfg.ncrops() + 2, device));
+            inputs.gram = Some((crops, w));
+        }
         let out = train_step(nets, inputs, &hyper, cfg.dinov2.as_ref(), device);
         nets = out.nets;
+        if let Some(g) = &gram
+            && g.refresh_after(step)
+        {
+            // `update_gram` after the optimiser step and the EMA update.
+            nets.gram = Some(nets.teacher.backbone.clone());
+            log::info!(
+                "the Gram teacher now copies the teacher of step {}",
+                step + 1
+            );
+        }
         let (loss_value, stats) = (out.loss, out.stats);
         skipped += u64::from(out.skipped && loss_value.is_finite());
         if !loss_value.is_finite() {
@@ -489,6 +587,9 @@ pub fn train(
         if cfg.dinov2.is_some() {
             for (name, v) in &out.terms {
                 record[*name] = (*v).into();
+            }
+            if let Some(w) = gram_weight {
+                record["gram_weight"] = w.into();
             }
         }
         if let Some(scaler) = &nets.scaler {
@@ -618,6 +719,7 @@ pub fn step_inputs(
             locals,
             drop,
             masks: None,
+            gram: None,
         };
     };
     let depth = nets.student.backbone.depth();
@@ -644,5 +746,6 @@ pub fn step_inputs(
         locals,
         drop,
         masks: Some(masks),
+        gram: None,
     }
 }

@@ -753,6 +753,145 @@ fn resumed_dinov2_run_equals_the_straight_run() {
     );
 }
 
+/// DINOv3 resumes exactly through the start of Gram anchoring and the Gram teacher's
+/// refreshes (anchoring from step 3, a refresh after steps 4, 6 and 8, the resume at 5): the
+/// Gram teacher travels in the checkpoint. The run trains the DINOv3 model: RoPE, storage
+/// tokens, a separate iBOT head, plain last layers.
+#[test]
+fn resumed_dinov3_run_equals_the_straight_run() {
+    let (run, _dir) = resume_equals_straight(&[
+        "--method",
+        "dinov3",
+        "--registers",
+        "1",
+        "--gram-from-step",
+        "3",
+        "--gram-ramp",
+        "3",
+        "--gram-refresh-every",
+        "2",
+    ]);
+    let ckpt =
+        read_checkpoint(&std::fs::read(run.join("checkpoints/last.safetensors")).unwrap()).unwrap();
+    for key in [
+        "gram_teacher.blocks.1.attn.qkv.weight",
+        "gram_teacher.rope_embed.periods",
+        "ibot_head.last_layer.weight",
+        "student.ibot_head.mlp.0.weight",
+        "head.last_layer.weight",
+        "storage_tokens",
+        "rope_embed.periods",
+        "ibot_loss.center",
+    ] {
+        assert!(
+            ckpt.tensors.contains_key(key),
+            "{key} missing from {:?}",
+            ckpt.tensors.keys().collect::<Vec<_>>()
+        );
+    }
+    for key in ["pos_embed", "head.last_layer.weight_g"] {
+        assert!(
+            !ckpt.tensors.contains_key(key),
+            "{key} in a DINOv3 checkpoint"
+        );
+    }
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let steps: Vec<serde_json::Value> = metrics
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r.get("loss").is_some())
+        .collect();
+    assert_eq!(steps.len(), 10);
+    for (i, r) in steps.iter().enumerate() {
+        let term = |k: &str| r[k].as_f64().unwrap_or_else(|| panic!("no {k} in {r}"));
+        let (dino, ibot, koleo) = (term("dino_loss"), term("ibot_loss"), term("koleo_loss"));
+        let total = term("loss");
+        let gram = if i < 3 {
+            assert!(r.get("gram_loss").is_none(), "Gram term before step 3: {r}");
+            0.0
+        } else {
+            // The recipe's cosine ramp over 3 steps: 0, half, all of the weight 2.
+            let want = [0.0, 1.0, 2.0][(i - 3).min(2)];
+            let w = term("gram_weight");
+            assert!(
+                (w - want).abs() < 1e-9,
+                "step {i}: Gram weight {w}, want {want}"
+            );
+            let g = term("gram_loss");
+            assert!(g.is_finite() && g >= 0.0, "step {i}: Gram loss {g}");
+            w * g
+        };
+        assert!(
+            (total - (dino + ibot + 0.1 * koleo + gram)).abs() < 1e-4 * total.abs().max(1.0),
+            "loss {total} is not dino + ibot + 0.1 koleo + w gram: {r}"
+        );
+    }
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["method"], "dinov3");
+    assert_eq!(config["dinov2"]["centering"], "sinkhorn");
+    assert_eq!(config["dinov2"]["gram"]["from_step"], 3);
+    let info = ok(&[
+        "info",
+        run.join("checkpoints/teacher.safetensors")
+            .to_str()
+            .unwrap(),
+    ]);
+    assert!(
+        info.contains("iBOT head:")
+            && info.contains("plain last layer")
+            && info.contains("RoPE base 100"),
+        "{info}"
+    );
+    let o = run.to_str().unwrap();
+    fails(
+        &[
+            "train",
+            "--resume",
+            o,
+            "--gram-weight",
+            "1",
+            "--device",
+            "cpu",
+        ],
+        &["--gram-weight", "different configuration"],
+    );
+}
+
+/// The Gram flags belong to DINOv3 and say so.
+#[test]
+fn gram_flags_need_dinov3() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = dir.path().join("run");
+    let o = o.to_str().unwrap();
+    for (method, want) in [
+        ("dinov2", "--gram-weight 1 only apply to --method dinov3"),
+        ("dino", "--gram-weight 1 only apply to --method dinov3"),
+    ] {
+        fails(
+            &[
+                "train",
+                "-o",
+                o,
+                "--method",
+                method,
+                "--gram-weight",
+                "1",
+                "--device",
+                "cpu",
+            ],
+            &[want, "Add --method dinov3"],
+        );
+    }
+    let mut args = vec!["train", "-o", o];
+    args.extend_from_slice(TINY);
+    args.extend_from_slice(&["--method", "dinov3", "--gram-size", "60", "--device", "cpu"]);
+    fails(
+        &args,
+        &["--gram-size 60 must be a multiple of --patch-size 8"],
+    );
+}
+
 /// Mixed precision resumes exactly too: the loss scaler's state travels in the checkpoint.
 #[test]
 fn resumed_f16_run_equals_the_straight_run() {

@@ -149,6 +149,36 @@ fn ibot_loss_centre_and_gradient_match_the_official_function() {
     assert!(e <= 1e-6, "gradient: {e}");
 }
 
+/// The Gram teacher's grid resize and the Gram crops' resize against the official calls
+/// (`scripts/make_gram_fixtures.py`).
+#[test]
+fn gram_resamplings_match_pytorch() {
+    use dino_trainer::augment::{Crop, resize_crop};
+    use dino_trainer::gram::resize_patch_grid;
+    let path = format!(
+        "{}/tests/fixtures/objectives/gram_resize.safetensors",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let (_, map) = read_safetensors(&std::fs::read(path).unwrap()).unwrap();
+    let device = Device::flex();
+    for big in [8, 6] {
+        let x = tensor::<3>(&map, &format!("teacher_grid.{big}.in"), &device);
+        let got = values(resize_patch_grid(x, 4, &device));
+        let want = &map[&format!("teacher_grid.{big}.out")].data;
+        let e = rel_err(&got, want);
+        assert!(e <= 1e-6, "teacher grid {big}→4: {e:.2e}");
+    }
+    let crop = Crop {
+        size: 20,
+        chw: map["crop.in"].data.clone(),
+    };
+    for size in [12u32, 32] {
+        let got = resize_crop(&crop, size);
+        let e = rel_err(&got.chw, &map[&format!("crop.{size}")].data);
+        assert!(e <= 1e-6, "crop 20→{size}: {e:.2e}");
+    }
+}
+
 #[test]
 fn gram_loss_and_gradient_match_the_official_function() {
     let (map, record) = fixtures();
@@ -542,13 +572,23 @@ fn subset_drop_path_replays_the_official_stochastic_depth() {
 /// same crops and masks: each loss term, the weights of student and teacher, and both centres.
 #[test]
 fn five_official_dinov2_iterations_are_replayed_by_our_step() {
+    replay_official_dinov2_iterations("dinov2_step");
+}
+
+/// The same with `ibot.separate_head` (`--separate-head`): iBOT's head is its own sub-model.
+#[test]
+fn five_official_dinov2_iterations_with_a_separate_ibot_head_are_replayed() {
+    replay_official_dinov2_iterations("dinov2_step_separate_head");
+}
+
+fn replay_official_dinov2_iterations(fixture: &str) {
     use dino_model::{PosInterp, Position};
     use dino_trainer::loss::DinoLoss;
     use dino_trainer::masking::BatchMasks;
     use dino_trainer::objective::{Dinov2Objective, StepInputs};
     use dino_trainer::step::{Networks, StepHyper, train_step};
 
-    let dir = format!("{}/tests/fixtures/dinov2_step", env!("CARGO_MANIFEST_DIR"));
+    let dir = format!("{}/tests/fixtures/{fixture}", env!("CARGO_MANIFEST_DIR"));
     let (_, map) =
         read_safetensors(&std::fs::read(format!("{dir}/steps.safetensors")).unwrap()).unwrap();
     let record: Value =
@@ -568,19 +608,36 @@ fn five_official_dinov2_iterations_are_replayed_by_our_step() {
     mc.vit.position = Position::Learned {
         interp: PosInterp::Offset,
     };
+    let separate = record["separate_head"].as_bool().unwrap_or(false);
+    let mut initial = imported.tensors.clone();
+    if separate {
+        // The importer reads backbones and DINO heads; the iBOT head is taken from the file
+        // by its official names, which are ours.
+        mc.ibot_head = mc.head.clone();
+        let raw = dino_model::pth::read_pth(&std::fs::read(format!("{dir}/initial.pth")).unwrap())
+            .unwrap();
+        for (key, t) in raw {
+            if let Some(at) = key.find("ibot_head.") {
+                initial.insert(key[at..].to_string(), t);
+            }
+        }
+        assert!(initial.keys().any(|k| k.starts_with("ibot_head.")));
+    }
     let device = Device::flex();
     let ad = device.clone().autodiff();
     let k = record["prototypes"].as_u64().unwrap() as usize;
     let mut nets = Networks {
-        student: mc.load(&imported.tensors, "", &ad).unwrap(),
-        teacher: mc.load(&imported.tensors, "", &device).unwrap(),
+        student: mc.load(&initial, "", &ad).unwrap(),
+        teacher: mc.load(&initial, "", &device).unwrap(),
         optim: Optimizer::new(OptimizerKind::AdamW),
         loss: DinoLoss::new(k, 0.1, 0.9),
         scaler: None,
         ibot: Some(IbotLoss::new(k, 0.1, 0.9)),
+        gram: None,
     };
     let objective = Dinov2Objective {
         registers: 2,
+        separate_ibot_head: separate,
         ..Dinov2Objective::default()
     };
     for (i, step) in record["steps"].as_array().unwrap().iter().enumerate() {
@@ -601,6 +658,7 @@ fn five_official_dinov2_iterations_are_replayed_by_our_step() {
                 weights: map[&format!("step{i}.masks_weight")].data.clone(),
                 upperbound: step["upperbound"].as_u64().unwrap() as usize,
             }),
+            gram: None,
         };
         let hyper = StepHyper {
             lr: f("lr"),

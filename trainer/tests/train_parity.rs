@@ -85,6 +85,7 @@ fn replay(
             growth_tracker: 0,
         }),
         ibot: None,
+        gram: None,
     };
     let (_, expected) = read_safetensors(&fixture("train_steps.safetensors")).unwrap();
     let rec = record();
@@ -294,6 +295,7 @@ fn an_overflowing_f16_step_is_skipped_and_the_scale_halved() {
         loss: DinoLoss::new(64, 0.1, 0.9),
         scaler: Some(LossScaler::default()),
         ibot: None,
+        gram: None,
     };
     let (_, expected) = read_safetensors(&fixture("train_steps.safetensors")).unwrap();
     let hyper = StepHyper {
