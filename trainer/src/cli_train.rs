@@ -454,12 +454,16 @@ impl TrainArgs {
                 self.gram_image_level.map(|v| v.to_string()),
             ),
         ];
-        let Some(o) = cfg.dinov2.as_mut() else {
-            let flags: Vec<String> = named
+        // The flags given, as typed; `gram_only` keeps those of Gram anchoring.
+        let given_of = |gram_only: bool| -> Vec<String> {
+            named
                 .iter()
-                .filter(|(_, v)| v.is_some())
-                .map(|(n, v)| format!("--{} {}", n.replace('_', "-"), v.as_deref().unwrap_or("")))
-                .collect();
+                .filter(|(n, _)| !gram_only || n.starts_with("gram_"))
+                .filter_map(|(n, v)| v.as_ref().map(|v| format!("--{} {v}", n.replace('_', "-"))))
+                .collect()
+        };
+        let Some(o) = cfg.dinov2.as_mut() else {
+            let flags = given_of(false);
             if !flags.is_empty() {
                 let gram = flags.iter().any(|f| f.starts_with("--gram"));
                 bail!(
@@ -497,24 +501,6 @@ impl TrainArgs {
             "ibot_separate_head",
             o.separate_ibot_head
         );
-        let gram_flags = [
-            ("gram_weight", self.gram_weight.map(|v| v.to_string())),
-            ("gram_from_step", self.gram_from_step.map(|v| v.to_string())),
-            ("gram_ramp", self.gram_ramp.map(|v| v.to_string())),
-            (
-                "gram_refresh_every",
-                self.gram_refresh_every.map(|v| v.to_string()),
-            ),
-            (
-                "gram_max_refreshes",
-                self.gram_max_refreshes.map(|v| v.to_string()),
-            ),
-            ("gram_size", self.gram_size.map(|v| v.to_string())),
-            (
-                "gram_image_level",
-                self.gram_image_level.map(|v| v.to_string()),
-            ),
-        ];
         if let Some(g) = o.gram.as_mut() {
             set!(self.gram_weight, "gram_weight", g.weight);
             set!(
@@ -551,10 +537,7 @@ impl TrainArgs {
                 );
             }
         } else {
-            let flags: Vec<String> = gram_flags
-                .iter()
-                .filter_map(|(n, v)| v.as_ref().map(|v| format!("--{} {v}", n.replace('_', "-"))))
-                .collect();
+            let flags = given_of(true);
             if !flags.is_empty() {
                 bail!(
                     "{} only apply to --method dinov3 (Gram anchoring); this is a --method dinov2 run. Add --method dinov3 or drop them",
