@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""The two resamplings of DINOv3's Gram anchoring, for `trainer/tests/objectives.rs`.
+"""The two resamplings of DINOv3's Gram anchoring and its augmentation's blur, for
+`trainer/tests/objectives.rs` and `trainer/src/augment.rs`.
 
 Usage: python3 scripts/make_gram_fixtures.py --out trainer/tests/fixtures/objectives/gram_resize.safetensors
 
@@ -9,6 +10,9 @@ Usage: python3 scripts/make_gram_fixtures.py --out trainer/tests/fixtures/object
 - `crop.*`: a normalised global view resized as `DataAugmentationDINO` resizes the Gram
   teacher's and the student's crops (`v2.Resize(size, BICUBIC)` on a tensor, antialiased),
   20 → 12 and 20 → 32.
+- `blur9.<h>x<w>.*`: DINOv3's `GaussianBlur` (`data/transforms.py`: `v2.GaussianBlur(kernel_size=9)`)
+  on an RGB image in [0, 1] at σ 0.1, 0.8 and 2.0 (`in`, then `s0.1`, ...), 11×13 and 6×7 (a crop
+  narrower than the kernel's reach on one side).
 """
 import argparse
 
@@ -34,6 +38,12 @@ def main():
     out["crop.in"] = crop
     for size in (12, 32):
         out[f"crop.{size}"] = v2.Resize(size, interpolation=v2.InterpolationMode.BICUBIC)(crop).contiguous()
+    for h, w in ((11, 13), (6, 7)):
+        img = torch.rand(3, h, w)
+        out[f"blur9.{h}x{w}.in"] = img
+        for sigma in (0.1, 0.8, 2.0):
+            blurred = v2.functional.gaussian_blur(img, kernel_size=[9, 9], sigma=[sigma, sigma])
+            out[f"blur9.{h}x{w}.s{sigma}"] = blurred.contiguous()
     save_file(out, args.out)
     print(f"wrote {len(out)} tensors to {args.out}")
 

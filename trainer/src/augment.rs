@@ -27,6 +27,11 @@ pub struct AugmentConfig {
     /// (`crops.gram_teacher_crops_size`); the loader's, not saved.
     #[serde(skip)]
     pub gram_size: Option<u32>,
+    /// DINOv3's blur (`v2.GaussianBlur(kernel_size=9)`): a kernel of this many taps with
+    /// reflected edges; `None`: PIL's `GaussianBlur(radius)` of DINO and DINOv2 (3σ wide,
+    /// replicated edges).
+    #[serde(default)]
+    pub blur_taps: Option<usize>,
 }
 
 /// `DataAugmentationDINO`'s blur probabilities.
@@ -44,6 +49,7 @@ impl Default for AugmentConfig {
             local_scale: (0.05, 0.4),
             blur: dino_blur(),
             gram_size: None,
+            blur_taps: None,
         }
     }
 }
@@ -61,6 +67,30 @@ impl AugmentConfig {
             ..Self::default()
         }
     }
+
+    /// DINOv3's `DataAugmentationDINO`: DINOv2's, with torchvision's 9-tap Gaussian blur
+    /// (`data/transforms.py`, `GaussianBlur`) in place of PIL's.
+    pub fn dinov3() -> Self {
+        Self {
+            blur_taps: Some(9),
+            ..Self::dinov2()
+        }
+    }
+}
+
+/// Where tap `i` (possibly outside `0..n`) reads: mirrored about the edge pixels without
+/// repeating them (`F.pad(mode="reflect")`, torchvision's blur) or the nearest edge pixel
+/// (PIL's blur as we write it); a mirror that still falls outside (a crop narrower than the
+/// kernel's half-width) is clamped.
+fn tap_index(i: isize, n: usize, reflect: bool) -> usize {
+    let last = n as isize - 1;
+    let i = if reflect {
+        let r = i.abs();
+        if r > last { 2 * last - r } else { r }
+    } else {
+        i
+    };
+    i.clamp(0, last) as usize
 }
 
 /// One augmented view: `[3, size, size]` ImageNet-normalised values.
@@ -173,8 +203,11 @@ impl Planes {
         self.map(|p| p.map(|c| if c >= 128.0 / 255.0 { 1.0 - c } else { c }));
     }
 
-    fn gaussian_blur(&mut self, sigma: f32) {
-        let radius = (3.0 * sigma).ceil() as usize;
+    /// Separable Gaussian blur: `taps` wide with reflected edges (torchvision), else 3σ on
+    /// each side with replicated edges (PIL).
+    fn gaussian_blur(&mut self, sigma: f32, taps: Option<usize>) {
+        let reflect = taps.is_some();
+        let radius = taps.map_or((3.0 * sigma).ceil() as usize, |t| t / 2);
         let kernel: Vec<f32> = (-(radius as isize)..=radius as isize)
             .map(|x| (-(x * x) as f32 / (2.0 * sigma * sigma)).exp())
             .collect();
@@ -183,7 +216,7 @@ impl Planes {
         let (w, h) = (self.w, self.h);
         let row_len = 3 * w;
         // Interleaved RGB rows as flat f32 so each tap is one vectorised multiply-add over a
-        // whole row; edges replicate the border pixel (as before, clamped indices).
+        // whole row; the padding holds the edge taps.
         let flat: Vec<f32> = self.px.iter().flatten().copied().collect();
         let mut tmp = vec![0.0f32; flat.len()];
         let mut padded = vec![0.0f32; 3 * (w + 2 * radius)];
@@ -192,7 +225,7 @@ impl Planes {
             .zip(tmp.chunks_exact_mut(row_len))
         {
             for x in 0..w + 2 * radius {
-                let sx = x.saturating_sub(radius).min(w - 1);
+                let sx = tap_index(x as isize - radius as isize, w, reflect);
                 padded[3 * x..3 * x + 3].copy_from_slice(&src[3 * sx..3 * sx + 3]);
             }
             for (t, k) in kernel.iter().enumerate() {
@@ -204,7 +237,7 @@ impl Planes {
         let mut out = vec![0.0f32; flat.len()];
         for (y, dst) in out.chunks_exact_mut(row_len).enumerate() {
             for (t, k) in kernel.iter().enumerate() {
-                let sy = (y + t).saturating_sub(radius).min(h - 1);
+                let sy = tap_index((y + t) as isize - radius as isize, h, reflect);
                 for (d, p) in dst.iter_mut().zip(&tmp[sy * row_len..(sy + 1) * row_len]) {
                     *d += k * p;
                 }
@@ -320,13 +353,14 @@ fn view<R: Rng>(
     size: u32,
     scale: (f64, f64),
     blur_p: f64,
+    blur_taps: Option<usize>,
     solarize_p: f64,
 ) -> Crop {
     let params = random_resized_crop_params(rng, img.width(), img.height(), scale);
     let mut planes = flip_and_color_jitter(rng, crop_resize(img, params, size));
     if blur_p > 0.0 && rng.random_bool(blur_p) {
         let sigma = rng.random_range(0.1f32..=2.0);
-        planes.gaussian_blur(sigma);
+        planes.gaussian_blur(sigma, blur_taps);
     }
     if solarize_p > 0.0 && rng.random_bool(solarize_p) {
         planes.solarize();
@@ -380,7 +414,15 @@ pub fn multi_crop<R: Rng>(rng: &mut R, img: &RgbImage, cfg: &AugmentConfig) -> V
         .map_or(cfg.global_size, |g| g.max(cfg.global_size));
     let mut grams = Vec::new();
     for (blur, solarize) in [(blur_1, 0.0), (blur_2, 0.2)] {
-        let v = view(rng, img, big, cfg.global_scale, blur, solarize);
+        let v = view(
+            rng,
+            img,
+            big,
+            cfg.global_scale,
+            blur,
+            cfg.blur_taps,
+            solarize,
+        );
         match cfg.gram_size {
             None => crops.push(v),
             Some(g) => {
@@ -405,6 +447,7 @@ pub fn multi_crop<R: Rng>(rng: &mut R, img: &RgbImage, cfg: &AugmentConfig) -> V
             cfg.local_size,
             cfg.local_scale,
             blur_local,
+            cfg.blur_taps,
             0.0,
         ));
     }
@@ -547,8 +590,47 @@ mod tests {
                 out
             };
             let expected = pass(&pass(&planes.px, true), false);
-            planes.gaussian_blur(sigma);
+            planes.gaussian_blur(sigma, None);
             assert_eq!(planes.px, expected, "sigma {sigma}");
+        }
+    }
+
+    #[test]
+    fn nine_tap_blur_matches_torchvision() {
+        // DINOv3's v2.GaussianBlur(kernel_size=9) from scripts/make_gram_fixtures.py.
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/objectives/gram_resize.safetensors"
+        );
+        let (_, map) = dino_model::checkpoint::read_safetensors(&std::fs::read(path).unwrap())
+            .expect("the fixture is a safetensors file");
+        let chw_to_px = |chw: &[f32], plane: usize| -> Vec<[f32; 3]> {
+            (0..plane)
+                .map(|i| [chw[i], chw[plane + i], chw[2 * plane + i]])
+                .collect()
+        };
+        for (h, w) in [(11usize, 13usize), (6, 7)] {
+            let input = &map[&format!("blur9.{h}x{w}.in")];
+            assert_eq!(input.shape, [3, h, w]);
+            // Python's spelling of each σ names its tensor.
+            for label in ["0.1", "0.8", "2.0"] {
+                let sigma: f32 = label.parse().unwrap();
+                let mut planes = Planes {
+                    w,
+                    h,
+                    px: chw_to_px(&input.data, h * w),
+                };
+                planes.gaussian_blur(sigma, Some(9));
+                let want = chw_to_px(&map[&format!("blur9.{h}x{w}.s{label}")].data, h * w);
+                let err = planes
+                    .px
+                    .iter()
+                    .flatten()
+                    .zip(want.iter().flatten())
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0f32, f32::max);
+                assert!(err <= 1e-6, "{h}x{w}, sigma {sigma}: {err:.2e}");
+            }
         }
     }
 

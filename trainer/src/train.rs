@@ -182,9 +182,11 @@ impl TrainConfig {
                 ..Self::default()
             },
             // DINOv3's `ssl_default_config.yaml` differs from DINOv2's in its learning rate
-            // (0.001), its plain last layers and its objective (`Dinov2Objective::dinov3`).
+            // (0.001), its plain last layers, its objective (`Dinov2Objective::dinov3`) and
+            // its augmentation's blur.
             Method::Dinov3 => Self {
                 lr: 0.001,
+                augment: AugmentConfig::dinov3(),
                 method,
                 dinov2: Some(Dinov2Objective::dinov3()),
                 ..Self::for_method(Method::Dinov2)
@@ -519,6 +521,13 @@ pub fn train(
             g.max_refreshes,
             cfg.gram_crop_size().unwrap_or(cfg.augment.global_size)
         );
+        if g.from >= end_step {
+            // The default start is 5/6 of the epochs' schedule, which --max-steps cuts short.
+            log::warn!(
+                "Gram anchoring starts at step {} of the {total_steps}-step schedule, but this run stops at step {end_step} (--max-steps): it trains no Gram term; set --gram-from-step below {end_step} to anchor",
+                g.from
+            );
+        }
     }
     for step in start_step..end_step {
         if let Some(g) = &gram
