@@ -134,10 +134,18 @@ fn loaded_tunings(log: &str) -> usize {
         .sum()
 }
 
+/// Whether `DINOSCOPE_SKIP_WGPU_TEST=1` asks to skip (a machine without any adapter).
+fn skipped_on_request() -> bool {
+    let skip = std::env::var("DINOSCOPE_SKIP_WGPU_TEST").is_ok_and(|v| v == "1");
+    if skip {
+        println!("skipped on request (DINOSCOPE_SKIP_WGPU_TEST=1)");
+    }
+    skip
+}
+
 #[test]
 fn wgpu_and_cpu_backends_give_the_same_losses() {
-    if std::env::var("DINOSCOPE_SKIP_WGPU_TEST").is_ok_and(|v| v == "1") {
-        println!("skipped on request (DINOSCOPE_SKIP_WGPU_TEST=1)");
+    if skipped_on_request() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -191,8 +199,7 @@ fn wgpu_and_cpu_backends_give_the_same_losses() {
 /// zero would compare rounding, not the backends.
 #[test]
 fn dinov2_and_dinov3_objectives_agree_between_backends() {
-    if std::env::var("DINOSCOPE_SKIP_WGPU_TEST").is_ok_and(|v| v == "1") {
-        println!("skipped on request (DINOSCOPE_SKIP_WGPU_TEST=1)");
+    if skipped_on_request() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
