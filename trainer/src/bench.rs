@@ -208,6 +208,7 @@ pub fn bench_data(cfg: &TrainConfig, workers: usize, batches: u64) -> Result<ser
         aug,
         cfg.seed,
         cfg.batch_size,
+        crate::pipeline::Shard::ALL,
         (0, batches),
         workers,
         2,

@@ -237,6 +237,10 @@ pub struct TrainArgs {
     /// No progress bar; a log line every 10 steps
     #[arg(long, short)]
     pub quiet: bool,
+    /// Under mpirun/srun: seconds a rank waits for the others in a collective before the run
+    /// stops, naming the ranks that stopped answering (longer than the slowest evaluation)
+    #[arg(long, default_value_t = 600, value_name = "SECS")]
+    pub dist_timeout: u64,
 }
 
 /// `utils.bool_flag`: on/true/1 and off/false/0.

@@ -421,7 +421,24 @@ fn save_arrays(maps: &crate::render::AttentionMaps, dir: &Path) -> Result<()> {
 pub fn train(args: &crate::cli_train::TrainArgs) -> Result<()> {
     use crate::run_dir::{RunDir, load_run_config};
     use crate::train::{RunOptions, train};
-    let (run, cfg, resume) = match &args.resume {
+    let world = crate::dist::init()?;
+    crate::dist::set_timeout(args.dist_timeout);
+    if world.size > 1 {
+        log::info!(
+            "rank {} of {} (local rank {}, pid {}) on {}",
+            world.rank,
+            world.size,
+            world.local_rank,
+            std::process::id(),
+            std::fs::read_to_string("/etc/hostname")
+                .map_or_else(|_| "this host".into(), |h| h.trim().to_string())
+        );
+        if !world.is_main() {
+            // Rank 0 speaks for the run; the others report only trouble.
+            log::set_max_level(log::LevelFilter::Warn);
+        }
+    }
+    let (run, mut cfg, resume) = match &args.resume {
         Some(dir) => {
             let run = RunDir { root: dir.clone() };
             let saved = load_run_config(&run)?;
@@ -449,7 +466,17 @@ pub fn train(args: &crate::cli_train::TrainArgs) -> Result<()> {
     if args.loss_scale.is_some() && cfg.precision != dino_model::Precision::F16 {
         bail!("--loss-scale only applies to mixed precision; add --precision f16 or drop it");
     }
-    let selected = select(args.device)?;
+    if !resume {
+        cfg.world_size = world.size;
+    }
+    if world.size > 1 {
+        crate::dist::set_resume_hint(format!(
+            "mpirun -np {} dino train --resume {}",
+            world.size,
+            run.root.display()
+        ));
+    }
+    let selected = crate::device::select_for_rank(args.device, world.local_rank)?;
     let workers = args
         .workers
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
@@ -464,6 +491,9 @@ pub fn train(args: &crate::cli_train::TrainArgs) -> Result<()> {
         device_name: selected.name.clone(),
     };
     let summary = train(cfg, &run, resume, &opts, &selected.device)?;
+    if !world.is_main() {
+        return Ok(());
+    }
     println!(
         "trained to step {} on {}: loss {:.4} -> {:.4}, {:.1} img/s, teacher {}; checkpoint {}, viewer model {}, metrics {}",
         summary.steps,

@@ -44,6 +44,13 @@ fn probe(device: &Device) -> bool {
 
 /// Resolves the user's choice to a working device, or explains why it cannot.
 pub fn select(choice: DeviceChoice) -> Result<Selected> {
+    select_for_rank(choice, 0)
+}
+
+/// [`select`] for the `local_rank`-th process of a machine: `auto` gives it the
+/// `local_rank`-th hardware GPU of the kind it picks (round robin when there are fewer GPUs
+/// than processes), as `torch.cuda.set_device(args.gpu)` does.
+pub fn select_for_rank(choice: DeviceChoice, local_rank: usize) -> Result<Selected> {
     let cpu = || Selected {
         device: Device::flex(),
         name: "cpu (flex)".into(),
@@ -69,14 +76,29 @@ pub fn select(choice: DeviceChoice) -> Result<Selected> {
                     "wgpu (integrated GPU)",
                 ),
             ] {
-                let Some((_, adapter)) = gpus.iter().find(|(k, _)| *k == want) else {
+                let of_kind: Vec<&String> = gpus
+                    .iter()
+                    .filter(|(k, _)| *k == want)
+                    .map(|(_, a)| a)
+                    .collect();
+                if of_kind.is_empty() {
                     continue;
+                }
+                let index = local_rank % of_kind.len();
+                let kind = match kind {
+                    DeviceKind::DiscreteGpu(_) => DeviceKind::DiscreteGpu(index),
+                    _ => DeviceKind::IntegratedGpu(index),
                 };
                 let device = Device::wgpu(kind);
                 if probe(&device) {
+                    let which = if of_kind.len() > 1 {
+                        format!(" #{index}")
+                    } else {
+                        String::new()
+                    };
                     return Ok(Selected {
                         device,
-                        name: format!("{name}: {adapter}"),
+                        name: format!("{name}{which}: {}", of_kind[index]),
                     });
                 }
             }

@@ -102,11 +102,14 @@ impl DinoLoss {
     }
 
     fn update_center(&mut self, teacher: Tensor<2>) {
-        let batch_center: Vec<f32> = teacher
+        let mut batch_center: Vec<f32> = teacher
             .mean_dim(0)
             .into_data()
             .try_to_vec()
             .expect("f32 teacher output");
+        // `dist.all_reduce(batch_center)` then `/ (len(teacher_output) * world_size)`: every
+        // rank has the same rows, so the mean of the ranks' means.
+        crate::dist::all_reduce_mean(&mut batch_center, "the centre update");
         let m = self.center_momentum as f32;
         for (c, b) in self.center.iter_mut().zip(batch_center) {
             *c = *c * m + b * (1.0 - m);

@@ -207,9 +207,17 @@ fn main() {
         .init();
     let cli = Cli::parse();
     if let Err(e) = dino_trainer::autotune_cache::configure_from_env().and_then(|_| run(cli)) {
-        eprintln!("error: {e:#}");
+        let world = dino_trainer::dist::world();
+        if world.size > 1 {
+            eprintln!("error: rank {} of {}: {e:#}", world.rank, world.size);
+        } else {
+            eprintln!("error: {e:#}");
+        }
+        // Under mpirun the other ranks would wait for this one's next message: abort them all.
+        dino_trainer::dist::finalize(true);
         std::process::exit(1);
     }
+    dino_trainer::dist::finalize(false);
 }
 
 fn run(cli: Cli) -> Result<()> {

@@ -54,9 +54,70 @@ const STREAM_PERMUTATION: u64 = 1;
 /// Stream id of per-sample augmentation.
 const STREAM_AUGMENT: u64 = 2;
 
-/// Indices of step `step`'s batch: the epoch's seeded permutation, last partial batch dropped.
-pub fn batch_indices(seed: u64, len: usize, batch_size: usize, step: u64) -> Vec<usize> {
-    let per_epoch = (len / batch_size).max(1) as u64;
+/// A rank's share of the data: `DistributedSampler(num_replicas=world, rank=rank)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    /// This process's rank.
+    pub rank: usize,
+    /// Processes sharing the data.
+    pub world: usize,
+}
+
+impl Shard {
+    /// The whole data set, for one process.
+    pub const ALL: Shard = Shard { rank: 0, world: 1 };
+
+    /// The shard of this process in the run (`dist::world()`).
+    pub fn of_this_process() -> Shard {
+        let w = crate::dist::world();
+        Shard {
+            rank: w.rank,
+            world: w.size,
+        }
+    }
+
+    /// Where this rank's image `j` sits in the step's global batch (ordered as one process
+    /// with the whole batch orders it: `DistributedSampler` deals the images out in turn).
+    pub fn global_position(&self, j: usize) -> usize {
+        self.world * j + self.rank
+    }
+
+    /// The global rows of this rank's `groups · batch` rows (crop-major: `group · batch + j`)
+    /// in the crop-major rows of the global batch.
+    pub fn global_rows(&self, groups: usize, batch: usize) -> Vec<usize> {
+        (0..groups)
+            .flat_map(|g| (0..batch).map(move |j| g * batch * self.world + self.global_position(j)))
+            .collect()
+    }
+}
+
+/// `DistributedSampler`'s index list for `shard`, given the epoch's permutation: the
+/// permutation padded to a multiple of the world size by repeating its beginning, then every
+/// `world`-th index from `rank`.
+pub fn distributed_indices(perm: &[usize], shard: Shard) -> Vec<usize> {
+    let total = perm.len().div_ceil(shard.world) * shard.world;
+    (shard.rank..total)
+        .step_by(shard.world)
+        .map(|i| perm[i % perm.len()])
+        .collect()
+}
+
+/// Iterations per epoch of each rank: `len(DataLoader(..., drop_last=True))` over its
+/// `DistributedSampler` list (at least one).
+pub fn steps_per_epoch(len: usize, batch_size: usize, world: usize) -> usize {
+    (len.div_ceil(world.max(1)) / batch_size).max(1)
+}
+
+/// Indices of step `step`'s batch on `shard`: the epoch's seeded permutation, sharded as
+/// `DistributedSampler` does, last partial batch dropped.
+pub fn batch_indices(
+    seed: u64,
+    len: usize,
+    batch_size: usize,
+    step: u64,
+    shard: Shard,
+) -> Vec<usize> {
+    let per_epoch = steps_per_epoch(len, batch_size, shard.world) as u64;
     let (epoch, it) = (step / per_epoch, (step % per_epoch) as usize);
     let mut perm: Vec<usize> = (0..len).collect();
     perm.shuffle(&mut ChaCha8Rng::seed_from_u64(derive_seed(
@@ -65,8 +126,9 @@ pub fn batch_indices(seed: u64, len: usize, batch_size: usize, step: u64) -> Vec
         epoch,
         0,
     )));
+    let mine = distributed_indices(&perm, shard);
     (0..batch_size)
-        .map(|j| perm[(it * batch_size + j) % len])
+        .map(|j| mine[(it * batch_size + j) % mine.len()])
         .collect()
 }
 
@@ -76,9 +138,10 @@ fn make_batch(
     seed: u64,
     batch_size: usize,
     step: u64,
+    shard: Shard,
     bad: &AtomicUsize,
 ) -> Result<Batch> {
-    let indices = batch_indices(seed, source.len(), batch_size, step);
+    let indices = batch_indices(seed, source.len(), batch_size, step, shard);
     let ncrops = 2 + cfg.local_crops;
     let mut sizes: Vec<u32> = (0..ncrops)
         .map(|c| {
@@ -119,7 +182,10 @@ fn make_batch(
         let sample = sample.ok_or_else(|| {
             anyhow::anyhow!("16 consecutive samples could not be read; is the data set corrupt?")
         })?;
-        let mut rng = ChaCha8Rng::seed_from_u64(derive_seed(seed, STREAM_AUGMENT, step, j as u64));
+        // Seeded by the image's place in the global batch: the same crops whichever rank
+        // draws them, so N ranks of batch B see what one process of batch N·B sees.
+        let position = shard.global_position(j) as u64;
+        let mut rng = ChaCha8Rng::seed_from_u64(derive_seed(seed, STREAM_AUGMENT, step, position));
         for (c, crop) in multi_crop(&mut rng, &sample.image, cfg)
             .into_iter()
             .enumerate()
@@ -147,12 +213,14 @@ pub struct Loader {
 }
 
 impl Loader {
-    /// Starts `workers` threads, each keeping up to `prefetch` batches ready.
+    /// Starts `workers` threads, each keeping up to `prefetch` batches of `shard` ready.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         source: Arc<dyn Source>,
         cfg: AugmentConfig,
         seed: u64,
         batch_size: usize,
+        shard: Shard,
         (start, end): (u64, u64),
         workers: usize,
         prefetch: usize,
@@ -167,7 +235,8 @@ impl Loader {
             handles.push(std::thread::spawn(move || {
                 let mut step = start + w;
                 while step < end {
-                    let batch = make_batch(source.as_ref(), &cfg, seed, batch_size, step, &bad);
+                    let batch =
+                        make_batch(source.as_ref(), &cfg, seed, batch_size, step, shard, &bad);
                     let failed = batch.is_err();
                     if tx.send(batch).is_err() || failed {
                         return;
@@ -208,5 +277,82 @@ impl Drop for Loader {
         for h in self.handles.drain(..) {
             let _ = h.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_match_the_official_distributed_sampler() {
+        let fixture: serde_json::Value = serde_json::from_str(include_str!(
+            "../tests/fixtures/sampler/distributed_sampler.json"
+        ))
+        .unwrap();
+        for case in fixture["cases"].as_array().unwrap() {
+            let n = case["n"].as_u64().unwrap() as usize;
+            let world = case["world"].as_u64().unwrap() as usize;
+            let batch = case["batch"].as_u64().unwrap() as usize;
+            let perm: Vec<usize> = serde_json::from_value(case["perm"].clone()).unwrap();
+            for (rank, official) in case["ranks"].as_array().unwrap().iter().enumerate() {
+                let want: Vec<usize> = serde_json::from_value(official["indices"].clone()).unwrap();
+                let ours = distributed_indices(&perm, Shard { rank, world });
+                assert_eq!(ours, want, "n {n} world {world} rank {rank}");
+                let batches: Vec<Vec<usize>> =
+                    serde_json::from_value(official["batches"].clone()).unwrap();
+                let ours_batches: Vec<Vec<usize>> =
+                    ours.chunks_exact(batch).map(|c| c.to_vec()).collect();
+                assert_eq!(ours_batches, batches, "n {n} world {world} rank {rank}");
+                if !batches.is_empty() {
+                    assert_eq!(steps_per_epoch(n, batch, world), batches.len());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn shards_are_disjoint_cover_the_data_and_follow_the_epoch() {
+        let (n, world, batch) = (23, 3, 2);
+        let steps = steps_per_epoch(n, batch, world) as u64;
+        for epoch in 0..2u64 {
+            let mut seen = Vec::new();
+            for rank in 0..world {
+                for it in 0..steps {
+                    let step = epoch * steps + it;
+                    let idx = batch_indices(7, n, batch, step, Shard { rank, world });
+                    assert_eq!(idx, batch_indices(7, n, batch, step, Shard { rank, world }));
+                    seen.extend(idx);
+                }
+            }
+            // 23 images padded to 24 (one repeated), 8 per rank, 4 batches of 2 each: every
+            // image is seen, and exactly one twice.
+            assert_eq!(seen.len(), world * steps as usize * batch);
+            seen.sort();
+            seen.dedup();
+            assert_eq!(seen.len(), n);
+        }
+        assert_ne!(
+            batch_indices(7, n, batch, 0, Shard { rank: 0, world }),
+            batch_indices(7, n, batch, steps, Shard { rank: 0, world })
+        );
+    }
+
+    #[test]
+    fn the_ranks_together_see_one_process_batch() {
+        // N ranks of batch B take, image for image, what one process of batch N·B takes.
+        let (n, world, batch) = (40, 2, 3);
+        for step in [0u64, 1, 5, 9] {
+            let whole = batch_indices(3, n, batch * world, step, Shard::ALL);
+            for rank in 0..world {
+                let shard = Shard { rank, world };
+                let mine = batch_indices(3, n, batch, step, shard);
+                for (j, index) in mine.iter().enumerate() {
+                    assert_eq!(*index, whole[shard.global_position(j)], "step {step}");
+                }
+            }
+        }
+        let shard = Shard { rank: 1, world: 2 };
+        assert_eq!(shard.global_rows(2, 3), vec![1, 3, 5, 7, 9, 11]);
     }
 }

@@ -108,6 +108,8 @@ pub struct StepOutput {
     pub stats: crate::loss::TeacherStats,
     /// Whether the optimiser step was skipped because a scaled f16 gradient overflowed.
     pub skipped: bool,
+    /// Milliseconds spent averaging the gradients over the ranks (0 alone).
+    pub allreduce_ms: f64,
 }
 
 /// One DINO iteration (`train_one_epoch`'s body): student on the global crops `[2B, 3, G, G]`
@@ -176,20 +178,30 @@ pub fn train_step(
             device,
         ),
     };
-    let stats = losses.stats;
     // One read-back for the total and every term.
     let mut read = vec![losses.total.clone().detach()];
     read.extend(losses.terms.iter().map(|(_, t)| t.clone().detach()));
-    let values = Tensor::cat(read, 0)
+    let mut values: Vec<f64> = Tensor::cat(read, 0)
         .into_data()
         .try_to_vec::<f32>()
-        .unwrap_or_default();
-    let value = values.first().map_or(f64::NAN, |&v| v as f64);
+        .unwrap_or_default()
+        .into_iter()
+        .map(f64::from)
+        .collect();
+    // Averaged over the ranks (`MetricLogger.synchronize_between_processes`) before the
+    // finiteness check, so that every rank takes the same branch.
+    values.extend([losses.stats.entropy, losses.stats.mean_entropy]);
+    crate::dist::mean_f64(&mut values, "the loss read-back");
+    let stats = crate::loss::TeacherStats {
+        mean_entropy: values.pop().unwrap_or(f64::NAN),
+        entropy: values.pop().unwrap_or(f64::NAN),
+    };
+    let value = values.first().copied().unwrap_or(f64::NAN);
     let terms: Vec<(&'static str, f64)> = losses
         .terms
         .iter()
         .zip(values.iter().skip(1))
-        .map(|((name, _), &v)| (*name, v as f64))
+        .map(|((name, _), &v)| (*name, v))
         .collect();
     if !value.is_finite() {
         loss.center = center_before;
@@ -210,6 +222,7 @@ pub fn train_step(
             terms,
             stats,
             skipped: true,
+            allreduce_ms: 0.0,
         };
     }
     // `fp16_scaler.scale(loss).backward()`, then `unscale_` before clipping; a step whose
@@ -219,6 +232,16 @@ pub fn train_step(
         None => losses.total,
     };
     let mut grads = GradientsParams::from_grads(loss_tensor.backward(), &student);
+    // DDP averages the (still scaled) gradients during backward, before anything reads them.
+    let allreduce_ms =
+        crate::ddp::average_gradients(&student, &mut grads, &device.clone().autodiff())
+            .unwrap_or_else(|e| {
+                // The ranks disagree on the model: a bug, and no rank can go on alone.
+                log::error!("{e:#}");
+                eprintln!("error: {e:#}");
+                crate::dist::finalize(true);
+                std::process::exit(1)
+            });
     let finite = scaler.as_ref().is_none_or(|s| {
         // DINOv2 freezes the last layer by learning rate 0, not by dropping its gradient.
         let cancel_first = dinov2.is_none() && hyper.freeze_last_layer && hyper.clip_grad <= 0.0;
@@ -259,6 +282,7 @@ pub fn train_step(
         terms,
         stats,
         skipped: !finite,
+        allreduce_ms,
     }
 }
 
@@ -276,11 +300,15 @@ pub fn drop_path_masks(
         return None;
     }
     let mut rng = ChaCha8Rng::seed_from_u64(derive_seed(cfg.seed, 3, step, group));
+    // Drawn for the global batch and read at this rank's rows, so that the masks do not
+    // depend on how many ranks share the batch.
+    let shard = crate::pipeline::Shard::of_this_process();
+    let mine = shard.global_rows(rows / cfg.batch_size.max(1), cfg.batch_size);
     let masks = (0..model.backbone.depth())
         .map(|b| {
             let keep = 1.0 - model.backbone.drop_path_prob(b);
             [0, 1].map(|_| {
-                let v: Vec<f32> = (0..rows)
+                let all: Vec<f32> = (0..rows * shard.world)
                     .map(|_| {
                         if keep >= 1.0 {
                             1.0
@@ -289,6 +317,7 @@ pub fn drop_path_masks(
                         }
                     })
                     .collect();
+                let v: Vec<f32> = mine.iter().map(|&i| all[i]).collect();
                 Tensor::<3>::from_data(TensorData::new(v, [rows, 1, 1]), device)
             })
         })

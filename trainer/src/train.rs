@@ -111,6 +111,18 @@ pub struct TrainConfig {
     /// The released weights the backbones started from (`--init`), when fine-tuning.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init: Option<crate::init::InitFrom>,
+    /// Processes sharing each step (`mpirun -np N`); `batch_size` is per process, as the
+    /// official `--batch_size_per_gpu`.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub world_size: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+fn is_one(n: &usize) -> bool {
+    *n == 1
 }
 
 fn default_loss_scale() -> f64 {
@@ -155,6 +167,7 @@ impl Default for TrainConfig {
             method: Method::Dino,
             dinov2: None,
             init: None,
+            world_size: 1,
         }
     }
 }
@@ -379,20 +392,49 @@ pub fn train(
     device: &Device,
 ) -> Result<Summary> {
     let mc = cfg.model_config()?;
+    let world = crate::dist::world();
+    if cfg.world_size != world.size {
+        bail!(
+            "{} was trained by {} process{} and this is one of {}: the data order and the learning rate depend on it; \
+             resume it with `mpirun -np {} dino train --resume {}`{}",
+            run.root.display(),
+            cfg.world_size,
+            if cfg.world_size == 1 { "" } else { "es" },
+            world.size,
+            cfg.world_size,
+            run.root.display(),
+            if cfg.world_size == 1 {
+                " (or without mpirun)"
+            } else {
+                ""
+            }
+        );
+    }
+    if world.size > 1 && cfg.method != Method::Dino {
+        bail!(
+            "--method {} does not run on several ranks yet (its KoLeo, Sinkhorn-Knopp and iBOT terms need reductions across ranks that are not written); \
+             train --method dino under mpirun, or this method in one process",
+            format!("{:?}", cfg.method).to_lowercase()
+        );
+    }
+    let shard = crate::pipeline::Shard::of_this_process();
     let source: Arc<dyn Source> = Arc::from(
         data::open(&cfg.data, cfg.synthetic_count, cfg.synthetic_size, cfg.seed)
             .with_context(|| format!("opening --data {}", cfg.data))?,
     );
-    if source.len() < cfg.batch_size {
+    if source.len().div_ceil(world.size) < cfg.batch_size {
         bail!(
-            "{} has {} images, fewer than one batch of {}; lower --batch-size",
+            "{} has {} images, fewer than one batch of {} per process ({} process{}); lower --batch-size",
             source.describe(),
             source.len(),
-            cfg.batch_size
+            cfg.batch_size,
+            world.size,
+            if world.size == 1 { "" } else { "es" }
         );
     }
     let eval_set = EvalSet::new(&cfg, opts.eval_data.as_deref(), source.clone())?;
-    let iters_per_epoch = source.len() / cfg.batch_size;
+    let iters_per_epoch =
+        crate::pipeline::steps_per_epoch(source.len(), cfg.batch_size, world.size);
     let schedules = Schedules::new(&ScheduleParams {
         lr: cfg.lr,
         min_lr: cfg.min_lr,
@@ -405,7 +447,8 @@ pub fn train(
         warmup_teacher_temp_epochs: cfg.warmup_teacher_temp_epochs,
         epochs: cfg.epochs,
         iters_per_epoch,
-        batch_size: cfg.batch_size,
+        // lr = base × batch_size_per_gpu × world_size / 256.
+        batch_size: cfg.batch_size * world.size,
         dinov2: cfg.method != Method::Dino,
     });
     let total_steps = (cfg.epochs * iters_per_epoch) as u64;
@@ -418,7 +461,9 @@ pub fn train(
         );
     }
 
-    remove_stale_temp_files(&run.root.join("checkpoints"));
+    if world.is_main() {
+        remove_stale_temp_files(&run.root.join("checkpoints"));
+    }
     if resume && !run.last().exists() {
         log::warn!(
             "{} has no checkpoint yet (the run stopped before its first save); starting it from step 0",
@@ -430,12 +475,23 @@ pub fn train(
     } else {
         (Networks::fresh(&cfg, &mc, device)?, 0)
     };
-    std::fs::create_dir_all(run.root.join("checkpoints"))
-        .with_context(|| format!("creating {}", run.root.display()))?;
-    crate::io::write_atomic(
-        &run.config(),
-        serde_json::to_string_pretty(&cfg)?.as_bytes(),
-    )?;
+    // `init_distributed_mode` and `fix_random_seeds` give every rank the same weights;
+    // checked here rather than trusted (a rank built from other sources, another checkpoint).
+    if world.size > 1 {
+        crate::dist::ensure_agree(
+            crate::ddp::weights_digest(&nets.student)
+                ^ crate::ddp::weights_digest(&nets.teacher).rotate_left(1),
+            "the initial weights",
+        )?;
+    }
+    if world.is_main() {
+        std::fs::create_dir_all(run.root.join("checkpoints"))
+            .with_context(|| format!("creating {}", run.root.display()))?;
+        crate::io::write_atomic(
+            &run.config(),
+            serde_json::to_string_pretty(&cfg)?.as_bytes(),
+        )?;
+    }
     if start_step >= end_step {
         log::info!("nothing to do: the run is at step {start_step} of {end_step}");
         return Ok(Summary {
@@ -453,30 +509,47 @@ pub fn train(
         mc.vit.depth,
         source.describe(),
         opts.device_name,
-        cfg.batch_size,
+        if world.size > 1 {
+            format!(
+                "{} ({} per process × {} processes)",
+                cfg.batch_size * world.size,
+                cfg.batch_size,
+                world.size
+            )
+        } else {
+            cfg.batch_size.to_string()
+        },
         cfg.ncrops()
     );
-    if start_step > 0 {
-        truncate_metrics(&run.metrics(), start_step)?;
-    } else if resume {
-        // A run killed before its first checkpoint starts over: its partial metrics go too.
-        crate::io::write_atomic(&run.metrics(), b"")?;
-    }
-    let mut metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(run.metrics())
-        .with_context(|| format!("opening {}", run.metrics().display()))?;
+    // Only rank 0 writes the run's files; the others' metrics go nowhere.
+    let mut metrics = if world.is_main() {
+        if start_step > 0 {
+            truncate_metrics(&run.metrics(), start_step)?;
+        } else if resume {
+            // A run killed before its first checkpoint starts over: its partial metrics go too.
+            crate::io::write_atomic(&run.metrics(), b"")?;
+        }
+        Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(run.metrics())
+                .with_context(|| format!("opening {}", run.metrics().display()))?,
+        )
+    } else {
+        None
+    };
     let mut loader = Loader::start(
         source.clone(),
         cfg.loader_augment(),
         cfg.seed,
         cfg.batch_size,
+        shard,
         (start_step, end_step),
         opts.workers,
         2,
     );
-    let bar = if opts.quiet {
+    let bar = if opts.quiet || !world.is_main() {
         ProgressBar::hidden()
     } else {
         let b = ProgressBar::new(end_step);
@@ -489,10 +562,12 @@ pub fn train(
         b.set_position(start_step);
         b
     };
-    if start_step == 0 {
+    if start_step == 0
+        && let Some(metrics) = metrics.as_mut()
+    {
         // The random-init model on the same held-out scenes: the baseline every later
         // evaluation (and the paper's 2x claim) is read against, and the "before" picture.
-        evaluate(&nets.teacher, &cfg, &eval_set, run, 0, device, &mut metrics)?;
+        evaluate(&nets.teacher, &cfg, &eval_set, run, 0, device, metrics)?;
     }
     let started = Instant::now();
     let mut first_loss = f64::NAN;
@@ -537,6 +612,7 @@ pub fn train(
             // `gram_load_ema_teacher` before iteration `it_load_ema_teacher`.
             nets.gram = Some(nets.teacher.backbone.clone());
         }
+        crate::dist::set_step(step);
         let t0 = Instant::now();
         let batch = loader.next_batch().expect("loader covers the step range")?;
         let epoch = (step / iters_per_epoch as u64) as usize;
@@ -582,7 +658,7 @@ pub fn train(
             );
         }
         let secs = t0.elapsed().as_secs_f64();
-        let img_per_sec = cfg.batch_size as f64 / secs;
+        let img_per_sec = (cfg.batch_size * world.size) as f64 / secs;
         collapse = collapse_indicator(&stats, cfg.out_dim).to_string();
         if first_loss.is_nan() {
             first_loss = loss_value;
@@ -606,8 +682,14 @@ pub fn train(
             record["loss_scale"] = scaler.scale.into();
             record["skipped"] = out.skipped.into();
         }
-        writeln!(metrics, "{record}")
-            .with_context(|| format!("writing {}", run.metrics().display()))?;
+        if world.size > 1 {
+            record["world_size"] = world.size.into();
+            record["allreduce_ms"] = out.allreduce_ms.into();
+        }
+        if let Some(metrics) = metrics.as_mut() {
+            writeln!(metrics, "{record}")
+                .with_context(|| format!("writing {}", run.metrics().display()))?;
+        }
         bar.set_position(step + 1);
         bar.set_message(format!(
             "epoch {epoch} loss {loss_value:.4} lr {:.2e} {img_per_sec:.1} img/s",
@@ -625,6 +707,19 @@ pub fn train(
         // the epoch's end and writes the snapshot again. At an epoch's end `done` is a
         // positive multiple of the epoch length.
         let finished_epoch = (done / iters_per_epoch as u64) as usize;
+        let saving = done % opts.checkpoint_every.max(1) == 0 || epoch_end || done == end_step;
+        if saving && world.size > 1 {
+            // The EMA is the same on every rank exactly when the averaged gradients were;
+            // checked before the one copy on disk stands for all of them.
+            crate::dist::ensure_agree(
+                crate::ddp::weights_digest(&nets.student)
+                    ^ crate::ddp::weights_digest(&nets.teacher).rotate_left(1),
+                &format!("the weights after step {done}"),
+            )?;
+        }
+        if !world.is_main() {
+            continue;
+        }
         if epoch_end
             && opts.saveckp_freq > 0
             && (finished_epoch - 1).is_multiple_of(opts.saveckp_freq)
@@ -643,7 +738,7 @@ pub fn train(
                 )
             })?;
         }
-        if done % opts.checkpoint_every.max(1) == 0 || epoch_end || done == end_step {
+        if saving {
             let bytes = training_checkpoint(&cfg, &mc, &nets, done)?;
             crate::io::write_atomic(&run.last(), &bytes).with_context(|| {
                 bar.abandon();
@@ -661,23 +756,19 @@ pub fn train(
         } else {
             done % opts.eval_every == 0
         };
-        if eval_due || done == end_step {
-            evaluate(
-                &nets.teacher,
-                &cfg,
-                &eval_set,
-                run,
-                done,
-                device,
-                &mut metrics,
-            )?;
+        if (eval_due || done == end_step)
+            && let Some(metrics) = metrics.as_mut()
+        {
+            evaluate(&nets.teacher, &cfg, &eval_set, run, done, device, metrics)?;
         }
     }
     bar.finish();
-    let images = (end_step - start_step) as f64 * cfg.batch_size as f64;
-    let model_bytes = dino_model::checkpoint::model_checkpoint_bytes(&mc, &nets.teacher)?;
-    crate::io::write_atomic(&run.teacher(), &model_bytes)?;
-    plot_metrics(run)?;
+    let images = (end_step - start_step) as f64 * (cfg.batch_size * world.size) as f64;
+    if world.is_main() {
+        let model_bytes = dino_model::checkpoint::model_checkpoint_bytes(&mc, &nets.teacher)?;
+        crate::io::write_atomic(&run.teacher(), &model_bytes)?;
+        plot_metrics(run)?;
+    }
     if skipped > 0 {
         log::info!(
             "{skipped} of {} steps were skipped because an f16 gradient overflowed (the loss scale is now {}); a few early on are normal",
