@@ -208,6 +208,7 @@ mod mpi_backend {
 
     use anyhow::{Context, Result, bail};
     use mpi::collective::SystemOperation;
+    use mpi::datatype::Equivalence;
     use mpi::environment::Universe;
     use mpi::point_to_point::{Destination, Source, Status};
     use mpi::request::{Request, Scope};
@@ -338,49 +339,29 @@ mod mpi_backend {
         })
     }
 
-    pub fn all_reduce_sum(buf: &mut [f32], what: &str) {
+    /// `op` over all ranks, element-wise and in place.
+    fn all_reduce<T: Equivalence + Clone>(buf: &mut [T], op: SystemOperation, what: &str) {
         with(|m| {
             let send = buf.to_vec();
             mpi::request::scope(|scope| {
-                let req = m.world.immediate_all_reduce_into(
-                    scope,
-                    &send[..],
-                    &mut *buf,
-                    SystemOperation::sum(),
-                );
+                let req = m
+                    .world
+                    .immediate_all_reduce_into(scope, &send[..], &mut *buf, op);
                 wait(m, req, what);
             });
         });
+    }
+
+    pub fn all_reduce_sum(buf: &mut [f32], what: &str) {
+        all_reduce(buf, SystemOperation::sum(), what);
     }
 
     pub fn all_reduce_sum_f64(buf: &mut [f64], what: &str) {
-        with(|m| {
-            let send = buf.to_vec();
-            mpi::request::scope(|scope| {
-                let req = m.world.immediate_all_reduce_into(
-                    scope,
-                    &send[..],
-                    &mut *buf,
-                    SystemOperation::sum(),
-                );
-                wait(m, req, what);
-            });
-        });
+        all_reduce(buf, SystemOperation::sum(), what);
     }
 
     pub fn all_reduce_max_u64(buf: &mut [u64], what: &str) {
-        with(|m| {
-            let send = buf.to_vec();
-            mpi::request::scope(|scope| {
-                let req = m.world.immediate_all_reduce_into(
-                    scope,
-                    &send[..],
-                    &mut *buf,
-                    SystemOperation::max(),
-                );
-                wait(m, req, what);
-            });
-        });
+        all_reduce(buf, SystemOperation::max(), what);
     }
 
     pub fn all_reduce_sum_buckets(
