@@ -40,14 +40,11 @@ impl Precision {
     /// A linear layer on `x` (already in the compute dtype) with its f32 master weights cast
     /// to that dtype, as autocast does; the gradient flows back to the f32 weights.
     pub fn linear<const D: usize>(self, layer: &Linear, x: Tensor<D>) -> Tensor<D> {
-        match self {
-            Precision::F32 => layer.forward(x),
-            Precision::F16 => burn::tensor::module::linear(
-                x,
-                self.compute(layer.weight.val()),
-                layer.bias.as_ref().map(|b| self.compute(b.val())),
-            ),
-        }
+        linear_rows(
+            x,
+            self.compute(layer.weight.val()),
+            layer.bias.as_ref().map(|b| self.compute(b.val())),
+        )
     }
 
     /// GELU evaluated in f32 and rounded back to the compute dtype, as PyTorch's half-precision
@@ -60,6 +57,27 @@ impl Precision {
     pub fn silu<const D: usize>(self, x: Tensor<D>) -> Tensor<D> {
         self.compute(silu(to_f32(x)))
     }
+}
+
+/// `x · weight + bias` with every leading dim of `x` folded into the rows: one
+/// `[rows, d_in] × [d_in, d_out]` product instead of one per image. burn's own fold policy
+/// keeps narrow outputs (`d_out` = the token width) batched, which on the CPU runs the
+/// projection, fc2 and every input gradient as a few hundred 65-row products.
+fn linear_rows<const D: usize>(
+    x: Tensor<D>,
+    weight: Tensor<2>,
+    bias: Option<Tensor<1>>,
+) -> Tensor<D> {
+    let dims = x.dims();
+    if D <= 2 {
+        return burn::tensor::module::linear(x, weight, bias);
+    }
+    let d_in = dims[D - 1];
+    let rows = dims[..D - 1].iter().product::<usize>();
+    let out = burn::tensor::module::linear(x.reshape([rows, d_in]), weight, bias);
+    let mut out_dims = dims;
+    out_dims[D - 1] = out.dims()[1];
+    out.reshape(out_dims)
 }
 
 /// DINOv3's rotary tables for one patch grid: `sin` and `cos`, each `[1, 1, patches, head_dim]`.
@@ -174,11 +192,7 @@ impl Attention {
                     ],
                     0,
                 );
-                burn::tensor::module::linear(
-                    x,
-                    p.compute(self.qkv.weight.val()),
-                    Some(p.compute(masked)),
-                )
+                linear_rows(x, p.compute(self.qkv.weight.val()), Some(p.compute(masked)))
             }
             _ => p.linear(&self.qkv, x),
         }
@@ -734,11 +748,11 @@ impl VisionTransformer {
             .permute([0, 2, 4, 1, 3, 5])
             .reshape([batch, gh * gw, channels * p * p]);
         let p16 = self.precision;
-        let x = to_f32(
-            p16.compute(patches)
-                .matmul(p16.compute(self.patch_weight.val()).unsqueeze::<3>())
-                + p16.compute(self.patch_bias.val()).unsqueeze::<3>(),
-        );
+        let x = to_f32(linear_rows(
+            p16.compute(patches),
+            p16.compute(self.patch_weight.val()),
+            Some(p16.compute(self.patch_bias.val())),
+        ));
         let dim = self.embed_dim();
         let x = match (masks, &self.mask_token) {
             (Some(m), Some(token)) => {
