@@ -166,6 +166,12 @@ fn serve_site() -> String {
 
 /// Starts chromedriver and a headless Chromium session (WebGPU on SwiftShader).
 fn chromium() -> (Driver, tempfile::TempDir) {
+    chromium_with(true)
+}
+
+/// Starts chromedriver and a headless Chromium session, with WebGPU on SwiftShader or none
+/// (then the worker computes on the wasm CPU backend).
+fn chromium_with(webgpu: bool) -> (Driver, tempfile::TempDir) {
     let port = free_port();
     let child = Command::new("chromedriver")
         .arg(format!("--port={port}"))
@@ -199,12 +205,14 @@ fn chromium() -> (Driver, tempfile::TempDir) {
         "--disable-component-update",
         "--disable-sync",
         "--enable-unsafe-swiftshader",
-        // WebGPU on SwiftShader (Chromium's CPU Vulkan), so the network's WebGPU path runs.
-        "--enable-unsafe-webgpu",
-        "--use-webgpu-adapter=swiftshader",
         "--window-size=1280,800",
     ];
     let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    if webgpu {
+        // WebGPU on SwiftShader (Chromium's CPU Vulkan), so the network's WebGPU path runs.
+        args.push("--enable-unsafe-webgpu".into());
+        args.push("--use-webgpu-adapter=swiftshader".into());
+    }
     args.push(format!("--user-data-dir={}", profile.path().display()));
     let caps = json!({"capabilities": {"alwaysMatch": {"browserName": "chrome",
         "goog:chromeOptions": {"binary": "/usr/bin/chromium", "args": args}}}});
@@ -319,6 +327,54 @@ fn web_viewer_renders_per_head_maps_in_headless_chromium() {
     assert!(
         coloured > 20_000,
         "only {coloured} coloured pixels: the per-head maps did not render"
+    );
+}
+
+#[test]
+fn web_viewer_without_webgpu_computes_on_the_simd128_cpu_backend_in_the_worker() {
+    if skip() {
+        return;
+    }
+    let _one = BROWSER.lock().unwrap_or_else(|e| e.into_inner());
+    let site = serve_site();
+    let (driver, _profile) = chromium_with(false);
+    driver.post(
+        "/url",
+        json!({"url": format!("{site}/index.html?checkpoint=/fixtures/official_checkpoint.pth")}),
+    );
+    let state = wait_ready(&driver);
+    assert_eq!(state, "ready:2", "the page reported {state}");
+    let backend = driver.script("return document.body.getAttribute('data-backend') || ''");
+    let backend = backend.as_str().unwrap_or_default();
+    for part in ["CPU", "SIMD128", "1 thread", "worker"] {
+        assert!(
+            backend.contains(part),
+            "data-backend should name {part:?}: {backend}"
+        );
+    }
+    // The first maps were a 224 px preview; the page then refines them to the chosen 480 px.
+    let attr = |name: &str| {
+        driver
+            .script(&format!(
+                "return document.body.getAttribute('{name}') || ''"
+            ))
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let start = Instant::now();
+    while attr("data-final") != "true" {
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "the 480 px maps never replaced the preview (resolution {})",
+            attr("data-resolution")
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(attr("data-resolution"), "480");
+    assert!(
+        attr("data-preview-latency").parse::<f64>().is_ok(),
+        "no preview was shown first"
     );
 }
 

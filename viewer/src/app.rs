@@ -17,6 +17,9 @@ pub const MAX_IMAGE_SIDE: u32 = 2048;
 /// Largest file accepted from a drop, picker or URL.
 pub const MAX_FILE_BYTES: usize = 1 << 30;
 
+/// Input side of the quick first pass on a new image or block, before the chosen size.
+pub const PREVIEW_PX: u32 = 224;
+
 /// The bundled samples (CC0 / public domain, see assets/samples/LICENSE.md): two held-out
 /// synthetic scenes the demo model was never trained on, then three photos.
 pub const SAMPLES: [(&str, &[u8]); 5] = [
@@ -263,6 +266,26 @@ impl ViewerApp {
         })
     }
 
+    /// The request to run next: [`ViewerApp::wanted`], preceded by a [`PREVIEW_PX`] pass when
+    /// nothing of this image and block is on screen yet. Attention costs the square of the
+    /// tokens, so the preview arrives several times sooner on a CPU and is then refined.
+    pub fn next_request(&self) -> Option<Request> {
+        let want = self.wanted()?;
+        let shown = self
+            .analysis
+            .as_ref()
+            .is_some_and(|a| a.request.image == want.image && a.request.layer == want.layer);
+        let p = self.model.as_ref()?.config.vit.patch_size as u32;
+        let preview = (PREVIEW_PX / p).max(1) * p;
+        if shown || want.resolution <= preview {
+            return Some(want);
+        }
+        Some(Request {
+            resolution: preview,
+            ..want
+        })
+    }
+
     fn handle(&mut self, ctx: &egui::Context, job: Job) {
         match job {
             Job::Backend(name, inner) => {
@@ -304,7 +327,7 @@ impl ViewerApp {
                     self.remote = None;
                     crate::web::set_state("error");
                 }
-                self.backend = "CPU (flex, WebAssembly, page thread)".into();
+                self.backend = crate::infer::wasm_cpu_backend("page thread");
                 self.model = None;
                 self.pending = None;
                 self.loading_model = false;
@@ -330,6 +353,19 @@ impl ViewerApp {
                         crate::web::set_body_attribute("data-latency", &format!("{waited:.3}"));
                         #[cfg(target_arch = "wasm32")]
                         {
+                            // Scripts and tests wait for `data-final` to time the full size.
+                            let last = self.wanted().as_ref() == Some(&a.request);
+                            crate::web::set_body_attribute(
+                                "data-resolution",
+                                &a.request.resolution.to_string(),
+                            );
+                            crate::web::set_body_attribute("data-final", &last.to_string());
+                            if !last {
+                                crate::web::set_body_attribute(
+                                    "data-preview-latency",
+                                    &format!("{waited:.3}"),
+                                );
+                            }
                             crate::web::set_body_attribute("data-backend", &self.backend);
                             crate::web::set_state(&format!("ready:{}", a.heads));
                         }
@@ -346,7 +382,7 @@ impl ViewerApp {
             self.handle(ctx, job);
         }
         // Start the analysis the settings call for when nothing is running.
-        if let Some(want) = self.wanted() {
+        if let Some(want) = self.next_request() {
             let have = self.analysis.as_ref().map(|a| &a.request);
             if self.pending.is_none() && have != Some(&want) && self.error.is_none() {
                 self.pending = Some(want.clone());

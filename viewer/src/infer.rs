@@ -166,6 +166,17 @@ pub async fn analyse_async(
     Ok(f.finish(attention, tokens))
 }
 
+/// How the browser's CPU backend was compiled, for the status bar and `data-backend`: the
+/// WebAssembly build runs one thread and SIMD128 when compiled with `+simd128`.
+pub fn wasm_cpu_backend(place: &str) -> String {
+    let simd = if cfg!(target_feature = "simd128") {
+        "SIMD128"
+    } else {
+        "scalar"
+    };
+    format!("CPU (flex, WebAssembly {simd}, 1 thread, {place})")
+}
+
 /// Seconds from an arbitrary origin, on every platform.
 pub fn web_time_now() -> f64 {
     #[cfg(target_arch = "wasm32")]

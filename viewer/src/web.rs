@@ -286,15 +286,19 @@ pub fn start() {
                 canvas,
                 options,
                 Box::new(|cc| {
-                    let mut app =
-                        ViewerApp::new(Device::flex(), "CPU (flex, WebAssembly, page thread)");
+                    let mut app = ViewerApp::new(
+                        Device::flex(),
+                        crate::infer::wasm_cpu_backend("page thread"),
+                    );
                     app.gpu_overlay = crate::gpu_overlay::install(cc);
                     set_body_attribute(
                         "data-overlay",
                         if app.gpu_overlay { "shader" } else { "cpu" },
                     );
                     match crate::worker::Remote::start(app.sender(), cc.egui_ctx.clone()) {
-                        Ok(remote) => app.use_worker(remote, "CPU (flex, WebAssembly, worker)"),
+                        Ok(remote) => {
+                            app.use_worker(remote, crate::infer::wasm_cpu_backend("worker"))
+                        }
                         Err(e) => log::warn!("{e}; computing on the page's thread"),
                     }
                     let (name, bytes) = SAMPLES[0];

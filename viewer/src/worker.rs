@@ -43,10 +43,7 @@ async fn device() -> (Device, String) {
             ),
             Err(e) => {
                 log::info!("no WebGPU in this browser ({e}); computing on the CPU");
-                (
-                    Device::flex(),
-                    "CPU (flex, WebAssembly, worker)".to_string(),
-                )
+                (Device::flex(), crate::infer::wasm_cpu_backend("worker"))
             }
         };
     DEVICE.with(|d| *d.borrow_mut() = Some(chosen.clone()));

@@ -179,3 +179,42 @@ fn a_dinov3_model_shows_its_storage_tokens_in_the_registers_view() {
     h.get_by_label("CLS, mean of heads");
     h.get_by_label("register 4, mean of heads");
 }
+
+#[test]
+fn a_new_image_or_block_shows_a_quick_preview_first_then_the_chosen_size() {
+    let mut h = harness();
+    h.get_by_label("chelsea").click();
+    h.step();
+    let ctx = h.ctx.clone();
+    h.state_mut().resolution = 320;
+    h.state_mut().open_checkpoint(
+        &ctx,
+        "official_checkpoint.pth".into(),
+        fixture("official_checkpoint.pth"),
+    );
+    step_until(&mut h, "the first analysis", |s| s.analysis.is_some());
+    let first = h.state().analysis.clone().unwrap();
+    assert_eq!(first.request.resolution, dino_viewer::app::PREVIEW_PX);
+    assert_eq!((first.grid_h, first.grid_w), (14, 14));
+    step_until(&mut h, "the refined analysis", |s| {
+        s.analysis
+            .as_ref()
+            .is_some_and(|a| a.request.resolution == 320)
+    });
+    assert_eq!(h.state().analysis.as_ref().unwrap().grid_h, 20);
+    // Another block starts over with a preview; the finished one stays refined.
+    h.state_mut().layer = Some(0);
+    step_until(&mut h, "the block-0 preview", |s| {
+        s.analysis.as_ref().is_some_and(|a| a.request.layer == 0)
+    });
+    assert_eq!(
+        h.state().analysis.as_ref().unwrap().request.resolution,
+        dino_viewer::app::PREVIEW_PX
+    );
+    step_until(&mut h, "the refined block-0 analysis", |s| {
+        s.analysis
+            .as_ref()
+            .is_some_and(|a| a.request.layer == 0 && a.request.resolution == 320)
+    });
+    assert_eq!(h.state().next_request(), h.state().wanted());
+}
