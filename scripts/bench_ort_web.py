@@ -15,15 +15,11 @@ import argparse
 import json
 import os
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
-import threading
 import time
-import urllib.request
-from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+from headless_chromium import Chromium, serve
 
 ap = argparse.ArgumentParser()
 ap.add_argument("checkpoint")
@@ -102,68 +98,22 @@ with open(os.path.join(site, "index.html"), "w") as f:
 </script></body></html>""")
 
 
-class Isolated(SimpleHTTPRequestHandler):
-    def end_headers(self):
-        self.send_header("Cross-Origin-Opener-Policy", "same-origin")
-        self.send_header("Cross-Origin-Embedder-Policy", "require-corp")
-        super().end_headers()
-
-    def log_message(self, *a):
-        pass
-
-
-Isolated.extensions_map[".wasm"] = "application/wasm"
-Isolated.extensions_map[".mjs"] = "text/javascript"
-httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(Isolated, directory=site))
-threading.Thread(target=httpd.serve_forever, daemon=True).start()
-page = f"http://127.0.0.1:{httpd.server_address[1]}/index.html"
-
-s = socket.socket()
-s.bind(("127.0.0.1", 0))
-port = s.getsockname()[1]
-s.close()
-driver = subprocess.Popen(["chromedriver", f"--port={port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-base = f"http://127.0.0.1:{port}"
-
-
-def call(method, path, body=None):
-    req = urllib.request.Request(base + path, method=method, data=None if body is None else json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=600) as r:
-        return json.loads(r.read())["value"]
-
-
-def attr(sid, name):
-    return call("POST", f"/session/{sid}/execute/sync",
-                {"script": f"return document.body.getAttribute('{name}')", "args": []})
-
-
+base, httpd = serve(site, isolated=True)
 try:
-    for _ in range(100):
-        try:
-            call("GET", "/status")
-            break
-        except OSError:
-            time.sleep(0.1)
-    flags = ["--headless", "--no-sandbox", "--disable-quic", "--no-first-run", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", f"--user-data-dir={tempfile.mkdtemp()}"]
-    sid = call("POST", "/session", {"capabilities": {"alwaysMatch": {"browserName": "chrome",
-               "goog:chromeOptions": {"binary": "/usr/bin/chromium", "args": flags}}}})["sessionId"]
-    call("POST", f"/session/{sid}/url", {"url": page})
-    start = time.time()
-    while attr(sid, "data-state") not in ("done", "error"):
-        if time.time() - start > 900:
-            sys.exit("onnxruntime-web did not finish")
-        time.sleep(0.5)
-    if attr(sid, "data-state") == "error":
-        sys.exit(f"onnxruntime-web failed: {attr(sid, 'data-error')}")
-    ms = sorted(json.loads(attr(sid, "data-ms")))
-    version = json.load(open(os.path.join(ort_dist, "..", "package.json")))["version"]
-    print(json.dumps({"bench": "web-viewer", "side": "onnxruntime-web", "version": version, "size": side,
-                      "threads": args.threads, "simd": True, "cross_origin_isolated": attr(sid, "data-isolated"),
-                      "output": attr(sid, "data-shape"), "runs": len(ms), "median_ms": round(ms[len(ms) // 2], 1),
-                      "min_ms": round(ms[0], 1)}))
-    call("DELETE", f"/session/{sid}")
+    with Chromium() as browser:
+        browser.goto(f"{base}/index.html")
+        start = time.time()
+        while browser.attr("data-state") not in ("done", "error"):
+            if time.time() - start > 900:
+                sys.exit("onnxruntime-web did not finish")
+            time.sleep(0.5)
+        if browser.attr("data-state") == "error":
+            sys.exit(f"onnxruntime-web failed: {browser.attr('data-error')}")
+        ms = sorted(json.loads(browser.attr("data-ms")))
+        version = json.load(open(os.path.join(ort_dist, "..", "package.json")))["version"]
+        print(json.dumps({"bench": "web-viewer", "side": "onnxruntime-web", "version": version, "size": side,
+                          "threads": args.threads, "simd": True,
+                          "cross_origin_isolated": browser.attr("data-isolated"), "output": browser.attr("data-shape"),
+                          "runs": len(ms), "median_ms": round(ms[len(ms) // 2], 1), "min_ms": round(ms[0], 1)}))
 finally:
-    driver.kill()
     httpd.shutdown()

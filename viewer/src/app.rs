@@ -20,6 +20,12 @@ pub const MAX_FILE_BYTES: usize = 1 << 30;
 /// Input side of the quick first pass on a new image or block, before the chosen size.
 pub const PREVIEW_PX: u32 = 224;
 
+/// `px` rounded down to whole patches (at least one).
+fn to_patch(px: u32, patch: usize) -> u32 {
+    let p = patch as u32;
+    (px / p).max(1) * p
+}
+
 /// The bundled samples (CC0 / public domain, see assets/samples/LICENSE.md): two held-out
 /// synthetic scenes the demo model was never trained on, then three photos.
 pub const SAMPLES: [(&str, &[u8]); 5] = [
@@ -257,12 +263,10 @@ impl ViewerApp {
         if self.images.is_empty() {
             return None;
         }
-        let p = model.config.vit.patch_size as u32;
-        let resolution = (self.resolution / p).max(1) * p;
         Some(Request {
             image: self.current.min(self.images.len() - 1),
             layer: self.layer_index(),
-            resolution,
+            resolution: to_patch(self.resolution, model.config.vit.patch_size),
         })
     }
 
@@ -275,8 +279,7 @@ impl ViewerApp {
             .analysis
             .as_ref()
             .is_some_and(|a| a.request.image == want.image && a.request.layer == want.layer);
-        let p = self.model.as_ref()?.config.vit.patch_size as u32;
-        let preview = (PREVIEW_PX / p).max(1) * p;
+        let preview = to_patch(PREVIEW_PX, self.model.as_ref()?.config.vit.patch_size);
         if shown || want.resolution <= preview {
             return Some(want);
         }
