@@ -2,7 +2,8 @@
 # One-time setup for `cargo test --workspace` on a fresh Debian machine: Chromium and its
 # WebDriver for the browser test, binaryen (wasm-opt), Mesa's lavapipe (a CPU Vulkan driver)
 # for the wgpu test, Open MPI and libclang for the MPI tests (the workspace build turns on the
-# trainer's `mpi` feature, whose bindings bindgen generates), and the web build in web/dist.
+# trainer's `mpi` feature, whose bindings bindgen generates), and the web build in web/dist
+# (whose threaded module installs Debian's rustc-web itself, see scripts/wasm-env.sh).
 # `--packages` installs the system packages only (CI runs clippy on the workspace first).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -2,16 +2,29 @@
 # Runs a cargo command for wasm32-unknown-unknown with whichever toolchain this machine can
 # get: rustup's target when the toolchain server answers (recipe A), else Debian's rustc-web
 # with build-std (recipe B). Usage: scripts/wasm-env.sh cargo <args…>
+# WASM_THREADS=1 builds for shared memory (atomics, for wasm-bindgen-rayon): std itself must
+# then be rebuilt with atomics, so it always takes recipe B, in its own target dir.
 set -euo pipefail
-export CARGO_TARGET_DIR=${WASM_TARGET_DIR:-/var/tmp/dinoscope-target-wasm}
-
+threads=${WASM_THREADS:-0}
+if [ "$threads" = 1 ]; then
+  export CARGO_TARGET_DIR=${WASM_THREADS_TARGET_DIR:-/var/tmp/dinoscope-target-wasm-threads}
+  # rustc does not make the memory shared by itself here: the linker is told, and told to
+  # export the thread-local storage symbols wasm-bindgen's thread start-up calls. 4 GiB is
+  # wasm32's ceiling (the default would be 1 GiB).
+  export RUSTFLAGS="-C target-feature=+atomics,+bulk-memory,+mutable-globals,+simd128 \
+-C link-arg=--shared-memory -C link-arg=--import-memory -C link-arg=--max-memory=4294967296 \
+-C link-arg=--export=__wasm_init_tls -C link-arg=--export=__tls_size \
+-C link-arg=--export=__tls_align -C link-arg=--export=__tls_base"
+else
+  export CARGO_TARGET_DIR=${WASM_TARGET_DIR:-/var/tmp/dinoscope-target-wasm}
+fi
 
 shift # drop the literal "cargo"
-if rustup target list --installed 2>/dev/null | grep -q wasm32-unknown-unknown \
-   || timeout 120 rustup target add wasm32-unknown-unknown >/dev/null 2>&1; then
+if [ "$threads" != 1 ] && { rustup target list --installed 2>/dev/null | grep -q wasm32-unknown-unknown \
+   || timeout 120 rustup target add wasm32-unknown-unknown >/dev/null 2>&1; }; then
   exec cargo "$@"
 fi
-echo "rustup could not add wasm32-unknown-unknown; using Debian's rustc-web with build-std" >&2
+[ "$threads" = 1 ] || echo "rustup could not add wasm32-unknown-unknown; using Debian's rustc-web with build-std" >&2
 if ! command -v /usr/bin/rustc >/dev/null || ! /usr/bin/rustc --print target-list | grep -q wasm32; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rustc-web rust-web-src cargo-web rust-web-llvm lld-22

@@ -1,6 +1,8 @@
 //! The web viewer in a real headless Chromium: serve `web/dist` on 127.0.0.1, open it with
 //! `?checkpoint=` pointing at the parity fixture, wait until the page reports that the
-//! per-head maps are drawn, and check the pixels of the canvas.
+//! per-head maps are drawn, and check the pixels of the canvas. Without WebGPU: the
+//! single-threaded CPU module, the threaded one on a page `web/serve.py` isolates, and the
+//! threaded one on a host without headers, isolated by the service worker `isolation.js`.
 //!
 //! Needs `web/dist` (built by `web/build.sh`), `/usr/bin/chromium` and `chromedriver`;
 //! `.ci/run` provides all three. Set `DINOSCOPE_SKIP_BROWSER_TEST=1` to skip it explicitly
@@ -338,15 +340,16 @@ fn web_viewer_without_webgpu_computes_on_the_simd128_cpu_backend_in_the_worker()
     let _one = BROWSER.lock().unwrap_or_else(|e| e.into_inner());
     let site = serve_site();
     let (driver, _profile) = chromium_with(false);
+    // `?threads=1`: the single-threaded module, which every browser can run (no isolation).
     driver.post(
         "/url",
-        json!({"url": format!("{site}/index.html?checkpoint=/fixtures/official_checkpoint.pth")}),
+        json!({"url": format!("{site}/index.html?threads=1&checkpoint=/fixtures/official_checkpoint.pth")}),
     );
     let state = wait_ready(&driver);
     assert_eq!(state, "ready:2", "the page reported {state}");
     let backend = driver.script("return document.body.getAttribute('data-backend') || ''");
     let backend = backend.as_str().unwrap_or_default();
-    for part in ["CPU", "SIMD128", "1 thread", "worker"] {
+    for part in ["CPU", "SIMD128", "1 thread,", "worker"] {
         assert!(
             backend.contains(part),
             "data-backend should name {part:?}: {backend}"
@@ -376,6 +379,113 @@ fn web_viewer_without_webgpu_computes_on_the_simd128_cpu_backend_in_the_worker()
         attr("data-preview-latency").parse::<f64>().is_ok(),
         "no preview was shown first"
     );
+}
+
+/// `web/serve.py`, the project's server (COOP/COEP on every answer), on a free port with the
+/// parity fixtures under `/models/`; killed on drop.
+struct ProjectServer {
+    child: Child,
+    site: String,
+}
+
+impl Drop for ProjectServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn project_server() -> ProjectServer {
+    let dist = repo().join("web/dist");
+    assert!(
+        dist.join("pkg-threads/dino-viewer-threads_bg.wasm")
+            .is_file(),
+        "web/dist has no threaded module: run web/build.sh without WEB_THREADS=0 (or set DINOSCOPE_SKIP_BROWSER_TEST=1)"
+    );
+    let mut child = Command::new("python3")
+        .arg(repo().join("web/serve.py"))
+        .args(["--port", "0", "--quiet", "--dir"])
+        .arg(&dist)
+        .arg("--models")
+        .arg(repo().join("model/tests/fixtures"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 not found: web/serve.py needs it");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let site = line
+        .trim()
+        .strip_prefix("serving ")
+        .unwrap_or_else(|| panic!("web/serve.py printed {line:?}"))
+        .trim_end_matches('/')
+        .to_string();
+    ProjectServer { child, site }
+}
+
+/// Waits for the chosen-size maps after the preview, then checks how the worker computed.
+fn assert_threaded_cpu_maps(driver: &Driver, isolation: &str) {
+    let state = wait_ready(driver);
+    let attr = |name: &str| {
+        driver
+            .script(&format!(
+                "return document.body.getAttribute('{name}') || ''"
+            ))
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(state, "ready:2", "the page reported {state}");
+    assert_eq!(attr("data-isolation"), isolation);
+    let backend = attr("data-backend");
+    for part in ["CPU", "SIMD128", "2 threads", "worker"] {
+        assert!(
+            backend.contains(part),
+            "data-backend should name {part:?}: {backend}"
+        );
+    }
+    let start = Instant::now();
+    while attr("data-final") != "true" {
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "the 480 px maps never replaced the preview (resolution {})",
+            attr("data-resolution")
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(attr("data-resolution"), "480");
+}
+
+#[test]
+fn web_viewer_without_webgpu_on_the_project_server_computes_on_a_thread_pool() {
+    if skip() {
+        return;
+    }
+    let _one = BROWSER.lock().unwrap_or_else(|e| e.into_inner());
+    let server = project_server();
+    let (driver, _profile) = chromium_with(false);
+    driver.post(
+        "/url",
+        json!({"url": format!("{}/index.html?threads=2&checkpoint=/models/official_checkpoint.pth", server.site)}),
+    );
+    assert_threaded_cpu_maps(&driver, "headers");
+}
+
+#[test]
+fn web_viewer_on_a_host_without_headers_isolates_itself_with_a_service_worker() {
+    if skip() {
+        return;
+    }
+    let _one = BROWSER.lock().unwrap_or_else(|e| e.into_inner());
+    // The test's own server sends no COOP/COEP, as GitHub Pages or `python3 -m http.server`.
+    let site = serve_site();
+    let (driver, _profile) = chromium_with(false);
+    driver.post(
+        "/url",
+        json!({"url": format!("{site}/index.html?threads=2&checkpoint=/fixtures/official_checkpoint.pth")}),
+    );
+    assert_threaded_cpu_maps(&driver, "service-worker");
 }
 
 /// A stand-in for the Hugging Face Hub on its own origin: `/<repo>/resolve/main/<file>`

@@ -8,12 +8,9 @@ use egui::{Color32, RichText, TextureHandle, TextureOptions};
 use image::RgbImage;
 
 use crate::gpu_overlay::{OverlayCallback, OverlayInput};
-use crate::infer::{Analysis, LoadedModel, Request, analyse, load_model_with};
+use crate::infer::{Analysis, LoadedModel, Request, analyse, decode_for_viewer, load_model_with};
 use crate::views::{Settings, View, export, overlay_inputs, render};
 
-/// Largest image side kept after loading; bigger photos are downscaled (the network sees
-/// at most a few hundred pixels anyway).
-pub const MAX_IMAGE_SIDE: u32 = 2048;
 /// Largest file accepted from a drop, picker or URL.
 pub const MAX_FILE_BYTES: usize = 1 << 30;
 
@@ -69,22 +66,6 @@ pub enum Job {
     Checkpoint(String, Vec<u8>, Option<String>),
     /// Progress worth showing in the status line (downloads).
     Status(String),
-}
-
-/// Decodes an image file (with the decompression-bomb limits) and downscales photos larger
-/// than [`MAX_IMAGE_SIDE`].
-pub fn decode_for_viewer(name: &str, bytes: &[u8]) -> Result<RgbImage, String> {
-    let img = dino_model::preprocess::decode_image(bytes).map_err(|e| format!("{name}: {e}"))?;
-    Ok(if img.width().max(img.height()) > MAX_IMAGE_SIDE {
-        let s = MAX_IMAGE_SIDE as f32 / img.width().max(img.height()) as f32;
-        let (w, h) = (
-            ((img.width() as f32 * s) as u32).max(1),
-            ((img.height() as f32 * s) as u32).max(1),
-        );
-        image::imageops::resize(&img, w, h, image::imageops::FilterType::Triangle)
-    } else {
-        img
-    })
 }
 
 /// How one tile of the central panel is drawn.
@@ -353,7 +334,14 @@ impl ViewerApp {
                             self.backend
                         );
                         #[cfg(target_arch = "wasm32")]
-                        crate::web::set_body_attribute("data-latency", &format!("{waited:.3}"));
+                        {
+                            crate::web::set_body_attribute("data-latency", &format!("{waited:.3}"));
+                            // The worker's own time (forward and read-back), for benchmarks.
+                            crate::web::set_body_attribute(
+                                "data-network",
+                                &format!("{:.3}", a.seconds),
+                            );
+                        }
                         #[cfg(target_arch = "wasm32")]
                         {
                             // Scripts and tests wait for `data-final` to time the full size.
@@ -686,10 +674,16 @@ impl ViewerApp {
         }
         ui.label(&self.status);
         if self.pending.is_some() {
-            ui.horizontal(|ui| {
-                ui.spinner();
-                ui.label(format!("Computing attention on {}…", self.backend));
-            });
+            // A clock at 4 Hz, not egui's spinner: that repaints every frame, and on a CPU
+            // without GPU compositing (a classroom PC, headless Chromium) drawing the page 60
+            // times a second takes a core from the network it is waiting for.
+            let waited = crate::infer::web_time_now() - self.pending_since;
+            ui.label(format!(
+                "Computing attention on {}… {waited:.1} s",
+                self.backend
+            ));
+            ui.ctx()
+                .request_repaint_after(std::time::Duration::from_millis(250));
         }
         if self.view == View::PatchQuery {
             ui.label("Click a patch of the image to see where it attends.");

@@ -166,15 +166,40 @@ pub async fn analyse_async(
     Ok(f.finish(attention, tokens))
 }
 
-/// How the browser's CPU backend was compiled, for the status bar and `data-backend`: the
-/// WebAssembly build runs one thread and SIMD128 when compiled with `+simd128`.
+/// How the browser's CPU backend runs, for the status bar and `data-backend`: SIMD128 when
+/// compiled with `+simd128`, and the size of the rayon pool in the threaded build.
 pub fn wasm_cpu_backend(place: &str) -> String {
     let simd = if cfg!(target_feature = "simd128") {
         "SIMD128"
     } else {
         "scalar"
     };
-    format!("CPU (flex, WebAssembly {simd}, 1 thread, {place})")
+    #[cfg(feature = "threads")]
+    let threads = rayon::current_num_threads();
+    #[cfg(not(feature = "threads"))]
+    let threads = 1;
+    let unit = if threads == 1 { "thread" } else { "threads" };
+    format!("CPU (flex, WebAssembly {simd}, {threads} {unit}, {place})")
+}
+
+/// Largest image side kept after loading; bigger photos are downscaled (the network sees
+/// at most a few hundred pixels anyway).
+pub const MAX_IMAGE_SIDE: u32 = 2048;
+
+/// Decodes an image file (with the decompression-bomb limits) and downscales photos larger
+/// than [`MAX_IMAGE_SIDE`].
+pub fn decode_for_viewer(name: &str, bytes: &[u8]) -> Result<RgbImage, String> {
+    let img = dino_model::preprocess::decode_image(bytes).map_err(|e| format!("{name}: {e}"))?;
+    Ok(if img.width().max(img.height()) > MAX_IMAGE_SIDE {
+        let s = MAX_IMAGE_SIDE as f32 / img.width().max(img.height()) as f32;
+        let (w, h) = (
+            ((img.width() as f32 * s) as u32).max(1),
+            ((img.height() as f32 * s) as u32).max(1),
+        );
+        image::imageops::resize(&img, w, h, image::imageops::FilterType::Triangle)
+    } else {
+        img
+    })
 }
 
 /// Seconds from an arbitrary origin, on every platform.

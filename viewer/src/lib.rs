@@ -1,13 +1,18 @@
 //! dino-viewer: the egui app that shows what a DINO Vision Transformer attends to, natively
-//! and in the browser. Only the entry points differ by platform (`main.rs`, `web.rs`).
+//! and in the browser. Only the entry points differ by platform (`main.rs`, `web.rs`); the
+//! browser's threaded compute worker (feature `threads`) is built without the UI.
 
+#[cfg(feature = "ui")]
 pub mod app;
+#[cfg(feature = "ui")]
 pub mod gpu_overlay;
 pub mod infer;
+#[cfg(feature = "ui")]
 pub mod views;
-#[cfg(target_arch = "wasm32")]
+#[cfg(all(target_arch = "wasm32", feature = "ui"))]
 pub mod web;
 #[cfg(target_arch = "wasm32")]
 pub mod worker;
 
+#[cfg(feature = "ui")]
 pub use app::ViewerApp;

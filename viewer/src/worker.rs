@@ -3,11 +3,16 @@
 //! tab. The same wasm module is therefore also started in a dedicated Web Worker
 //! (`web/worker.js`), which owns the network; the page only sends bytes and draws replies.
 //!
+//! Where the browser has no WebGPU adapter but the page is cross-origin isolated,
+//! `worker.js` loads the threaded build of this file instead (feature `threads`, no UI, no
+//! WebGPU): the same handler, with burn's CPU kernels on a rayon pool of Web Workers.
+//!
 //! Messages are plain JS objects with an `op` field; big arrays travel as typed arrays whose
 //! buffers are transferred, not copied.
 
 use std::cell::RefCell;
 use std::sync::Arc;
+#[cfg(feature = "ui")]
 use std::sync::mpsc::Sender;
 
 use burn::tensor::Device;
@@ -16,8 +21,15 @@ use js_sys::{Float32Array, Object, Reflect, Uint8Array};
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 
+#[cfg(feature = "ui")]
 use crate::app::Job;
-use crate::infer::{Analysis, LoadedModel, Request, analyse_async, load_model_with};
+#[cfg(feature = "ui")]
+use crate::infer::{Analysis, LoadedModel};
+use crate::infer::{Request, analyse_async, load_model_with};
+
+/// `initThreadPool(n)` for `worker.js`: starts the n Web Workers of burn's rayon pool.
+#[cfg(feature = "threads")]
+pub use wasm_bindgen_rayon::init_thread_pool;
 
 thread_local! {
     /// The network, inside the worker.
@@ -32,22 +44,32 @@ async fn device() -> (Device, String) {
     if let Some(d) = DEVICE.with(|d| d.borrow().clone()) {
         return d;
     }
+    let chosen = choose_device().await;
+    DEVICE.with(|d| *d.borrow_mut() = Some(chosen.clone()));
+    chosen
+}
+
+#[cfg(feature = "webgpu")]
+async fn choose_device() -> (Device, String) {
     use burn::backend::wgpu::try_init_setup_async;
     use burn::backend::{AutoGraphicsApi, WgpuDevice};
     let wgpu_device = WgpuDevice::default();
-    let chosen =
-        match try_init_setup_async::<AutoGraphicsApi>(&wgpu_device, Default::default()).await {
-            Ok(_) => (
-                Device::from(wgpu_device),
-                "WebGPU (burn wgpu, worker)".to_string(),
-            ),
-            Err(e) => {
-                log::info!("no WebGPU in this browser ({e}); computing on the CPU");
-                (Device::flex(), crate::infer::wasm_cpu_backend("worker"))
-            }
-        };
-    DEVICE.with(|d| *d.borrow_mut() = Some(chosen.clone()));
-    chosen
+    match try_init_setup_async::<AutoGraphicsApi>(&wgpu_device, Default::default()).await {
+        Ok(_) => (
+            Device::from(wgpu_device),
+            "WebGPU (burn wgpu, worker)".to_string(),
+        ),
+        Err(e) => {
+            log::info!("no WebGPU in this browser ({e}); computing on the CPU");
+            (Device::flex(), crate::infer::wasm_cpu_backend("worker"))
+        }
+    }
+}
+
+/// The build without WebGPU (the threaded one) always computes on the CPU.
+#[cfg(not(feature = "webgpu"))]
+async fn choose_device() -> (Device, String) {
+    (Device::flex(), crate::infer::wasm_cpu_backend("worker"))
 }
 
 fn set(obj: &Object, key: &str, value: impl Into<JsValue>) {
@@ -74,6 +96,7 @@ fn get_bytes(obj: &JsValue, key: &str) -> Vec<u8> {
         .unwrap_or_default()
 }
 
+#[cfg(feature = "ui")]
 fn get_floats(obj: &JsValue, key: &str) -> Vec<f32> {
     get(obj, key)
         .dyn_into::<Float32Array>()
@@ -124,7 +147,7 @@ pub async fn dino_worker_handle(msg: JsValue) -> JsValue {
             "decode" => {
                 let name = get_str(&msg, "name");
                 set(&reply, "name", name.as_str());
-                let img = crate::app::decode_for_viewer(&name, &get_bytes(&msg, "bytes"))?;
+                let img = crate::infer::decode_for_viewer(&name, &get_bytes(&msg, "bytes"))?;
                 image_reply(&reply, &img, "");
                 Ok(())
             }
@@ -172,6 +195,7 @@ pub async fn dino_worker_handle(msg: JsValue) -> JsValue {
 }
 
 /// The page's handle on the worker.
+#[cfg(feature = "ui")]
 pub struct Remote {
     worker: web_sys::Worker,
     _on_message: Closure<dyn FnMut(web_sys::MessageEvent)>,
@@ -179,6 +203,7 @@ pub struct Remote {
 }
 
 /// Turns a worker reply into the job the app understands.
+#[cfg(feature = "ui")]
 fn job_from_reply(msg: &JsValue) -> Option<Job> {
     let error = get(msg, "error").as_string();
     let op = get_str(msg, "op");
@@ -224,12 +249,17 @@ fn job_from_reply(msg: &JsValue) -> Option<Job> {
     })
 }
 
+#[cfg(feature = "ui")]
 impl Remote {
     /// Starts `worker.js` beside the page; its replies arrive as [`Job`]s on `tx`.
     pub fn start(tx: Sender<Job>, ctx: egui::Context) -> Result<Self, String> {
         let opts = web_sys::WorkerOptions::new();
         opts.set_type(web_sys::WorkerType::Module);
-        let worker = web_sys::Worker::new_with_options("./worker.js", &opts)
+        // The page's query goes along: worker.js reads `?threads=` from its own URL.
+        let search = web_sys::window()
+            .and_then(|w| w.location().search().ok())
+            .unwrap_or_default();
+        let worker = web_sys::Worker::new_with_options(&format!("./worker.js{search}"), &opts)
             .map_err(|e| format!("cannot start the compute worker: {e:?}"))?;
         let (tx2, ctx2) = (tx.clone(), ctx.clone());
         let on_message =
