@@ -345,40 +345,7 @@ fn web_viewer_without_webgpu_computes_on_the_simd128_cpu_backend_in_the_worker()
         "/url",
         json!({"url": format!("{site}/index.html?threads=1&checkpoint=/fixtures/official_checkpoint.pth")}),
     );
-    let state = wait_ready(&driver);
-    assert_eq!(state, "ready:2", "the page reported {state}");
-    let backend = driver.script("return document.body.getAttribute('data-backend') || ''");
-    let backend = backend.as_str().unwrap_or_default();
-    for part in ["CPU", "SIMD128", "1 thread,", "worker"] {
-        assert!(
-            backend.contains(part),
-            "data-backend should name {part:?}: {backend}"
-        );
-    }
-    // The first maps were a 224 px preview; the page then refines them to the chosen 480 px.
-    let attr = |name: &str| {
-        driver
-            .script(&format!(
-                "return document.body.getAttribute('{name}') || ''"
-            ))
-            .as_str()
-            .unwrap_or_default()
-            .to_string()
-    };
-    let start = Instant::now();
-    while attr("data-final") != "true" {
-        assert!(
-            start.elapsed() < Duration::from_secs(300),
-            "the 480 px maps never replaced the preview (resolution {})",
-            attr("data-resolution")
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    assert_eq!(attr("data-resolution"), "480");
-    assert!(
-        attr("data-preview-latency").parse::<f64>().is_ok(),
-        "no preview was shown first"
-    );
+    assert_cpu_maps(&driver, None, "1 thread,");
 }
 
 /// `web/serve.py`, the project's server (COOP/COEP on every answer), on a free port with the
@@ -424,8 +391,10 @@ fn project_server() -> ProjectServer {
     ProjectServer { child, site }
 }
 
-/// Waits for the chosen-size maps after the preview, then checks how the worker computed.
-fn assert_threaded_cpu_maps(driver: &Driver, isolation: &str) {
+/// Waits for the page's maps, checks how the worker computed them (`isolation`, if given, is
+/// the expected `data-isolation`; `threads` a part of `data-backend`), then waits for the
+/// 480 px maps to replace the 224 px preview.
+fn assert_cpu_maps(driver: &Driver, isolation: Option<&str>, threads: &str) {
     let state = wait_ready(driver);
     let attr = |name: &str| {
         driver
@@ -437,9 +406,11 @@ fn assert_threaded_cpu_maps(driver: &Driver, isolation: &str) {
             .to_string()
     };
     assert_eq!(state, "ready:2", "the page reported {state}");
-    assert_eq!(attr("data-isolation"), isolation);
+    if let Some(isolation) = isolation {
+        assert_eq!(attr("data-isolation"), isolation);
+    }
     let backend = attr("data-backend");
-    for part in ["CPU", "SIMD128", "2 threads", "worker"] {
+    for part in ["CPU", "SIMD128", threads, "worker"] {
         assert!(
             backend.contains(part),
             "data-backend should name {part:?}: {backend}"
@@ -455,6 +426,10 @@ fn assert_threaded_cpu_maps(driver: &Driver, isolation: &str) {
         std::thread::sleep(Duration::from_millis(500));
     }
     assert_eq!(attr("data-resolution"), "480");
+    assert!(
+        attr("data-preview-latency").parse::<f64>().is_ok(),
+        "no preview was shown first"
+    );
 }
 
 #[test]
@@ -469,7 +444,7 @@ fn web_viewer_without_webgpu_on_the_project_server_computes_on_a_thread_pool() {
         "/url",
         json!({"url": format!("{}/index.html?threads=2&checkpoint=/models/official_checkpoint.pth", server.site)}),
     );
-    assert_threaded_cpu_maps(&driver, "headers");
+    assert_cpu_maps(&driver, Some("headers"), "2 threads");
 }
 
 #[test]
@@ -485,7 +460,7 @@ fn web_viewer_on_a_host_without_headers_isolates_itself_with_a_service_worker() 
         "/url",
         json!({"url": format!("{site}/index.html?threads=2&checkpoint=/fixtures/official_checkpoint.pth")}),
     );
-    assert_threaded_cpu_maps(&driver, "service-worker");
+    assert_cpu_maps(&driver, Some("service-worker"), "2 threads");
 }
 
 /// A stand-in for the Hugging Face Hub on its own origin: `/<repo>/resolve/main/<file>`
