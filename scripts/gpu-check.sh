@@ -4,7 +4,7 @@
 # JSON lines to $OUT/gpu.jsonl (plus gpu-check.log, the autotune cache and the demo run), then
 # the GPU section of BENCHMARKS.md from them (scripts/benchmarks.py --section gpu).
 #
-#   bash scripts/gpu-kit.sh                 # here, once: release dino (WGSL, SPIR-V), Vulkan loader
+#   bash scripts/gpu-kit.sh                 # here, once: release dino (WGSL; SPIR-V unless SPIRV=0), Vulkan loader
 #   device run: bash scripts/gpu-check.sh   # carry ["gpu-kit", "third_party"]; ~9 minutes
 #   bash scripts/gpu-check.sh --dry-run     # the same sequence here, tiny, lavapipe + CPU torch
 #
@@ -34,6 +34,8 @@ part() {
   shift 2
   local left=$((deadline - SECONDS)) t0=$SECONDS
   local give=$((want < left ? want : left))
+  # PARTS="step-cold viewer-16-ours …" runs only those (a second call that fills what a first missed).
+  if [ -n "${PARTS:-}" ] && [[ " $PARTS " != *" $name "* ]]; then return; fi
   if [ "$give" -lt 10 ]; then say "skip $name: out of time"; status "$name" skipped 0; return; fi
   say "$name (up to $give s)"
   timeout -k 5 "$give" "$@" 2>>"$log" | grep '^{' >> "$results"
@@ -57,15 +59,17 @@ unpack() {
   chmod +x "$path"
   echo "$path"
 }
-if [ -f gpu-kit/dino.xz ] && [ -f gpu-kit/dino-wgsl.xz ]; then
-  dino=$(unpack dino)
+if [ -f gpu-kit/dino-wgsl.xz ]; then
   dino_wgsl=$(unpack dino-wgsl)
+  # The SPIR-V build is optional (`SPIRV=0 bash scripts/gpu-kit.sh` skips its 25 minutes):
+  # without it the SPIR-V parts are skipped and the WGSL binary answers the backends part.
+  if [ -f gpu-kit/dino.xz ]; then dino=$(unpack dino); else dino=; fi
 elif [ $dry = 1 ]; then
   target=$(cargo metadata --format-version 1 --no-deps | "$py" -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
   dino=$target/debug/dino dino_wgsl=$target/debug/dino
   say "no gpu-kit (bash scripts/gpu-kit.sh builds it); the dry run uses $dino"
 else
-  echo "gpu-kit/dino.xz or gpu-kit/dino-wgsl.xz is missing: run bash scripts/gpu-kit.sh here first and carry gpu-kit" >&2
+  echo "gpu-kit/dino-wgsl.xz is missing: run bash scripts/gpu-kit.sh here first and carry gpu-kit" >&2
   exit 1
 fi
 
@@ -105,23 +109,22 @@ fi
 export XDG_CACHE_HOME=$OUT/cache
 export DINO_AUTOTUNE_CACHE=$OUT/autotune-cache   # written by step-cold, read by every later part
 "$py" - "$results" "$gpu" "$cores" "$dry" <<'PY'
-import datetime, json, subprocess, sys
+import datetime, json, sys
 try:
     import torch
     torch_v = torch.__version__
 except Exception:
     torch_v = "absent"
-rustc = subprocess.run(["rustc", "--version"], capture_output=True, text=True).stdout.strip() or "rustc (not on this machine)"
 meta = {"mode": "meta", "date": datetime.date.today().isoformat(), "machine": f"{sys.argv[2]}, {sys.argv[3]} cores",
         "versions": f"burn 0.22.1, torch {torch_v}", "command": "bash scripts/gpu-check.sh" + (" --dry-run" if sys.argv[4] == "1" else ""),
         "dry_run": sys.argv[4] == "1"}
 open(sys.argv[1], "a").write(json.dumps(meta) + "\n")
 PY
-say "machine: $gpu; binaries: $dino (SPIR-V), $dino_wgsl (WGSL)"
+say "machine: $gpu; binaries: ${dino:-no SPIR-V build} (SPIR-V), $dino_wgsl (WGSL)"
 
 # 1. The SPIR-V binary was built with it and runs (the dry run stops here for SPIR-V: lavapipe
 #    crashes in its kernels); its bench line lists the compiled-in backends.
-part backends 60 "$dino" bench --mode data --data synthetic --synthetic-count 8 --batch-size 2 --steps 1 --workers 1 \
+part backends 60 "${dino:-$dino_wgsl}" bench --mode data --data synthetic --synthetic-count 8 --batch-size 2 --steps 1 --workers 1 \
   --image-size 32 --local-size 16 --local-crops 1
 
 # 2. Autotune cache: the same step cold (empty cache), then warm; first_step_secs tells them apart.
@@ -137,7 +140,7 @@ printf '{"mode": "autotune_cache", "loaded_entries": %s, "cache_kib": %s}\n' "$l
 for arch in vit_small vit_tiny; do
   for p in f32 f16; do
     [ "$arch/$p" = vit_small/f32 ] || part "step-$arch-$each-$p" 75 "$dino_wgsl" bench --mode step --device "$each" --arch "$arch" $big --precision "$p" $steps
-    [ $dry = 0 ] && part "step-$arch-vulkan-$p" 75 "$dino" bench --mode step --device "$vulkan" --arch "$arch" $big --precision "$p" $steps
+    [ $dry = 0 ] && [ -n "$dino" ] && part "step-$arch-vulkan-$p" 75 "$dino" bench --mode step --device "$vulkan" --arch "$arch" $big --precision "$p" $steps
     fp16=; [ "$p" = f16 ] && fp16=--fp16
     [ $dry = 1 ] && [ "$p" = f16 ] && continue   # autocast fp16 needs CUDA
     part "step-$arch-official-$p" 60 "$py" scripts/bench_reference.py --dino-repo "$repo" --threads "$cores" step $cuda --arch "$arch" $big $ref_steps $fp16

@@ -38,19 +38,26 @@ fn section(doc: &str, name: &str) -> String {
     doc[start..stop].to_string()
 }
 
-#[test]
-fn the_cpu_section_is_regenerated_from_the_recorded_run() {
-    let recorded = repo().join("docs/benchmarks/bench-cpu.jsonl");
-    let made = render(&recorded, "cpu");
+/// BENCHMARKS.md's `name` section is exactly what benchmarks.py makes of the recorded
+/// `docs/benchmarks/<file>`; returns that text.
+fn assert_regenerated(file: &str, name: &str) -> String {
+    let recorded = repo().join("docs/benchmarks").join(file);
+    let made = render(&recorded, name);
     let doc = std::fs::read_to_string(repo().join("BENCHMARKS.md")).unwrap();
     assert_eq!(
         made.trim_end(),
-        section(&doc, "cpu"),
-        "BENCHMARKS.md's CPU section differs from what scripts/benchmarks.py makes of {}: \
-         regenerate it with `python3 scripts/benchmarks.py {} --section cpu --write BENCHMARKS.md`",
+        section(&doc, name),
+        "BENCHMARKS.md's {name} section differs from what scripts/benchmarks.py makes of {}: \
+         regenerate it with `python3 scripts/benchmarks.py {} --section {name} --write BENCHMARKS.md`",
         recorded.display(),
         recorded.display()
     );
+    made
+}
+
+#[test]
+fn the_cpu_section_is_regenerated_from_the_recorded_run() {
+    let made = assert_regenerated("bench-cpu.jsonl", "cpu");
     // Every step, data and viewer measurement of ours found its official counterpart.
     let rows: Vec<&str> = made.lines().filter(|l| l.starts_with("| ")).collect();
     let measured: Vec<&&str> = rows
@@ -103,16 +110,7 @@ fn the_gpu_dry_run_section_is_regenerated_from_the_recorded_dry_run() {
     // `bash scripts/gpu-check.sh --dry-run` on the CPU machine: the GPU run's sequence, tiny,
     // on lavapipe and CPU PyTorch. Its parser output is BENCHMARKS.md's dry-run section.
     let recorded = repo().join("docs/benchmarks/gpu-dry-run.jsonl");
-    let made = render(&recorded, "gpu-dry-run");
-    let doc = std::fs::read_to_string(repo().join("BENCHMARKS.md")).unwrap();
-    assert_eq!(
-        made.trim_end(),
-        section(&doc, "gpu-dry-run"),
-        "BENCHMARKS.md's GPU dry-run section differs from what scripts/benchmarks.py makes of {}: \
-         regenerate it with `python3 scripts/benchmarks.py {} --section gpu-dry-run --write BENCHMARKS.md`",
-        recorded.display(),
-        recorded.display()
-    );
+    let made = assert_regenerated("gpu-dry-run.jsonl", "gpu-dry-run");
     // The sequence reached its end: the meta line says dry run, every part reported a status,
     // and the WGSL step ran on the software adapter with its official counterpart.
     let text = std::fs::read_to_string(&recorded).unwrap();
@@ -152,4 +150,20 @@ fn the_gpu_dry_run_section_is_regenerated_from_the_recorded_dry_run() {
         loaded.is_some_and(|n| n > 0),
         "the warm step loaded no tunings: {loaded:?}"
     );
+}
+
+#[test]
+fn the_gpu_section_is_regenerated_from_the_recorded_h200_run() {
+    // The first real GPU run (scripts/gpu-check.sh on the lent H200): our WGSL step and the
+    // official CUDA step of the same configuration are both in the table, with a ratio.
+    let made = assert_regenerated("gpu-h200.jsonl", "gpu");
+    let step = made
+        .lines()
+        .find(|l| l.starts_with("| vit_small/16 depth 12") && l.contains("wgpu"))
+        .unwrap_or_else(|| panic!("no WGSL step row in {made}"));
+    assert!(
+        step.contains("×**"),
+        "the GPU step row has no ratio: {step}"
+    );
+    assert!(made.contains("**Class demo**"), "{made}");
 }
