@@ -5,7 +5,12 @@
 pub mod attention;
 pub mod checkpoint;
 pub mod config;
+pub mod cpu_attention;
+pub mod cpu_pointwise;
 pub mod error;
+pub mod fastmath;
+pub mod fused;
+pub mod gemm;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod gpu;
 pub mod head;

@@ -2,13 +2,14 @@
 
 use burn::module::{Module, Param};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
-use burn::tensor::activation::{gelu, silu, softmax};
+use burn::tensor::activation::{silu, softmax};
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Device, Distribution, FloatDType, Tensor, TensorData};
 
 use crate::config::{Family, Ffn, Normalization, PosInterp, Position, Precision, VitConfig};
 use crate::error::{ModelError, Result};
+use crate::fused;
 use crate::interp::{antialias_bicubic_matrix, bicubic_matrix, pos_embed_scales};
 
 /// Per-sample stochastic-depth multipliers for one forward pass.
@@ -50,7 +51,7 @@ impl Precision {
     /// GELU evaluated in f32 and rounded back to the compute dtype, as PyTorch's half-precision
     /// kernels do.
     pub fn gelu<const D: usize>(self, x: Tensor<D>) -> Tensor<D> {
-        self.compute(gelu(to_f32(x)))
+        self.compute(fused::gelu(to_f32(x)))
     }
 
     /// SiLU in f32, rounded back to the compute dtype (as [`Precision::gelu`]).
@@ -165,6 +166,17 @@ pub fn to_f32<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     x.cast(FloatDType::F32)
 }
 
+/// `layer` (an `nn.LayerNorm` of `eps`) on `x`: one kernel forward and backward on the CPU
+/// backend, burn's op elsewhere.
+fn layer_norm<const D: usize>(layer: &LayerNorm, x: Tensor<D>, eps: f64) -> Tensor<D> {
+    match &layer.beta {
+        Some(beta) if fused::applies(&x) => {
+            fused::layer_norm(x, layer.gamma.val(), beta.val(), eps)
+        }
+        _ => layer.forward(x),
+    }
+}
+
 /// Multi-head self-attention with one fused `qkv` projection (`Attention` in the official code).
 #[derive(Module, Debug)]
 pub struct Attention {
@@ -241,6 +253,12 @@ impl Attention {
     pub fn forward(&self, x: Tensor<3>, rope: Option<&RopeTables>, p: Precision) -> Tensor<3> {
         match p {
             Precision::F32 => {
+                if rope.is_none() && fused::applies(&x) {
+                    let qkv = self.qkv_linear(x.clone(), p);
+                    if let Some(out) = fused::qkv_attention(&qkv, self.num_heads) {
+                        return to_f32(p.linear(&self.proj, out));
+                    }
+                }
                 let (q, k, v) = self.qkv_heads(x, rope, p);
                 let out = attention(q, k, v, None, None, AttentionModuleOptions::default());
                 self.merge_heads(out, p)
@@ -329,6 +347,9 @@ pub struct Block {
     pub swiglu: Option<SwiGlu>,
     /// LayerScale of the feed-forward branch (`ls2.gamma`).
     pub ls2: Option<Param<Tensor<1>>>,
+    /// Epsilon of both norms (burn's `LayerNorm` keeps its own private).
+    #[module(skip)]
+    norm_eps: f64,
 }
 
 impl Block {
@@ -365,9 +386,11 @@ impl Block {
         drop: Option<&[Tensor<3>; 2]>,
         p: Precision,
     ) -> Tensor<3> {
-        let y = self.attn.forward(self.norm1.forward(x.clone()), rope, p);
+        let y = self
+            .attn
+            .forward(layer_norm(&self.norm1, x.clone(), self.norm_eps), rope, p);
         let x = Self::residual(x, y, self.ls1.as_ref(), drop.map(|d| &d[0]));
-        let y = self.ffn(self.norm2.forward(x.clone()), p);
+        let y = self.ffn(layer_norm(&self.norm2, x.clone(), self.norm_eps), p);
         Self::residual(x, y, self.ls2.as_ref(), drop.map(|d| &d[1]))
     }
 
@@ -378,11 +401,13 @@ impl Block {
         rope: Option<&RopeTables>,
         p: Precision,
     ) -> (Tensor<3>, Tensor<4>) {
-        let (y, attn) = self
-            .attn
-            .forward_with_attention(self.norm1.forward(x.clone()), rope, p);
+        let (y, attn) = self.attn.forward_with_attention(
+            layer_norm(&self.norm1, x.clone(), self.norm_eps),
+            rope,
+            p,
+        );
         let x = Self::residual(x, y, self.ls1.as_ref(), None);
-        let y = self.ffn(self.norm2.forward(x.clone()), p);
+        let y = self.ffn(layer_norm(&self.norm2, x.clone(), self.norm_eps), p);
         (Self::residual(x, y, self.ls2.as_ref(), None), attn)
     }
 }
@@ -442,6 +467,9 @@ pub struct VisionTransformer {
     /// Pixel statistics the weights expect.
     #[module(skip)]
     normalization: Normalization,
+    /// Epsilon of the final norm.
+    #[module(skip)]
+    norm_eps: f64,
 }
 
 impl VitConfig {
@@ -500,6 +528,7 @@ impl VitConfig {
                     mlp,
                     swiglu,
                     ls2: scale(),
+                    norm_eps: self.layer_norm_eps,
                 }
             })
             .collect();
@@ -565,6 +594,7 @@ impl VitConfig {
             rope_periods,
             family: self.family,
             normalization: self.normalization(),
+            norm_eps: self.layer_norm_eps,
         })
     }
 }
@@ -819,7 +849,7 @@ impl VisionTransformer {
                 self.precision,
             );
         }
-        self.norm.forward(x)
+        layer_norm(&self.norm, x, self.norm_eps)
     }
 
     /// CLS features, the official `forward` (`norm(x)[:, 0]`).
@@ -875,7 +905,7 @@ impl VisionTransformer {
             }
         }
         Ok(AttentionOutput {
-            tokens: self.norm.forward(x),
+            tokens: layer_norm(&self.norm, x, self.norm_eps),
             attention: attention.expect("layer < depth was checked above"),
             grid_h: gh,
             grid_w: gw,

@@ -727,10 +727,21 @@ fn replay_official_dinov2_iterations(fixture: &str) {
                 .map(|(a, b)| (*a as f64 - *b as f64).abs())
                 .collect();
             d.sort_by(|a, b| b.partial_cmp(a).unwrap());
-            let at = |q: f64| d[((d.len() as f64) * q) as usize];
+            // Rounded up, so that a tensor of fewer than 100 elements (a 32-wide LayerScale)
+            // may still have one isolated element outside its 99th percentile.
+            let at = |q: f64| d[(((d.len() as f64) * q).ceil() as usize).min(d.len() - 1)];
             let (max, p99, p50) = (d[0], at(0.01), at(0.5));
+            // The registers reach the loss only as keys and values of the other tokens, so
+            // their gradients are sums that mostly cancel, and rounding order shows there most:
+            // median 7e-6 of the largest value with burn's ops, 1.2e-5 with the fused CPU
+            // kernels (`DINO_FUSED_CPU=0|1`), against about 2e-7 for the other tensors.
+            let median_bound = if name == "register_tokens" {
+                3e-5
+            } else {
+                1e-5
+            };
             assert!(
-                p50 <= 1e-5 * scale && p99 <= 1e-4 * scale && max <= max_step,
+                p50 <= median_bound * scale && p99 <= 1e-4 * scale && max <= max_step,
                 "{net} {name} after 5 steps: median {:.2e}, p99 {:.2e} of its largest value, max {max:.2e}",
                 p50 / scale,
                 p99 / scale
