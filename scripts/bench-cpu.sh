@@ -55,6 +55,10 @@ pair "--mode step --device cpu $readme --warmup $warmup --steps $steps" \
      "--threads $threads step $readme --warmup $warmup --steps $steps"
 pair "--mode step --device cpu $small --warmup $warmup --steps $steps" \
      "--threads $threads step $small --warmup $warmup --steps $steps"
+# The step's matrix products one by one, on the same shapes and views as torch.mm: what the
+# kernel library alone accounts for of the step's ratio.
+pair "--mode matmul --device cpu $readme --steps $runs" \
+     "--threads $threads matmul --products $out"
 # One core each: our loader with one worker, the official transform in this process.
 pair "--mode data --data $photos --workers 1 --batch-size 16 --steps $batches" \
      "--threads 1 data --data $photos --images $images"

@@ -18,6 +18,9 @@ copied: it is imported from --dino-repo.
 - data: PIL decode + main_dino.DataAugmentationDINO over the image files of --data (recursively),
   in this process (one core with --threads 1), as one DataLoader worker does.
 - viewer: VisionTransformer.get_last_selfattention on one image, as visualize_attention.py.
+- matmul: torch.mm on each product of a `dino bench --mode matmul` line (read from --products,
+  the last such line of that file), with the same operand transposed; PyTorch's own kernel
+  library (MKL or oneDNN on x86) against ours on the step's shapes.
 """
 import argparse
 import json
@@ -57,6 +60,8 @@ def parse():
     v.add_argument("--size", type=int, default=480)
     v.add_argument("--runs", type=int, default=5)
     v.add_argument("--cuda", action="store_true")
+    m = sub.add_parser("matmul")
+    m.add_argument("--products", required=True, help="JSON lines holding a `dino bench --mode matmul` line")
     return p.parse_args()
 
 
@@ -191,6 +196,33 @@ def bench_viewer(a, torch, vits):
             "median_ms": statistics.median(times), "min_ms": min(times)}
 
 
+def bench_matmul(a, torch):
+    ours = [json.loads(l) for l in open(a.products) if l.startswith("{") and '"mode": "matmul"' in l.replace('":"', '": "')]
+    ours = [l for l in ours if l.get("impl") == "dinoscope"]
+    if not ours:
+        sys.exit(f"no `dino bench --mode matmul` line in {a.products}")
+    ref = ours[-1]
+    rows, total_flop, total_secs = [], 0.0, 0.0
+    for p in ref["products"]:
+        m, k, n, t = p["m"], p["k"], p["n"], p["transposed"]
+        lhs = torch.randn(k, m).t() if t == 1 else torch.randn(m, k)
+        rhs = torch.randn(n, k).t() if t == 2 else torch.randn(k, n)
+        times = []
+        for i in range(ref["runs"] + 1):
+            start = time.perf_counter()
+            lhs.mm(rhs)
+            if i > 0:
+                times.append(time.perf_counter() - start)
+        secs, count = statistics.median(times), p.get("count", 1)
+        total_flop += 2.0 * m * k * n * count
+        total_secs += secs * count
+        rows.append({"name": p["name"], "m": m, "k": k, "n": n, "transposed": t, "count": count,
+                     "gflop_per_s": 2.0 * m * k * n / secs / 1e9})
+    keys = ("arch", "patch", "depth", "batch", "global_size", "local_size", "local_crops", "out_dim", "runs")
+    return dict({k: ref[k] for k in keys}, mode="matmul", impl="official", device="cpu", products=rows,
+                total_ms=1000 * total_secs, gflop_per_s=total_flop / total_secs / 1e9)
+
+
 def main():
     a = parse()
     sys.path.insert(0, a.dino_repo)
@@ -203,6 +235,8 @@ def main():
         line = bench_step(a, torch, utils, vits, main_dino.DINOLoss)
     elif a.mode == "data":
         line = bench_data(a, torch, main_dino)
+    elif a.mode == "matmul":
+        line = bench_matmul(a, torch)
     else:
         line = bench_viewer(a, torch, vits)
     line.update({"threads": a.threads, "torch": torch.__version__})

@@ -22,6 +22,8 @@ KEYS = {
              "out_dim", "precision", "threads"],
     "data": ["global_size", "local_size", "local_crops", "workers"],
     "viewer": ["device_kind", "arch", "patch", "image_size", "threads"],
+    "matmul": ["device_kind", "arch", "patch", "depth", "batch", "global_size", "local_size", "local_crops",
+               "out_dim", "threads"],
 }
 
 
@@ -121,6 +123,41 @@ def viewer_table(rows):
     return out
 
 
+def matmul_table(rows):
+    """The step's products grouped by layer and pass (teacher, global and local crops summed):
+    where the kernel library alone loses or wins, then all of them together."""
+    def groups(line):
+        """Layer and pass -> (FLOP, seconds, shapes) over the crops, as often as the step runs each."""
+        out = {}
+        for p in (line or {}).get("products", []):
+            key = p["name"].rsplit(" (", 1)[0]
+            flop = 2.0 * p["m"] * p["k"] * p["n"] * p.get("count", 1)
+            f, t, shapes = out.get(key, (0.0, 0.0, []))
+            out[key] = (f + flop, t + flop / (p["gflop_per_s"] * 1e9), shapes + [p])
+        return out
+
+    def rate(g):
+        return g and g[0] / g[1] / 1e9
+
+    out = ["| layer and pass | products (m × k × n) | transposed | dinoscope GFLOP/s | official GFLOP/s | ratio |",
+           "|---|---|---|---|---|---|"]
+    for r in rows:
+        a, b = r.get("ours"), r.get("official")
+        ref = a or b
+        mine, theirs = groups(a), groups(b)
+        for key, (_, _, shapes) in groups(ref).items():
+            dims = ", ".join(f"{p['m']} × {p['k']} × {p['n']}" for p in shapes)
+            if shapes[0].get("count", 1) > 1:
+                dims += f" (each in all {shapes[0]['count']} blocks)"
+            side = ["–", "left", "right"][shapes[0]["transposed"]]
+            x, y = rate(mine.get(key)), rate(theirs.get(key))
+            out.append(f"| {key} | {dims} | {side} | {fmt(x)} | {fmt(y)} | {ratio(x, y, True)} |")
+        out.append(f"| **all of them** ({ref['arch']}/{ref['patch']}, batch {ref['batch']}, {ref.get('threads', '–')} threads) | | | "
+                   f"{fmt(a and a['gflop_per_s'])} | {fmt(b and b['gflop_per_s'])} | "
+                   f"{ratio(a and a['gflop_per_s'], b and b['gflop_per_s'], True)} |")
+    return out
+
+
 def first_steps(lines):
     """The first-step time of the step-cold and step-warm parts, from the step line each wrote
     before its status line (none when it was stopped at its budget)."""
@@ -148,8 +185,9 @@ def render(lines, section):
             f"Measured {meta.get('date', '?')} on {meta.get('machine', '?')}{versions}. Every pair ran "
             f"back to back in one run of `{meta.get('command', '?')}`; ratio > 1 means dinoscope is faster.", ""]
     titles = {"step": "DINO training step", "data": "Data pipeline (decode + multi-crop, real photos)",
-              "viewer": "Viewer network (forward with the last block's attention)"}
-    tables = {"step": step_table, "data": data_table, "viewer": viewer_table}
+              "viewer": "Viewer network (forward with the last block's attention)",
+              "matmul": "Matrix products of the step, each on its own (`--mode matmul`; torch.mm on the same shapes and views)"}
+    tables = {"step": step_table, "data": data_table, "viewer": viewer_table, "matmul": matmul_table}
     for m in KEYS:
         if by_mode[m]:
             text += [f"**{titles[m]}**", ""] + tables[m](by_mode[m]) + [""]

@@ -58,11 +58,16 @@ fn assert_regenerated(file: &str, name: &str) -> String {
 #[test]
 fn the_cpu_section_is_regenerated_from_the_recorded_run() {
     let made = assert_regenerated("bench-cpu.jsonl", "cpu");
-    // Every step, data and viewer measurement of ours found its official counterpart.
-    let rows: Vec<&str> = made.lines().filter(|l| l.starts_with("| ")).collect();
-    let measured: Vec<&&str> = rows
+    // Every step, data, viewer and matmul measurement of ours found its official counterpart;
+    // a table's header is the row above its `|---` line.
+    let lines: Vec<&str> = made.lines().collect();
+    let measured: Vec<&&str> = lines
         .iter()
-        .filter(|l| !l.starts_with("| model") && !l.starts_with("| crops"))
+        .enumerate()
+        .filter(|(i, l)| {
+            l.starts_with("| ") && !lines.get(i + 1).is_some_and(|n| n.starts_with("|---"))
+        })
+        .map(|(_, l)| l)
         .collect();
     assert!(measured.len() >= 4, "{made}");
     for row in measured {

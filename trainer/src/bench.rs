@@ -194,6 +194,148 @@ pub fn bench_step(
     Ok(line)
 }
 
+/// One matrix product of the DINO step: `[m, k] × [k, n]`, with the operand that the backward
+/// reads transposed (a strided view, as autodiff hands it to the CPU backend).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Product {
+    /// Which layer and pass, e.g. `block fc1 dW (global)`.
+    pub name: String,
+    /// Rows of the output.
+    pub m: usize,
+    /// Shared dimension.
+    pub k: usize,
+    /// Columns of the output.
+    pub n: usize,
+    /// 0: both operands contiguous; 1: the left one transposed; 2: the right one transposed.
+    pub transposed: u8,
+    /// How often one step computes it: once per block for the backbone's layers.
+    pub count: usize,
+}
+
+/// The linear layers' products of one DINO step (student forward and both backward products on
+/// every crop, teacher forward on the global crops): where a CPU step spends most of its time.
+pub fn step_products(cfg: &TrainConfig) -> Result<Vec<Product>> {
+    let c = cfg.model_config()?;
+    let (b, a) = (cfg.batch_size, &cfg.augment);
+    let tokens = |side: u32| 1 + (side as usize / cfg.patch_size).pow(2);
+    let (d, h) = (c.vit.embed_dim, c.vit.mlp_hidden_dim());
+    let layers = [
+        ("qkv", d, 3 * d),
+        ("proj", d, d),
+        ("fc1", d, h),
+        ("fc2", h, d),
+    ];
+    let mut head_layers = Vec::new();
+    if let Some(hc) = &c.head {
+        head_layers.push(("head in", hc.in_dim, hc.hidden_dim));
+        for _ in 2..hc.nlayers {
+            head_layers.push(("head hidden", hc.hidden_dim, hc.hidden_dim));
+        }
+        head_layers.push(("head bottleneck", hc.hidden_dim, hc.bottleneck_dim));
+        head_layers.push(("head last", hc.bottleneck_dim, hc.out_dim));
+    }
+    let mut out = Vec::new();
+    let mut add = |prefix: &str,
+                   crops: &str,
+                   rows: usize,
+                   (name, din, dout): (&str, usize, usize),
+                   backward: bool,
+                   count: usize| {
+        let mut push = |pass: &str, m, k, n, transposed| {
+            out.push(Product {
+                name: format!("{prefix}{name} {pass} ({crops})"),
+                m,
+                k,
+                n,
+                transposed,
+                count,
+            });
+        };
+        push("fwd", rows, din, dout, 0);
+        if backward {
+            push("dX", rows, dout, din, 2);
+            push("dW", din, rows, dout, 1);
+        }
+    };
+    let crops = [
+        ("teacher", 2 * b, a.global_size, false),
+        ("global", 2 * b, a.global_size, true),
+        ("local", a.local_crops * b, a.local_size, true),
+    ];
+    for (label, images, side, backward) in crops {
+        if images == 0 {
+            continue;
+        }
+        for &layer in &layers {
+            add(
+                "block ",
+                label,
+                images * tokens(side),
+                layer,
+                backward,
+                c.vit.depth,
+            );
+        }
+        for &layer in &head_layers {
+            add("", label, images, layer, backward, 1);
+        }
+    }
+    Ok(out)
+}
+
+/// Times every product of [`step_products`] on `device` (burn's matmul, the strided views
+/// included), `runs` times each after one untimed run; one line with each product's GFLOP/s
+/// and the step's total, each product counted as often as the step computes it.
+pub fn bench_matmul(
+    cfg: &TrainConfig,
+    device: &Device,
+    device_name: &str,
+    runs: usize,
+) -> Result<serde_json::Value> {
+    let products = step_products(cfg)?;
+    let mut rows = Vec::new();
+    let (mut total_flop, mut total_secs) = (0.0, 0.0);
+    for p in &products {
+        let normal = Distribution::Normal(0.0, 1.0);
+        let lhs = if p.transposed == 1 {
+            Tensor::<2>::random([p.k, p.m], normal, device).transpose()
+        } else {
+            Tensor::<2>::random([p.m, p.k], normal, device)
+        };
+        let rhs = if p.transposed == 2 {
+            Tensor::<2>::random([p.n, p.k], normal, device).transpose()
+        } else {
+            Tensor::<2>::random([p.k, p.n], normal, device)
+        };
+        let mut times = Vec::new();
+        for i in 0..=runs {
+            let start = Instant::now();
+            let y = lhs.clone().matmul(rhs.clone());
+            // One element read back waits for the product without timing a copy of it.
+            let _ = y.slice([0..1, 0..1]).into_data();
+            if i > 0 {
+                times.push(start.elapsed().as_secs_f64());
+            }
+        }
+        times.sort_by(f64::total_cmp);
+        let secs = times[times.len() / 2];
+        let flop = 2.0 * (p.m * p.k * p.n) as f64;
+        total_flop += flop * p.count as f64;
+        total_secs += secs * p.count as f64;
+        rows.push(
+            json!({"name": p.name, "m": p.m, "k": p.k, "n": p.n, "transposed": p.transposed, "count": p.count, "gflop_per_s": flop / secs / 1e9}),
+        );
+    }
+    let mut line = json!({
+        "mode": "matmul", "device": device_name, "arch": cfg.arch, "patch": cfg.patch_size, "depth": cfg.model_config()?.vit.depth,
+        "batch": cfg.batch_size, "global_size": cfg.augment.global_size, "local_size": cfg.augment.local_size,
+        "local_crops": cfg.augment.local_crops, "out_dim": cfg.out_dim, "runs": runs,
+        "products": rows, "total_ms": total_secs * 1000.0, "gflop_per_s": total_flop / total_secs / 1e9,
+    });
+    common_fields(&mut line);
+    Ok(line)
+}
+
 /// Decoding + multi-crop augmentation throughput of the real loader, per core.
 pub fn bench_data(cfg: &TrainConfig, workers: usize, batches: u64) -> Result<serde_json::Value> {
     let source: Arc<dyn crate::data::Source> = Arc::from(crate::data::open(
@@ -269,6 +411,37 @@ pub fn bench_viewer(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn step_products_cover_the_linear_flops_of_the_step() {
+        // Forward products of one image's crops = the backbone's and head's linear FLOPs; the
+        // student's two backward products cost twice its forward.
+        let cfg = TrainConfig::default();
+        let c = cfg.model_config().unwrap();
+        let products = step_products(&cfg).unwrap();
+        let flop = |pass: &str, crops: &str| -> f64 {
+            products
+                .iter()
+                .filter(|p| p.name.contains(pass) && p.name.ends_with(&format!("({crops})")))
+                .map(|p| 2.0 * (p.m * p.k * p.n * p.count) as f64)
+                .sum()
+        };
+        let (d, h) = (c.vit.embed_dim as f64, c.vit.mlp_hidden_dim() as f64);
+        let tokens = 1.0 + (224.0f64 / 16.0).powi(2);
+        let linear = c.vit.depth as f64 * 2.0 * tokens * (4.0 * d * d + 2.0 * d * h);
+        let per_image = (linear + head_flops(&c)) * (2 * cfg.batch_size) as f64;
+        assert!((flop("fwd", "global") / per_image - 1.0).abs() < 1e-12);
+        assert_eq!(flop("fwd", "teacher"), flop("fwd", "global"));
+        assert!(
+            ((flop("dX", "local") + flop("dW", "local")) / flop("fwd", "local") - 2.0).abs()
+                < 1e-12
+        );
+        assert!(
+            products
+                .iter()
+                .all(|p| p.name.contains("fwd") || p.transposed > 0)
+        );
+    }
 
     #[test]
     fn vit_small_step_costs_about_113_gflop_per_image() {

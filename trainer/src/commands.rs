@@ -655,6 +655,8 @@ pub enum BenchMode {
     Data,
     /// The viewer's forward pass with attention.
     Viewer,
+    /// Each matrix product of the step's linear layers on its own (GFLOP/s per shape).
+    Matmul,
 }
 
 /// `dino bench`: prints one JSON line.
@@ -671,6 +673,10 @@ pub fn bench(
     }
     let (cfg, _) = args.apply(crate::train::TrainConfig::default())?;
     let line = match mode {
+        BenchMode::Matmul => {
+            let selected = select(args.device)?;
+            crate::bench::bench_matmul(&cfg, &selected.device, &selected.name, steps.max(1))?
+        }
         BenchMode::Step => {
             let selected = select(args.device)?;
             crate::bench::bench_step(&cfg, &selected.device, &selected.name, warmup, steps)?

@@ -24,7 +24,7 @@ enum Command {
     Train(Box<dino_trainer::cli_train::TrainArgs>),
     /// Measure speed: the DINO step on random tensors, the data pipeline, or viewer inference (JSON lines).
     Bench {
-        /// step, data or viewer.
+        /// step, data, viewer or matmul.
         #[arg(long, value_enum, default_value_t = dino_trainer::commands::BenchMode::Step)]
         mode: dino_trainer::commands::BenchMode,
         /// Model, crops and data flags as for `dino train`.

@@ -1,4 +1,4 @@
-//! `dino bench` runs in all three modes on the CPU and prints well-formed JSON lines (what
+//! `dino bench` runs in all four modes on the CPU and prints well-formed JSON lines (what
 //! is checked is the output's shape, not the speed).
 
 mod common;
@@ -33,7 +33,7 @@ const TINY: &[&str] = &[
 ];
 
 #[test]
-fn step_data_and_viewer_modes_print_json() {
+fn step_data_viewer_and_matmul_modes_print_json() {
     let mut args = vec!["--mode", "step", "--warmup", "1", "--steps", "2"];
     args.extend_from_slice(common::TINY_VIT);
     args.extend_from_slice(TINY);
@@ -60,6 +60,16 @@ fn step_data_and_viewer_modes_print_json() {
     let v = bench(&args);
     assert_eq!(v["image_size"], 32);
     assert!(v["median_ms"].as_f64().unwrap() > 0.0);
+    let mut args = vec!["--mode", "matmul", "--steps", "1"];
+    args.extend_from_slice(common::TINY_VIT);
+    args.extend_from_slice(TINY);
+    let v = bench(&args);
+    let products = v["products"].as_array().expect("products");
+    assert!(products.iter().any(|p| p["transposed"] == 1));
+    for p in products {
+        assert!(p["gflop_per_s"].as_f64().is_some_and(|x| x > 0.0), "{p}");
+    }
+    assert!(v["total_ms"].as_f64().unwrap() > 0.0);
     // Any importable file: here a DINOv3 fixture, the size rounded down to its patch.
     let file = format!(
         "{}/../model/tests/fixtures/families/v3.pth",
