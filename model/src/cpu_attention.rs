@@ -150,12 +150,13 @@ pub fn forward(qkv: &[f32], shape: QkvShape, keep_lse: bool) -> Forward {
 
 /// In place `row ← softmax(row)`; returns `max + ln Σ exp(row − max)`.
 fn softmax_row(row: &mut [f32]) -> f32 {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0f32;
+    let max = fastmath::max(row);
+    // Exponentials and their sum in two passes: a running sum in the same loop keeps the
+    // exponentials scalar.
     for x in row.iter_mut() {
         *x = fastmath::exp(*x - max);
-        sum += *x;
     }
+    let sum = fastmath::sum(row);
     let inv = 1.0 / sum;
     for x in row.iter_mut() {
         *x *= inv;
@@ -228,7 +229,7 @@ pub fn backward(qkv: &[f32], lse: &[f32], grad_out: &[f32], shape: QkvShape) -> 
             // dP = dO Vᵀ, then dS = P ⊙ (dP − rowsum(P ⊙ dP)).
             matmul(MatMut::rows(&mut dp, 0, n, n, n), d_out, v.t(), 1.0, false);
             for (dp_row, p_row) in dp.chunks_exact_mut(n).zip(p.chunks_exact(n)) {
-                let delta: f32 = dp_row.iter().zip(p_row).map(|(d, p)| d * p).sum();
+                let delta = fastmath::dot(dp_row, p_row);
                 for (d, &pv) in dp_row.iter_mut().zip(p_row) {
                     *d = pv * (*d - delta);
                 }

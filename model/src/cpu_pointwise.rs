@@ -100,7 +100,7 @@ pub fn layer_norm(
                 .zip(rstd.iter_mut())
                 .zip(x.chunks_exact(width))
             {
-                let mean = x.iter().sum::<f32>() / width as f32;
+                let mean = fastmath::sum(x) / width as f32;
                 let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / width as f32;
                 *r = 1.0 / (var + eps).sqrt();
                 match beta {
@@ -153,7 +153,7 @@ pub fn layer_norm_backward(
                 .zip(g.chunks_exact(width))
                 .zip(rstd)
             {
-                let mean = x.iter().sum::<f32>() / width as f32;
+                let mean = fastmath::sum(x) / width as f32;
                 let (mut mean_dxhat, mut mean_dxhat_xhat) = (0.0f32, 0.0f32);
                 for ((((xh, &v), &gv), &gm), (dg, db)) in xhat
                     .iter_mut()

@@ -43,9 +43,94 @@ pub fn erf_and_gauss(x: f32) -> (f32, f32) {
     (y.copysign(x), gauss)
 }
 
+/// Independent partial results per reduction: one running f32 is a serial dependency that
+/// LLVM must keep in order, which also keeps everything else in the loop scalar.
+const LANES: usize = 16;
+
+/// `Σ xs`, in [`LANES`] partial sums so that the loop vectorises.
+#[inline]
+pub fn sum(xs: &[f32]) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let chunks = xs.chunks_exact(LANES);
+    let rest: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for (a, x) in acc.iter_mut().zip(c) {
+            *a += x;
+        }
+    }
+    acc.iter().sum::<f32>() + rest
+}
+
+/// `Σ a·b`, in [`LANES`] partial sums so that the loop vectorises.
+#[inline]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "dot of slices of different lengths");
+    let mut acc = [0.0f32; LANES];
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let rest: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for ((acc, x), y) in acc.iter_mut().zip(x).zip(y) {
+            *acc += x * y;
+        }
+    }
+    acc.iter().sum::<f32>() + rest
+}
+
+/// The largest element (−∞ for an empty slice), in [`LANES`] partial maxima.
+#[inline]
+pub fn max(xs: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let chunks = xs.chunks_exact(LANES);
+    let rest = chunks
+        .remainder()
+        .iter()
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max);
+    for c in chunks {
+        for (a, &x) in acc.iter_mut().zip(c) {
+            *a = a.max(x);
+        }
+    }
+    acc.iter().copied().fold(rest, f32::max)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lane_reductions_agree_with_the_plain_ones() {
+        for n in [0, 1, 15, 16, 17, 100, 901] {
+            let a: Vec<f32> = (0..n)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+                .collect();
+            let b: Vec<f32> = (0..n)
+                .map(|i| ((i * 13 % 29) as f32 - 14.0) / 3.0)
+                .collect();
+            let want_sum: f64 = a.iter().map(|&x| x as f64).sum();
+            let want_dot: f64 = a.iter().zip(&b).map(|(&x, &y)| x as f64 * y as f64).sum();
+            let size: f64 = a
+                .iter()
+                .zip(&b)
+                .map(|(&x, &y)| (x as f64 * y as f64).abs())
+                .sum();
+            assert!(
+                (sum(&a) as f64 - want_sum).abs() <= 1e-5 * (1.0 + want_sum.abs()),
+                "{n}"
+            );
+            assert!(
+                (dot(&a, &b) as f64 - want_dot).abs() <= 1e-5 * (1.0 + size),
+                "{n}"
+            );
+            let want_max = a.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            assert_eq!(max(&a), want_max, "{n}");
+        }
+    }
 
     #[test]
     fn exp_is_within_two_ulp_of_libm() {
