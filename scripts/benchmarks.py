@@ -124,7 +124,7 @@ def viewer_table(rows):
 
 
 def matmul_table(rows):
-    """The step's products grouped by layer and pass (teacher, global and local crops summed):
+    """The step's products grouped by layer and pass (summed over the crop groups that run them):
     where the kernel library alone loses or wins, then all of them together."""
     def groups(line):
         """Layer and pass -> (FLOP, seconds, shapes) over the crops, as often as the step runs each."""

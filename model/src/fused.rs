@@ -1,6 +1,6 @@
-//! Attention, GELU and LayerNorm as single ops with their own backward on burn's CPU backend
-//! (flex), through a burn backend extension: the kernels live in [`crate::cpu_attention`] and
-//! [`crate::cpu_pointwise`]. On every other backend (wgpu, WebGPU) and for f16 the model keeps
+//! Attention, GELU, LayerNorm and the linear layer as single ops with their own backward on
+//! burn's CPU backend (flex), through a burn backend extension: the kernels live in
+//! [`crate::cpu_attention`], [`crate::cpu_pointwise`] and [`crate::cpu_linear`]. On every other backend (wgpu, WebGPU) and for f16 the model keeps
 //! burn's own ops, which the GPU backends fuse themselves.
 //!
 //! `DINO_FUSED_CPU=0` turns the kernels off (burn's ops everywhere), for A/B measurements.
@@ -17,6 +17,7 @@ use burn::backend::{Autodiff, Backend, Dispatch, DispatchDevice, Flex, backend_e
 use burn::tensor::{DType, Tensor, TensorData};
 
 use crate::cpu_attention::{self, QkvShape};
+use crate::cpu_linear::{self, LinearShape};
 use crate::cpu_pointwise;
 
 /// The ops the CPU backend runs as one kernel each, forward and backward.
@@ -34,6 +35,15 @@ pub trait FusedCpuOps: Backend {
         beta: FloatTensor<Self>,
         eps: f64,
     ) -> FloatTensor<Self>;
+    /// `x · weight + bias` for `x: [rows, d_in]` and `weight: [d_in, d_out]`.
+    fn linear(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
+    /// `x · weight`, [`FusedCpuOps::linear`] without a bias (the extension macro routes no
+    /// optional tensors).
+    fn linear_no_bias(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self>;
 }
 
 /// The f32 elements of a flex tensor, contiguous.
@@ -98,6 +108,26 @@ fn layer_norm_forward(
     (tensor(fwd.out, dims), fwd.rstd)
 }
 
+fn linear_shape(x: &FlexTensor, weight: &FlexTensor) -> LinearShape {
+    let (x, w) = (x.layout().shape(), weight.layout().shape());
+    assert!(
+        x.num_dims() == 2 && w.num_dims() == 2 && x[1] == w[0],
+        "linear takes [rows, d_in] × [d_in, d_out], not {x:?} × {w:?}"
+    );
+    LinearShape {
+        rows: x[0],
+        d_in: x[1],
+        d_out: w[1],
+    }
+}
+
+fn linear_forward(x: &FlexTensor, weight: &FlexTensor, bias: Option<&FlexTensor>) -> FlexTensor {
+    let shape = linear_shape(x, weight);
+    let bias = bias.map(|b| values(b).0);
+    let out = cpu_linear::forward(slice(x), slice(weight), bias.as_ref().map(slice), shape);
+    tensor(out, vec![shape.rows, shape.d_out])
+}
+
 impl FusedCpuOps for Flex {
     fn qkv_attention(qkv: FlexTensor, heads: usize) -> FlexTensor {
         attention_forward(&qkv, heads, false).0
@@ -115,6 +145,14 @@ impl FusedCpuOps for Flex {
         eps: f64,
     ) -> FlexTensor {
         layer_norm_forward(&x, &gamma, &beta, eps).0
+    }
+
+    fn linear(x: FlexTensor, weight: FlexTensor, bias: FlexTensor) -> FlexTensor {
+        linear_forward(&values(&x).0, &values(&weight).0, Some(&bias))
+    }
+
+    fn linear_no_bias(x: FlexTensor, weight: FlexTensor) -> FlexTensor {
+        linear_forward(&values(&x).0, &values(&weight).0, None)
     }
 }
 
@@ -188,6 +226,62 @@ impl Backward<Flex, 3> for LayerNormBackward {
     }
 }
 
+/// The gradients of [`FusedCpuOps::linear`] its parents need, from the saved input and weight;
+/// registered on `x`, `weight` and `bias` in that order.
+fn linear_backward(
+    grads: &mut Gradients,
+    grad: &FlexTensor,
+    (x, weight): &(FlexTensor, FlexTensor),
+    nodes: [Option<burn::backend::autodiff::NodeId>; 3],
+) {
+    let shape = linear_shape(x, weight);
+    let (grad, _) = values(grad);
+    let g = slice(&grad);
+    let [x_node, w_node, b_node] = nodes;
+    if let Some(id) = x_node {
+        let dx = cpu_linear::input_grad(g, slice(weight), shape);
+        grads.register::<Flex>(id, tensor(dx, vec![shape.rows, shape.d_in]));
+    }
+    if let Some(id) = w_node {
+        let dw = cpu_linear::weight_grad(slice(x), g, shape);
+        grads.register::<Flex>(id, tensor(dw, vec![shape.d_in, shape.d_out]));
+    }
+    if let Some(id) = b_node {
+        grads.register::<Flex>(
+            id,
+            tensor(cpu_linear::bias_grad(g, shape), vec![shape.d_out]),
+        );
+    }
+}
+
+/// Backward of [`FusedCpuOps::linear`] with a bias: the input and the weight.
+#[derive(Debug)]
+struct LinearBackward;
+
+impl Backward<Flex, 3> for LinearBackward {
+    type State = (FlexTensor, FlexTensor);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = grads.consume::<Flex>(&ops.node);
+        let nodes = ops.parents.map(|p| p.map(|p| p.id));
+        linear_backward(grads, &grad, &ops.state, nodes);
+    }
+}
+
+/// Backward of [`FusedCpuOps::linear`] without a bias.
+#[derive(Debug)]
+struct LinearNoBiasBackward;
+
+impl Backward<Flex, 2> for LinearNoBiasBackward {
+    type State = (FlexTensor, FlexTensor);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = grads.consume::<Flex>(&ops.node);
+        let [x, w] = ops.parents.map(|p| p.map(|p| p.id));
+        linear_backward(grads, &grad, &ops.state, [x, w, None]);
+    }
+}
+
 impl<C: CheckpointStrategy> FusedCpuOps for Autodiff<Flex, C> {
     fn qkv_attention(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self> {
         match QkvAttentionBackward
@@ -234,6 +328,38 @@ impl<C: CheckpointStrategy> FusedCpuOps for Autodiff<Flex, C> {
             .stateful()
         {
             OpsKind::Tracked(prep) => prep.finish((input, g, rstd), out),
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        }
+    }
+
+    fn linear(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let (input, _) = values(x.primitive());
+        let (w, _) = values(weight.primitive());
+        let out = linear_forward(&input, &w, Some(bias.primitive()));
+        match LinearBackward
+            .prepare::<C>([x.node(), weight.node(), bias.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish((input, w), out),
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        }
+    }
+
+    fn linear_no_bias(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self> {
+        let (input, _) = values(x.primitive());
+        let (w, _) = values(weight.primitive());
+        let out = linear_forward(&input, &w, None);
+        match LinearNoBiasBackward
+            .prepare::<C>([x.node(), weight.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish((input, w), out),
             OpsKind::UnTracked(prep) => prep.finish(out),
         }
     }
@@ -296,6 +422,19 @@ pub fn layer_norm<const D: usize>(
     } else {
         burn::tensor::module::layer_norm(x, gamma, Some(beta), eps)
     }
+}
+
+/// `x · weight + bias` (`nn.Linear` with the weight stored `[d_in, d_out]`, as burn's), as
+/// one product written once on the CPU backend and burn's op elsewhere.
+pub fn linear(x: Tensor<2>, weight: Tensor<2>, bias: Option<Tensor<1>>) -> Tensor<2> {
+    if !(applies(&x) && applies(&weight) && bias.as_ref().is_none_or(applies)) {
+        return burn::tensor::module::linear(x, weight, bias);
+    }
+    let (x, weight) = (x.into_dispatch(), weight.into_dispatch());
+    Tensor::from_dispatch(match bias {
+        Some(bias) => <Dispatch as FusedCpuOps>::linear(x, weight, bias.into_dispatch()),
+        None => <Dispatch as FusedCpuOps>::linear_no_bias(x, weight),
+    })
 }
 
 #[cfg(test)]
@@ -385,6 +524,63 @@ mod tests {
             beta.grad(&gb).unwrap(),
             1e-4,
             "d beta",
+        );
+    }
+
+    #[test]
+    fn the_fused_linear_equals_burns_forward_and_backward() {
+        let device = Device::flex().autodiff();
+        let normal = Distribution::Normal(0.0, 1.0);
+        // 150 rows: more than one row block of the bias gradient, the last one partial.
+        let x = Tensor::<2>::random([150, 24], normal, &device).require_grad();
+        let frozen = Tensor::<2>::random([150, 24], normal, &device);
+        let w = Tensor::<2>::random([24, 40], normal, &device).require_grad();
+        let b = Tensor::<1>::random([40], normal, &device).require_grad();
+        let weight = Tensor::<2>::random([150, 40], normal, &device);
+        for bias in [Some(b.clone()), None] {
+            let ours = linear(x.clone(), w.clone(), bias.clone());
+            let burns = burn::tensor::module::linear(x.clone(), w.clone(), bias.clone());
+            close(ours.clone(), burns.clone(), 1e-5, "linear");
+            let ga = (ours * weight.clone()).sum().backward();
+            let gb = (burns * weight.clone()).sum().backward();
+            close(x.grad(&ga).unwrap(), x.grad(&gb).unwrap(), 1e-4, "d x");
+            close(w.grad(&ga).unwrap(), w.grad(&gb).unwrap(), 1e-4, "d w");
+            if bias.is_some() {
+                close(b.grad(&ga).unwrap(), b.grad(&gb).unwrap(), 1e-4, "d b");
+            }
+        }
+        // An input without a gradient (the parent is untracked): only the weight's.
+        let ours = (linear(frozen.clone(), w.clone(), Some(b.clone())) * weight.clone())
+            .sum()
+            .backward();
+        let burns = (burn::tensor::module::linear(frozen.clone(), w.clone(), Some(b.clone()))
+            * weight)
+            .sum()
+            .backward();
+        assert!(frozen.grad(&ours).is_none());
+        close(
+            w.grad(&ours).unwrap(),
+            w.grad(&burns).unwrap(),
+            1e-4,
+            "d w, frozen x",
+        );
+        close(
+            b.grad(&ours).unwrap(),
+            b.grad(&burns).unwrap(),
+            1e-4,
+            "d b, frozen x",
+        );
+        // Without autodiff the forward alone.
+        let plain = Device::flex();
+        let (x, w) = (
+            Tensor::<2>::random([9, 16], normal, &plain),
+            Tensor::<2>::random([16, 3], normal, &plain),
+        );
+        close(
+            linear(x.clone(), w.clone(), None),
+            x.matmul(w),
+            1e-5,
+            "linear, no autodiff",
         );
     }
 

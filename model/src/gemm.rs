@@ -127,6 +127,37 @@ fn fits(len: usize, rows: usize, cols: usize, row_stride: usize, col_stride: usi
 /// # Panics
 /// When the shapes disagree or a view reaches past its slice.
 pub fn matmul(dst: MatMut<'_>, lhs: MatRef<'_>, rhs: MatRef<'_>, scale: f32, accumulate: bool) {
+    product(dst, lhs, rhs, scale, accumulate, false);
+}
+
+/// [`matmul`] split over the rayon pool when the product is large enough to pay for it (the
+/// threshold burn's CPU backend uses): for a whole layer's rows at once.
+///
+/// # Panics
+/// When the shapes disagree or a view reaches past its slice.
+pub fn matmul_pool(
+    dst: MatMut<'_>,
+    lhs: MatRef<'_>,
+    rhs: MatRef<'_>,
+    scale: f32,
+    accumulate: bool,
+) {
+    let work = dst.rows.saturating_mul(dst.cols).saturating_mul(lhs.cols);
+    let parallel = work >= POOL_THRESHOLD && rayon::current_num_threads() > 1;
+    product(dst, lhs, rhs, scale, accumulate, parallel);
+}
+
+/// Multiply-adds below which a product stays on one core (192³, as burn-flex).
+const POOL_THRESHOLD: usize = 192 * 192 * 192;
+
+fn product(
+    dst: MatMut<'_>,
+    lhs: MatRef<'_>,
+    rhs: MatRef<'_>,
+    scale: f32,
+    accumulate: bool,
+    parallel: bool,
+) {
     assert_eq!(lhs.rows, dst.rows, "lhs rows and dst rows differ");
     assert_eq!(rhs.cols, dst.cols, "rhs cols and dst cols differ");
     assert_eq!(lhs.cols, rhs.rows, "inner dimensions differ");
@@ -171,7 +202,11 @@ pub fn matmul(dst: MatMut<'_>, lhs: MatRef<'_>, rhs: MatRef<'_>, scale: f32, acc
             false,
             false,
             false,
-            gemm::Parallelism::None,
+            if parallel {
+                gemm::Parallelism::Rayon(0)
+            } else {
+                gemm::Parallelism::None
+            },
         );
     }
 }

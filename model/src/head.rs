@@ -134,10 +134,11 @@ impl DinoHead {
     /// `[batch, in_dim]` → `[batch, out_dim]` (f32).
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
         let p = self.precision;
-        to_f32(
-            p.compute(self.bottleneck(x))
-                .matmul(p.compute(self.last_layer_weight())),
-        )
+        to_f32(crate::fused::linear(
+            p.compute(self.bottleneck(x)),
+            p.compute(self.last_layer_weight()),
+            None,
+        ))
     }
 }
 

@@ -6,6 +6,7 @@ pub mod attention;
 pub mod checkpoint;
 pub mod config;
 pub mod cpu_attention;
+pub mod cpu_linear;
 pub mod cpu_pointwise;
 pub mod error;
 pub mod fastmath;

@@ -70,12 +70,12 @@ fn linear_rows<const D: usize>(
     bias: Option<Tensor<1>>,
 ) -> Tensor<D> {
     let dims = x.dims();
-    if D <= 2 {
+    if D < 2 {
         return burn::tensor::module::linear(x, weight, bias);
     }
     let d_in = dims[D - 1];
     let rows = dims[..D - 1].iter().product::<usize>();
-    let out = burn::tensor::module::linear(x.reshape([rows, d_in]), weight, bias);
+    let out = fused::linear(x.reshape([rows, d_in]), weight, bias);
     let mut out_dims = dims;
     out_dims[D - 1] = out.dims()[1];
     out.reshape(out_dims)

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::{Result, bail};
 use burn::tensor::{Device, Distribution, Tensor};
-use dino_model::ModelConfig;
+use dino_model::{ModelConfig, cpu_linear};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde_json::json;
@@ -276,6 +276,13 @@ pub fn step_products(cfg: &TrainConfig) -> Result<Vec<Product>> {
                 c.vit.depth,
             );
         }
+    }
+    // The backbone runs once per crop size; the student's head once on all its crops' CLS
+    // tokens together (the official MultiCropWrapper concatenates them).
+    for (label, images, backward) in [
+        ("teacher", 2 * b, false),
+        ("student", (2 + a.local_crops) * b, true),
+    ] {
         for &layer in &head_layers {
             add("", label, images, layer, backward, 1);
         }
@@ -283,9 +290,10 @@ pub fn step_products(cfg: &TrainConfig) -> Result<Vec<Product>> {
     Ok(out)
 }
 
-/// Times every product of [`step_products`] on `device` (burn's matmul, the strided views
-/// included), `runs` times each after one untimed run; one line with each product's GFLOP/s
-/// and the step's total, each product counted as often as the step computes it.
+/// Times every product of [`step_products`] on `device` as the step computes it (on the CPU
+/// backend `cpu_linear`, elsewhere burn's matmul on the strided views), `runs` times each
+/// after one untimed run; one line with each product's GFLOP/s and the step's total, each
+/// product counted as often as the step computes it.
 pub fn bench_matmul(
     cfg: &TrainConfig,
     device: &Device,
@@ -297,22 +305,53 @@ pub fn bench_matmul(
     let (mut total_flop, mut total_secs) = (0.0, 0.0);
     for p in &products {
         let normal = Distribution::Normal(0.0, 1.0);
-        let lhs = if p.transposed == 1 {
-            Tensor::<2>::random([p.k, p.m], normal, device).transpose()
-        } else {
-            Tensor::<2>::random([p.m, p.k], normal, device)
+        let (lhs_dims, rhs_dims) = (
+            if p.transposed == 1 {
+                [p.k, p.m]
+            } else {
+                [p.m, p.k]
+            },
+            if p.transposed == 2 {
+                [p.n, p.k]
+            } else {
+                [p.k, p.n]
+            },
+        );
+        let lhs = Tensor::<2>::random(lhs_dims, normal, device);
+        let rhs = Tensor::<2>::random(rhs_dims, normal, device);
+        // On the CPU backend the step's linear layers run `cpu_linear` (the same views, one
+        // output buffer); elsewhere burn's matmul on the transposed views autodiff hands it.
+        let on_cpu = dino_model::fused::applies(&lhs);
+        let values = |t: &Tensor<2>| {
+            t.clone()
+                .into_data()
+                .try_to_vec::<f32>()
+                .expect("the CPU kernels take f32")
         };
-        let rhs = if p.transposed == 2 {
-            Tensor::<2>::random([p.n, p.k], normal, device).transpose()
+        let (lhs_v, rhs_v) = if on_cpu {
+            (values(&lhs), values(&rhs))
         } else {
-            Tensor::<2>::random([p.k, p.n], normal, device)
+            (Vec::new(), Vec::new())
         };
+        let view = |t: &Tensor<2>, transposed: bool| {
+            if transposed {
+                t.clone().transpose()
+            } else {
+                t.clone()
+            }
+        };
+        let (lhs, rhs) = (view(&lhs, p.transposed == 1), view(&rhs, p.transposed == 2));
         let mut times = Vec::new();
         for i in 0..=runs {
             let start = Instant::now();
-            let y = lhs.clone().matmul(rhs.clone());
-            // One element read back waits for the product without timing a copy of it.
-            let _ = y.slice([0..1, 0..1]).into_data();
+            if on_cpu {
+                let y = cpu_linear::product(&lhs_v, &rhs_v, (p.m, p.k, p.n), p.transposed);
+                std::hint::black_box(y);
+            } else {
+                let y = lhs.clone().matmul(rhs.clone());
+                // One element read back waits for the product without timing a copy of it.
+                let _ = y.slice([0..1, 0..1]).into_data();
+            }
             if i > 0 {
                 times.push(start.elapsed().as_secs_f64());
             }
@@ -429,13 +468,19 @@ mod tests {
         let (d, h) = (c.vit.embed_dim as f64, c.vit.mlp_hidden_dim() as f64);
         let tokens = 1.0 + (224.0f64 / 16.0).powi(2);
         let linear = c.vit.depth as f64 * 2.0 * tokens * (4.0 * d * d + 2.0 * d * h);
-        let per_image = (linear + head_flops(&c)) * (2 * cfg.batch_size) as f64;
-        assert!((flop("fwd", "global") / per_image - 1.0).abs() < 1e-12);
-        assert_eq!(flop("fwd", "teacher"), flop("fwd", "global"));
-        assert!(
-            ((flop("dX", "local") + flop("dW", "local")) / flop("fwd", "local") - 2.0).abs()
-                < 1e-12
-        );
+        let globals = (2 * cfg.batch_size) as f64;
+        assert!((flop("fwd", "global") / (linear * globals) - 1.0).abs() < 1e-12);
+        let teacher = flop("fwd", "teacher");
+        assert!((teacher / ((linear + head_flops(&c)) * globals) - 1.0).abs() < 1e-12);
+        let crops = ((2 + cfg.augment.local_crops) * cfg.batch_size) as f64;
+        assert!((flop("fwd", "student") / (head_flops(&c) * crops) - 1.0).abs() < 1e-12);
+        for crops in ["local", "student"] {
+            let backward = flop("dX", crops) + flop("dW", crops);
+            assert!(
+                (backward / flop("fwd", crops) - 2.0).abs() < 1e-12,
+                "{crops}"
+            );
+        }
         assert!(
             products
                 .iter()
