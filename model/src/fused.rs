@@ -1,7 +1,8 @@
 //! Attention, GELU, LayerNorm and the linear layer as single ops with their own backward on
 //! burn's CPU backend (flex), through a burn backend extension: the kernels live in
-//! [`crate::cpu_attention`], [`crate::cpu_pointwise`] and [`crate::cpu_linear`]. On every other backend (wgpu, WebGPU) and for f16 the model keeps
-//! burn's own ops, which the GPU backends fuse themselves.
+//! [`crate::cpu_attention`], [`crate::cpu_pointwise`] and [`crate::cpu_linear`]. On every
+//! other backend (wgpu, WebGPU) and for f16 the model keeps burn's own ops, which the GPU
+//! backends fuse themselves.
 //!
 //! `DINO_FUSED_CPU=0` turns the kernels off (burn's ops everywhere), for A/B measurements.
 
