@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """The two resamplings of DINOv3's Gram anchoring and its augmentation's blur, for
-`trainer/tests/objectives.rs` and `trainer/src/augment.rs`.
+`trainer/tests/objectives.rs` and `trainer/src/data/augment.rs`.
 
 Usage: python3 scripts/make_gram_fixtures.py --out trainer/tests/fixtures/objectives/gram_resize.safetensors
 

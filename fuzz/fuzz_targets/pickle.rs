@@ -22,5 +22,5 @@ fn archive(pickle: &[u8]) -> Vec<u8> {
 
 fuzz_target!(|data: &[u8]| {
     let bytes = archive(data);
-    let _ = dino_model::pth::read_pth(&bytes);
+    let _ = dino_model::import::pth::read_pth(&bytes);
 });

@@ -6,8 +6,8 @@ use dino_model::import::{Which, import_bytes};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = dino_model::pth::read_pth(data);
-    if dino_model::pth::is_zip(data) {
+    let _ = dino_model::import::pth::read_pth(data);
+    if dino_model::import::pth::is_zip(data) {
         let _ = import_bytes(data, Which::Teacher);
         let _ = import_bytes(data, Which::Student);
     }

@@ -12,7 +12,8 @@ use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
-use crate::weights::{DinoModel, RawTensor, TensorMap};
+use crate::tensors::{RawTensor, TensorMap};
+use crate::vit::DinoModel;
 
 /// Metadata key holding the [`ModelConfig`] as JSON.
 pub const CONFIG_KEY: &str = "dino.config";

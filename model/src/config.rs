@@ -44,6 +44,11 @@ impl Family {
     }
 }
 
+/// ImageNet channel means (torchvision `Normalize` in the official code).
+pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+/// ImageNet channel standard deviations.
+pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+
 /// Per-channel mean and standard deviation the pixels are normalised with: what the weights
 /// were trained with.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -57,8 +62,8 @@ pub struct Normalization {
 impl Normalization {
     /// ImageNet statistics: DINO, DINOv2 and DINOv3's web-image (LVD-1689M) releases.
     pub const IMAGENET: Normalization = Normalization {
-        mean: crate::preprocess::IMAGENET_MEAN,
-        std: crate::preprocess::IMAGENET_STD,
+        mean: IMAGENET_MEAN,
+        std: IMAGENET_STD,
     };
     /// DINOv3's satellite releases (`*_sat493m-*.pth`), from the DINOv3 README.
     pub const SAT493M: Normalization = Normalization {

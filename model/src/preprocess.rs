@@ -6,10 +6,6 @@ use image::{DynamicImage, ImageDecoder, ImageReader, Limits, RgbImage, imageops:
 use crate::config::Normalization;
 use crate::error::{ModelError, Result};
 
-/// ImageNet channel means (torchvision `Normalize` in the official code).
-pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
-/// ImageNet channel standard deviations.
-pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 /// Largest accepted image side in pixels: a guard against decompression bombs.
 pub const MAX_IMAGE_SIDE: u32 = 16_384;
 /// Largest decoder allocation in bytes.

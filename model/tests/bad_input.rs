@@ -2,8 +2,8 @@
 
 use std::io::Write;
 
+use dino_model::import::pth::read_pth;
 use dino_model::import::{Which, import_bytes};
-use dino_model::pth::read_pth;
 use dino_model::{ModelError, read_checkpoint};
 
 fn fixture(name: &str) -> Vec<u8> {

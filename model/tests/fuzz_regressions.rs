@@ -45,7 +45,7 @@ fn checkpoint_reader() {
 #[test]
 fn pth_importer() {
     replay("pth", 3, |b| {
-        let _ = dino_model::pth::read_pth(b);
+        let _ = dino_model::import::pth::read_pth(b);
         let _ = import_bytes(b, Which::Teacher);
         let _ = import_bytes(b, Which::Student);
     });
@@ -107,7 +107,7 @@ fn pickle_inside_an_archive() {
     // The pickle target wraps its input in an archive; the seeds here are raw pickles of
     // torch.save archives, which must also be refused or read without a panic on their own.
     replay("pickle", 3, |b| {
-        let _ = dino_model::pth::read_pth(b);
+        let _ = dino_model::import::pth::read_pth(b);
     });
 }
 

@@ -1,35 +1,15 @@
 //! dino-trainer: the DINO training loop, data pipeline, evaluation and the commands behind
 //! the `dino` binary. A library so that end-to-end tests can drive it directly.
+//!
+//! The folders are the architecture, and every import points down:
+//! `cli` → `train` → {`loss`, `eval`} → `data` → {`distributed`, `optim`, `io`}. Each folder's
+//! `mod.rs` says what it holds and what it may import.
 
-pub mod amp;
-pub mod augment;
-pub mod autotune_cache;
-pub mod bench;
-pub mod cli_train;
-pub mod commands;
+pub mod cli;
 pub mod data;
-pub mod ddp;
-pub mod device;
-pub mod dist;
+pub mod distributed;
 pub mod eval;
-pub mod gram;
-pub mod ibot;
-pub mod init;
 pub mod io;
-pub mod koleo;
 pub mod loss;
-pub mod masking;
-pub mod npy;
-pub mod objective;
 pub mod optim;
-pub mod param_groups;
-pub mod pipeline;
-pub mod plot;
-pub mod render;
-pub mod run_dir;
-pub mod schedule;
-pub mod sinkhorn;
-pub mod step;
-pub mod synth;
 pub mod train;
-pub mod train_eval;

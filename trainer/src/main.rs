@@ -6,8 +6,9 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-use dino_trainer::commands;
-use dino_trainer::device::DeviceChoice;
+use dino_trainer::cli::commands;
+use dino_trainer::cli::device::DeviceChoice;
+use dino_trainer::io::weights::LoadOptions;
 
 /// Self-supervised DINO training and attention maps for Vision Transformers.
 #[derive(Parser, Debug)]
@@ -21,15 +22,15 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Train a ViT with DINO (defaults: the official main_dino.py on the synthetic objects set).
-    Train(Box<dino_trainer::cli_train::TrainArgs>),
+    Train(Box<dino_trainer::cli::args::TrainArgs>),
     /// Measure speed: the DINO step on random tensors, the data pipeline, or viewer inference (JSON lines).
     Bench {
         /// step, data, viewer or matmul.
-        #[arg(long, value_enum, default_value_t = dino_trainer::commands::BenchMode::Step)]
-        mode: dino_trainer::commands::BenchMode,
+        #[arg(long, value_enum, default_value_t = dino_trainer::cli::commands::BenchMode::Step)]
+        mode: dino_trainer::cli::commands::BenchMode,
         /// Model, crops and data flags as for `dino train`.
         #[command(flatten)]
-        train: Box<dino_trainer::cli_train::TrainArgs>,
+        train: Box<dino_trainer::cli::args::TrainArgs>,
         /// Untimed steps first (shader compilation, autotuning).
         #[arg(long, default_value_t = 3)]
         warmup: usize,
@@ -190,8 +191,8 @@ struct LoadArgs {
 }
 
 impl LoadArgs {
-    fn options(&self, which: dino_model::import::Which) -> commands::LoadOptions {
-        commands::LoadOptions {
+    fn options(&self, which: dino_model::import::Which) -> LoadOptions {
+        LoadOptions {
             which,
             allow_unused: self.allow_unused,
             heads: self.heads,
@@ -206,18 +207,18 @@ fn main() {
         .filter_module("naga", log::LevelFilter::Warn)
         .init();
     let cli = Cli::parse();
-    if let Err(e) = dino_trainer::autotune_cache::configure_from_env().and_then(|_| run(cli)) {
-        let world = dino_trainer::dist::world();
+    if let Err(e) = dino_trainer::cli::autotune_cache::configure_from_env().and_then(|_| run(cli)) {
+        let world = dino_trainer::distributed::world();
         if world.size > 1 {
             eprintln!("error: rank {} of {}: {e:#}", world.rank, world.size);
         } else {
             eprintln!("error: {e:#}");
         }
         // Under mpirun the other ranks would wait for this one's next message: abort them all.
-        dino_trainer::dist::finalize(true);
+        dino_trainer::distributed::finalize(true);
         std::process::exit(1);
     }
-    dino_trainer::dist::finalize(false);
+    dino_trainer::distributed::finalize(false);
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -295,8 +296,8 @@ fn run(cli: Cli) -> Result<()> {
             half,
         ),
         Command::Plot { run } => {
-            let run = dino_trainer::run_dir::RunDir { root: run };
-            dino_trainer::run_dir::plot_metrics(&run)?;
+            let run = dino_trainer::train::run_dir::RunDir { root: run };
+            dino_trainer::train::run_dir::plot_metrics(&run)?;
             for f in ["loss.png", "eval.png"] {
                 let p = run.root.join(f);
                 if p.exists() {

@@ -733,10 +733,10 @@ fn resumed_dinov2_run_equals_the_straight_run() {
     assert!(run.join("loss.png").exists());
     let config: serde_json::Value =
         serde_json::from_slice(&std::fs::read(run.join("config.json")).unwrap()).unwrap();
-    assert_eq!(config["method"], "dinov2");
-    assert_eq!(config["dinov2"]["registers"], 2);
+    assert_eq!(config["objective"]["method"], "dinov2");
+    assert_eq!(config["model"]["registers"], 2);
     assert_eq!(
-        config["augment"]["blur"],
+        config["data"]["crops"]["blur"],
         serde_json::json!([0.0, 0.9, 0.5])
     );
     fails(
@@ -828,9 +828,9 @@ fn resumed_dinov3_run_equals_the_straight_run() {
     }
     let config: serde_json::Value =
         serde_json::from_slice(&std::fs::read(run.join("config.json")).unwrap()).unwrap();
-    assert_eq!(config["method"], "dinov3");
-    assert_eq!(config["dinov2"]["centering"], "sinkhorn");
-    assert_eq!(config["dinov2"]["gram"]["from_step"], 3);
+    assert_eq!(config["objective"]["method"], "dinov3");
+    assert_eq!(config["objective"]["dinov2"]["centering"], "sinkhorn");
+    assert_eq!(config["objective"]["dinov2"]["gram"]["from_step"], 3);
     let info = ok(&[
         "info",
         run.join("checkpoints/teacher.safetensors")
@@ -912,7 +912,7 @@ fn resumed_f16_run_equals_the_straight_run() {
     assert!(last["loss"].as_f64().unwrap().is_finite());
     let config: serde_json::Value =
         serde_json::from_slice(&std::fs::read(run.join("config.json")).unwrap()).unwrap();
-    assert_eq!(config["precision"], "f16");
+    assert_eq!(config["optim"]["precision"], "f16");
 }
 
 #[test]
@@ -1132,9 +1132,12 @@ fn init_fine_tunes_released_weights() {
     assert!(compared >= 2 * 20, "only {compared} tensors compared");
     let config: serde_json::Value =
         serde_json::from_slice(&std::fs::read(frozen.join("config.json")).unwrap()).unwrap();
-    assert_eq!(config["init"]["backbone"]["num_register_tokens"], 4);
-    assert_eq!(config["patch_size"], 14);
-    assert_eq!(config["dinov2"]["registers"], 4);
+    assert_eq!(
+        config["model"]["init"]["backbone"]["num_register_tokens"],
+        4
+    );
+    assert_eq!(config["model"]["patch_size"], 14);
+    assert_eq!(config["model"]["registers"], 4);
 
     // A flag that contradicts the file is refused, naming both.
     let bad = run(&dir.path().join("bad"), &["--registers", "0"]);
@@ -1191,4 +1194,209 @@ fn init_fine_tunes_released_weights() {
     let ckpt =
         read_checkpoint(&std::fs::read(v1.join("checkpoints/last.safetensors")).unwrap()).unwrap();
     assert_eq!(ckpt.tensors["mask_token"].shape, vec![1, 128]);
+}
+
+/// `--config FILE` with `KEY=VALUE` overrides starts the run its flags start: a YAML file with
+/// our sections and the official DINOv2 keys, plus an override, gives a byte-identical
+/// `config.json` and the same first loss as the flags; that `config.json` given back to
+/// `--config` starts the same run once more; an unknown key fails with its name and file.
+#[test]
+fn a_config_file_starts_the_run_its_flags_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = dir.path().join("tiny.yaml");
+    std::fs::write(
+        &yaml,
+        "\
+# our sections
+objective: {method: dinov2}
+model: {arch: vit_tiny, depth: 2, patch_size: 8, out_dim: 256, head_hidden_dim: 256, head_bottleneck_dim: 64}
+data: {synthetic_count: 64, synthetic_size: 48}
+# the official DINOv2 keys
+crops:
+  global_crops_size: 32
+  local_crops_size: 16
+  local_crops_number: 2
+  global_crops_scale: [0.3, 1.0]
+train: {batch_size_per_gpu: 16, seed: 3, centering: sinkhorn_knopp, output_dir: .}
+optim: {base_lr: 0.005, lr: 0., epochs: 10, warmup_epochs: 1, layerwise_decay: 0.8, scaling_rule: sqrt_wrt_1024}
+ibot.loss_weight: 0.5
+",
+    )
+    .unwrap();
+    let common = [
+        "--max-steps",
+        "1",
+        "--device",
+        "cpu",
+        "--quiet",
+        "--workers",
+        "2",
+        "--eval-every",
+        "1000",
+    ];
+    let (from_file, from_flags, again) = (
+        dir.path().join("file"),
+        dir.path().join("flags"),
+        dir.path().join("again"),
+    );
+    let mut args = vec!["train", "-o", from_file.to_str().unwrap()];
+    args.extend_from_slice(&[
+        "--config",
+        yaml.to_str().unwrap(),
+        "dino.koleo_loss_weight=0.2",
+    ]);
+    args.extend_from_slice(&common);
+    ok(&args);
+    let mut args = vec!["train", "-o", from_flags.to_str().unwrap()];
+    args.extend_from_slice(&[
+        "--method",
+        "dinov2",
+        "--arch",
+        "vit_tiny",
+        "--depth",
+        "2",
+        "--patch-size",
+        "8",
+        "--out-dim",
+        "256",
+        "--head-hidden-dim",
+        "256",
+        "--head-bottleneck-dim",
+        "64",
+        "--synthetic-count",
+        "64",
+        "--synthetic-size",
+        "48",
+        "--image-size",
+        "32",
+        "--local-size",
+        "16",
+        "--local-crops",
+        "2",
+        "--global-crops-scale",
+        "0.3,1",
+        "--batch-size",
+        "16",
+        "--seed",
+        "3",
+        "--centering",
+        "sinkhorn",
+        "--lr",
+        "0.005",
+        "--epochs",
+        "10",
+        "--warmup-epochs",
+        "1",
+        "--layer-decay",
+        "0.8",
+        "--ibot-weight",
+        "0.5",
+        "--koleo-weight",
+        "0.2",
+    ]);
+    args.extend_from_slice(&common);
+    ok(&args);
+    let config = |run: &Path| std::fs::read_to_string(run.join("config.json")).unwrap();
+    assert_eq!(config(&from_file), config(&from_flags));
+    assert_eq!(common::losses(&from_file), common::losses(&from_flags));
+    let saved = from_flags.join("config.json");
+    let mut args = vec![
+        "train",
+        "-o",
+        again.to_str().unwrap(),
+        "--config",
+        saved.to_str().unwrap(),
+    ];
+    args.extend_from_slice(&common);
+    ok(&args);
+    assert_eq!(config(&again), config(&from_flags));
+
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "schedule:\n  lrr: 0.1\n").unwrap();
+    let out = dir.path().join("bad_run");
+    fails(
+        &[
+            "train",
+            "-o",
+            out.to_str().unwrap(),
+            "--config",
+            bad.to_str().unwrap(),
+        ],
+        &["bad.yaml", "unknown key `schedule.lrr`"],
+    );
+    fails(
+        &[
+            "train",
+            "-o",
+            out.to_str().unwrap(),
+            "schedule.lr=0.001",
+            "optim.adamw_beta1=0.5",
+        ],
+        &["optim.adamw_beta1", "only 0.9"],
+    );
+    assert!(!out.exists(), "a refused config wrote {}", out.display());
+}
+
+/// A run directory whose `config.json` the previous layout wrote (version 1, one flat object)
+/// resumes into the sections: the same weights as the run that never left this version, and
+/// its `config.json` rewritten in sections, byte for byte as that run's. For DINO and for
+/// DINOv3 (whose version-1 `dinov2` object held the registers, LayerScale, separate head and
+/// layer decay that now live in the model and optimiser sections).
+#[test]
+fn a_version_1_config_json_resumes() {
+    for (fixture, extra) in [
+        ("dino.json", &[][..]),
+        (
+            "dinov3.json",
+            &[
+                "--method",
+                "dinov3",
+                "--registers",
+                "2",
+                "--layerscale",
+                "0.1",
+                "--gram-from-step",
+                "1",
+                "--gram-size",
+                "48",
+            ][..],
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let (now, old) = (dir.path().join("now"), dir.path().join("old"));
+        let mut first = vec!["--max-steps", "2"];
+        first.extend_from_slice(extra);
+        train(&now, &first);
+        std::fs::create_dir_all(old.join("checkpoints")).unwrap();
+        for f in ["metrics.jsonl", "checkpoints/last.safetensors"] {
+            std::fs::copy(now.join(f), old.join(f)).unwrap();
+        }
+        let v1 = format!(
+            "{}/tests/fixtures/config_v1/{fixture}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        std::fs::copy(&v1, old.join("config.json")).unwrap();
+        for run in [&now, &old] {
+            ok(&[
+                "train",
+                "--resume",
+                run.to_str().unwrap(),
+                "--max-steps",
+                "4",
+                "--device",
+                "cpu",
+                "--quiet",
+            ]);
+        }
+        let text = |p: &Path| std::fs::read_to_string(p.join("config.json")).unwrap();
+        assert_eq!(text(&old), text(&now), "{fixture}");
+        let load = |p: &Path| {
+            read_checkpoint(&std::fs::read(p.join("checkpoints/last.safetensors")).unwrap())
+                .unwrap()
+        };
+        let (a, b) = (load(&now), load(&old));
+        for (name, t) in &a.tensors {
+            assert_eq!(t, &b.tensors[name], "{fixture}: {name}");
+        }
+    }
 }

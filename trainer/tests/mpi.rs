@@ -185,8 +185,8 @@ fn two_ranks_of_batch_2_train_as_one_process_of_batch_4() {
     assert!(rel < 1e-5, "{name} differs by {rel:e} (relative)");
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(two.join("config.json")).unwrap()).unwrap();
-    assert_eq!(config["world_size"], 2);
-    assert_eq!(config["batch_size"], 2, "the batch is per process");
+    assert_eq!(config["run"]["world_size"], 2);
+    assert_eq!(config["data"]["batch_size"], 2, "the batch is per process");
 
     // Every step records the time its gradients spent in the all-reduce.
     let metrics = std::fs::read_to_string(two.join("metrics.jsonl")).unwrap();

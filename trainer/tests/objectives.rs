@@ -11,14 +11,16 @@ use burn::tensor::{Device, Tensor, TensorData};
 use dino_model::TensorMap;
 use dino_model::checkpoint::read_safetensors;
 use dino_model::import::{ImportOptions, import_with};
-use dino_trainer::gram::{GramNegatives, gram_loss};
-use dino_trainer::ibot::IbotLoss;
-use dino_trainer::koleo::koleo_loss;
-use dino_trainer::masking::{MaskSampling, MaskingGenerator, sample_batch_masks};
-use dino_trainer::optim::{Dinov2Rules, Optimizer, OptimizerKind, StepParams, official_param_name};
-use dino_trainer::param_groups::dinov2_param_group;
-use dino_trainer::sinkhorn::{SINKHORN_ITERATIONS, sinkhorn_knopp};
-use dino_trainer::step::{subset_drop_path_masks, subset_masks};
+use dino_trainer::data::masking::{MaskSampling, MaskingGenerator, sample_batch_masks};
+use dino_trainer::loss::gram::{GramNegatives, gram_loss};
+use dino_trainer::loss::ibot::IbotLoss;
+use dino_trainer::loss::koleo::koleo_loss;
+use dino_trainer::loss::sinkhorn::{SINKHORN_ITERATIONS, sinkhorn_knopp};
+use dino_trainer::optim::optimizer::{
+    Dinov2Rules, Optimizer, OptimizerKind, StepParams, official_param_name,
+};
+use dino_trainer::optim::param_groups::dinov2_param_group;
+use dino_trainer::train::inputs::{subset_drop_path_masks, subset_masks};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde_json::Value;
@@ -153,8 +155,8 @@ fn ibot_loss_centre_and_gradient_match_the_official_function() {
 /// (`scripts/make_gram_fixtures.py`).
 #[test]
 fn gram_resamplings_match_pytorch() {
-    use dino_trainer::augment::{Crop, resize_crop};
-    use dino_trainer::gram::resize_patch_grid;
+    use dino_trainer::data::augment::{Crop, resize_crop};
+    use dino_trainer::loss::gram::resize_patch_grid;
     let path = format!(
         "{}/tests/fixtures/objectives/gram_resize.safetensors",
         env!("CARGO_MANIFEST_DIR")
@@ -583,10 +585,12 @@ fn five_official_dinov2_iterations_with_a_separate_ibot_head_are_replayed() {
 
 fn replay_official_dinov2_iterations(fixture: &str) {
     use dino_model::{PosInterp, Position};
-    use dino_trainer::loss::DinoLoss;
-    use dino_trainer::masking::BatchMasks;
-    use dino_trainer::objective::{Dinov2Objective, StepInputs};
-    use dino_trainer::step::{Networks, StepHyper, train_step};
+    use dino_trainer::data::masking::BatchMasks;
+    use dino_trainer::loss::dino::DinoLoss;
+    use dino_trainer::loss::objective::{Dinov2Objective, StepInputs};
+    use dino_trainer::optim::optimizer::Dinov2Groups;
+    use dino_trainer::train::networks::Networks;
+    use dino_trainer::train::step::{Dinov2Step, StepHyper, train_step};
 
     let dir = format!("{}/tests/fixtures/{fixture}", env!("CARGO_MANIFEST_DIR"));
     let (_, map) =
@@ -614,8 +618,10 @@ fn replay_official_dinov2_iterations(fixture: &str) {
         // The importer reads backbones and DINO heads; the iBOT head is taken from the file
         // by its official names, which are ours.
         mc.ibot_head = mc.head.clone();
-        let raw = dino_model::pth::read_pth(&std::fs::read(format!("{dir}/initial.pth")).unwrap())
-            .unwrap();
+        let raw = dino_model::import::pth::read_pth(
+            &std::fs::read(format!("{dir}/initial.pth")).unwrap(),
+        )
+        .unwrap();
         for (key, t) in raw {
             if let Some(at) = key.find("ibot_head.") {
                 initial.insert(key[at..].to_string(), t);
@@ -635,10 +641,10 @@ fn replay_official_dinov2_iterations(fixture: &str) {
         ibot: Some(IbotLoss::new(k, 0.1, 0.9)),
         gram: None,
     };
-    let objective = Dinov2Objective {
-        registers: 2,
-        separate_ibot_head: separate,
-        ..Dinov2Objective::default()
+    let objective = Dinov2Objective::default();
+    let dinov2 = Dinov2Step {
+        objective: &objective,
+        groups: Dinov2Groups::default(),
     };
     for (i, step) in record["steps"].as_array().unwrap().iter().enumerate() {
         let f = |key: &str| step[key].as_f64().unwrap();
@@ -668,7 +674,7 @@ fn replay_official_dinov2_iterations(fixture: &str) {
             clip_grad: record["clip_grad"].as_f64().unwrap(),
             freeze_last_layer: f("last_layer_lr") == 0.0,
         };
-        let out = train_step(nets, inputs, &hyper, Some(&objective), &device);
+        let out = train_step(nets, inputs, &hyper, Some(dinov2), &device);
         nets = out.nets;
         for (name, got) in &out.terms {
             let want = f(name);

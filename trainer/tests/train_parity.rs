@@ -11,11 +11,12 @@ use burn::tensor::{Device, Tensor, TensorData};
 use dino_model::checkpoint::read_safetensors;
 use dino_model::import::{Which, import_bytes};
 use dino_model::{Precision, RawTensor, TensorMap};
-use dino_trainer::amp::LossScaler;
-use dino_trainer::loss::DinoLoss;
-use dino_trainer::optim::{Optimizer, OptimizerKind, param_groups};
-use dino_trainer::schedule::{cosine_scheduler, teacher_temp_schedule};
-use dino_trainer::step::{Networks, StepHyper, dino_step};
+use dino_trainer::loss::dino::DinoLoss;
+use dino_trainer::optim::amp::LossScaler;
+use dino_trainer::optim::optimizer::{Optimizer, OptimizerKind, param_groups};
+use dino_trainer::optim::schedule::{cosine_scheduler, teacher_temp_schedule};
+use dino_trainer::train::networks::Networks;
+use dino_trainer::train::step::{StepHyper, dino_step};
 use serde_json::Value;
 
 fn fixture(name: &str) -> Vec<u8> {

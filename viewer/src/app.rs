@@ -9,6 +9,7 @@ use image::RgbImage;
 
 use crate::gpu_overlay::{OverlayCallback, OverlayInput};
 use crate::infer::{Analysis, LoadedModel, Request, analyse, decode_for_viewer, load_model_with};
+use crate::job::Job;
 use crate::views::{Settings, View, export, overlay_inputs, render};
 
 /// Largest file accepted from a drop, picker or URL.
@@ -47,26 +48,6 @@ pub const SAMPLES: [(&str, &[u8]); 5] = [
         include_bytes!("../../assets/samples/astronaut.jpg"),
     ),
 ];
-
-/// Results of background work.
-pub enum Job {
-    /// A checkpoint finished loading.
-    Model(Result<LoadedModel, String>),
-    /// A file was read (name, bytes) and needs classifying.
-    File(String, Result<Vec<u8>, String>),
-    /// An analysis finished.
-    Analysis(Result<Analysis, String>),
-    /// An image file was decoded off the main thread (web worker).
-    Image(String, Result<RgbImage, String>),
-    /// The web viewer's compute worker died; work falls back to the page.
-    WorkerFailed(String),
-    /// The worker reports where it computes, then the job it finished.
-    Backend(String, Box<Job>),
-    /// A model downloaded from the Hugging Face Hub: its name, weights and config.json.
-    Checkpoint(String, Vec<u8>, Option<String>),
-    /// Progress worth showing in the status line (downloads).
-    Status(String),
-}
 
 /// How one tile of the central panel is drawn.
 enum TileDraw {
@@ -292,7 +273,7 @@ impl ViewerApp {
             }
             Job::Model(Err(e)) => {
                 #[cfg(target_arch = "wasm32")]
-                crate::web::set_state("error");
+                crate::browser::set_state("error");
                 self.error = Some(e);
                 self.loading_model = false;
             }
@@ -309,7 +290,7 @@ impl ViewerApp {
                 #[cfg(target_arch = "wasm32")]
                 {
                     self.remote = None;
-                    crate::web::set_state("error");
+                    crate::browser::set_state("error");
                 }
                 self.backend = crate::infer::wasm_cpu_backend("page thread");
                 self.model = None;
@@ -334,32 +315,14 @@ impl ViewerApp {
                             self.backend
                         );
                         #[cfg(target_arch = "wasm32")]
-                        {
-                            crate::web::set_body_attribute("data-latency", &format!("{waited:.3}"));
-                            // The worker's own time (forward and read-back), for benchmarks.
-                            crate::web::set_body_attribute(
-                                "data-network",
-                                &format!("{:.3}", a.seconds),
-                            );
-                        }
-                        #[cfg(target_arch = "wasm32")]
-                        {
-                            // Scripts and tests wait for `data-final` to time the full size.
-                            let last = self.wanted().as_ref() == Some(&a.request);
-                            crate::web::set_body_attribute(
-                                "data-resolution",
-                                &a.request.resolution.to_string(),
-                            );
-                            crate::web::set_body_attribute("data-final", &last.to_string());
-                            if !last {
-                                crate::web::set_body_attribute(
-                                    "data-preview-latency",
-                                    &format!("{waited:.3}"),
-                                );
-                            }
-                            crate::web::set_body_attribute("data-backend", &self.backend);
-                            crate::web::set_state(&format!("ready:{}", a.heads));
-                        }
+                        crate::browser::show_analysis(&crate::browser::Shown {
+                            heads: a.heads,
+                            resolution: a.request.resolution,
+                            is_final: self.wanted().as_ref() == Some(&a.request),
+                            network_secs: a.seconds,
+                            waited_secs: waited,
+                            backend: &self.backend,
+                        });
                         self.analysis = Some(a);
                     }
                     Err(e) => self.error = Some(e),
@@ -553,7 +516,7 @@ impl ViewerApp {
     /// The official releases on the Hugging Face Hub: fetched by the web viewer (and kept in
     /// the browser's cache for the next visit), links to download by hand otherwise.
     fn hub_ui(&mut self, ui: &mut egui::Ui) {
-        use dino_model::hub::HUB_MODELS;
+        use dino_model::import::hub::HUB_MODELS;
         egui::CollapsingHeader::new("Models on the Hugging Face Hub")
             .default_open(false)
             .show(ui, |ui| {
@@ -563,7 +526,7 @@ impl ViewerApp {
                     if !m.gated {
                         if ui.button(label).on_hover_text(m.repo).clicked() && !self.loading_model {
                             self.loading_model = true;
-                            crate::web::open_hub_model(m.repo, self.sender(), ui.ctx().clone());
+                            crate::browser::open_hub_model(m.repo, self.sender(), ui.ctx().clone());
                         }
                         continue;
                     }
@@ -602,7 +565,7 @@ impl ViewerApp {
             }
         }
         #[cfg(target_arch = "wasm32")]
-        if let Err(e) = crate::web::download(&name, &bytes) {
+        if let Err(e) = crate::browser::download(&name, &bytes) {
             self.error = Some(e);
         }
     }
@@ -657,7 +620,7 @@ impl ViewerApp {
         #[cfg(target_arch = "wasm32")]
         {
             let captions: Vec<&str> = self.tiles.iter().map(|(c, _)| c.as_str()).collect();
-            crate::web::set_body_attribute("data-tiles", &captions.join("|"));
+            crate::browser::set_body_attribute("data-tiles", &captions.join("|"));
         }
     }
 

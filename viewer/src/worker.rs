@@ -22,10 +22,10 @@ use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 
 #[cfg(feature = "ui")]
-use crate::app::Job;
-#[cfg(feature = "ui")]
 use crate::infer::{Analysis, LoadedModel};
 use crate::infer::{Request, analyse_async, load_model_with};
+#[cfg(feature = "ui")]
+use crate::job::Job;
 
 /// `initThreadPool(n)` for `worker.js`: starts the n Web Workers of burn's rayon pool.
 #[cfg(feature = "threads")]

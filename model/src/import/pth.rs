@@ -1,0 +1,796 @@
+//! A reader for PyTorch `.pth` files (zip archive + pickle) that never executes pickle code.
+//!
+//! The pickle stream is interpreted by a small virtual machine that knows the opcodes
+//! `torch.save` emits and resolves `GLOBAL` only against an allow-list: the tensor and
+//! storage rebuild functions, `collections.OrderedDict`, and `argparse.Namespace` (kept
+//! as an inert object, because official training checkpoints store their arguments).
+//! Anything else is refused with an error naming it, the same stance as PyTorch's
+//! `weights_only=True` loader.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io::{Cursor, Read};
+use std::rc::Rc;
+
+use crate::error::{ModelError, Result};
+use crate::tensors::{RawTensor, TensorMap};
+
+/// Largest memo index and stack depth accepted; real checkpoints stay far below.
+const MAX_ITEMS: usize = 10_000_000;
+/// Largest tensor accepted (elements); 4 G elements is beyond any ViT weight.
+const MAX_NUMEL: u64 = 1 << 32;
+
+fn err<T>(reason: impl Into<String>) -> Result<T> {
+    Err(ModelError::Pth {
+        reason: reason.into(),
+    })
+}
+
+/// Element types of torch storages, from their class names.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum StorageDtype {
+    F32,
+    F16,
+    BF16,
+    F64,
+    I64,
+    I32,
+    I16,
+    I8,
+    U8,
+    Bool,
+}
+
+impl StorageDtype {
+    fn from_class(name: &str) -> Option<Self> {
+        Some(match name {
+            "FloatStorage" => Self::F32,
+            "HalfStorage" => Self::F16,
+            "BFloat16Storage" => Self::BF16,
+            "DoubleStorage" => Self::F64,
+            "LongStorage" => Self::I64,
+            "IntStorage" => Self::I32,
+            "ShortStorage" => Self::I16,
+            "CharStorage" => Self::I8,
+            "ByteStorage" => Self::U8,
+            "BoolStorage" => Self::Bool,
+            _ => return None,
+        })
+    }
+
+    fn size(self) -> usize {
+        match self {
+            Self::F64 | Self::I64 => 8,
+            Self::F32 | Self::I32 => 4,
+            Self::F16 | Self::BF16 | Self::I16 => 2,
+            Self::I8 | Self::U8 | Self::Bool => 1,
+        }
+    }
+
+    fn read(self, b: &[u8]) -> f32 {
+        match self {
+            Self::F32 => f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+            Self::F16 => half::f16::from_le_bytes([b[0], b[1]]).to_f32(),
+            Self::BF16 => half::bf16::from_le_bytes([b[0], b[1]]).to_f32(),
+            Self::F64 => f64::from_le_bytes(b[..8].try_into().expect("8 bytes")) as f32,
+            Self::I64 => i64::from_le_bytes(b[..8].try_into().expect("8 bytes")) as f32,
+            Self::I32 => i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f32,
+            Self::I16 => i16::from_le_bytes([b[0], b[1]]) as f32,
+            Self::I8 => b[0] as i8 as f32,
+            Self::U8 | Self::Bool => b[0] as f32,
+        }
+    }
+}
+
+/// A reference to one storage file of the archive.
+#[derive(Debug, Clone)]
+struct StorageRef {
+    dtype: StorageDtype,
+    key: String,
+}
+
+/// A tensor as `_rebuild_tensor_v2` describes it: a strided view of a storage.
+#[derive(Debug, Clone)]
+struct TensorRef {
+    storage: StorageRef,
+    offset: usize,
+    shape: Vec<usize>,
+    stride: Vec<usize>,
+}
+
+/// The values our pickle machine can build. Containers are shared, as in Python, so a
+/// memoised dict that is filled later is seen filled through every reference.
+#[derive(Debug, Clone)]
+enum Value {
+    None,
+    Bool(bool),
+    Int(i64),
+    Float,
+    Str(Rc<str>),
+    Bytes,
+    Tuple(Rc<Vec<Value>>),
+    List(Rc<RefCell<Vec<Value>>>),
+    Dict(Rc<RefCell<Vec<(Value, Value)>>>),
+    Global(Rc<(String, String)>),
+    Storage(Rc<StorageRef>),
+    Tensor(Rc<TensorRef>),
+    /// An allowed but inert object (argparse.Namespace); its state is kept, never used.
+    Object,
+    Mark,
+}
+
+impl Value {
+    fn as_int(&self, what: &str) -> Result<i64> {
+        match self {
+            Value::Int(i) => Ok(*i),
+            Value::Bool(b) => Ok(*b as i64),
+            other => err(format!(
+                "expected an integer for {what}, found {}",
+                other.kind()
+            )),
+        }
+    }
+
+    fn as_usize_list(&self, what: &str) -> Result<Vec<usize>> {
+        let items: Vec<Value> = match self {
+            Value::Tuple(t) => t.as_ref().clone(),
+            Value::List(l) => l.borrow().clone(),
+            other => {
+                return err(format!(
+                    "expected a tuple for {what}, found {}",
+                    other.kind()
+                ));
+            }
+        };
+        items
+            .iter()
+            .map(|v| {
+                let i = v.as_int(what)?;
+                usize::try_from(i).or_else(|_| err(format!("negative {what}: {i}")))
+            })
+            .collect()
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Value::None => "None",
+            Value::Bool(_) => "bool",
+            Value::Int(_) => "int",
+            Value::Float => "float",
+            Value::Str(_) => "str",
+            Value::Bytes => "bytes",
+            Value::Tuple(_) => "tuple",
+            Value::List(_) => "list",
+            Value::Dict(_) => "dict",
+            Value::Global(_) => "class",
+            Value::Storage(_) => "storage",
+            Value::Tensor(_) => "tensor",
+            Value::Object => "object",
+            Value::Mark => "mark",
+        }
+    }
+}
+
+fn is_allowed_global(module: &str, name: &str) -> bool {
+    matches!(
+        (module, name),
+        ("torch._utils", "_rebuild_tensor_v2")
+            | ("torch._utils", "_rebuild_tensor")
+            | ("torch._utils", "_rebuild_parameter")
+            | ("collections", "OrderedDict")
+            | ("argparse", "Namespace")
+            | ("torch", "device")
+    ) || (module == "torch" && StorageDtype::from_class(name).is_some())
+}
+
+struct Machine<'a> {
+    data: &'a [u8],
+    pos: usize,
+    stack: Vec<Value>,
+    memo: HashMap<u32, Value>,
+}
+
+impl<'a> Machine<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        if n > self.data.len() - self.pos {
+            return err(format!(
+                "pickle stream ends early (needed {n} bytes at offset {})",
+                self.pos
+            ));
+        }
+        let s = &self.data[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(s)
+    }
+
+    fn u8(&mut self) -> Result<u8> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u32(&mut self) -> Result<u32> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn line(&mut self) -> Result<&'a str> {
+        let rest = &self.data[self.pos..];
+        let end = rest
+            .iter()
+            .position(|&b| b == b'\n')
+            .ok_or_else(|| ModelError::Pth {
+                reason: "unterminated text line in pickle".into(),
+            })?;
+        self.pos += end + 1;
+        std::str::from_utf8(&rest[..end]).or_else(|_| err("non-UTF-8 text in pickle"))
+    }
+
+    fn pop(&mut self) -> Result<Value> {
+        self.stack.pop().ok_or_else(|| ModelError::Pth {
+            reason: "pickle stack underflow".into(),
+        })
+    }
+
+    fn push(&mut self, v: Value) -> Result<()> {
+        if self.stack.len() >= MAX_ITEMS {
+            return err("pickle stack too deep");
+        }
+        self.stack.push(v);
+        Ok(())
+    }
+
+    fn pop_mark(&mut self) -> Result<Vec<Value>> {
+        let mark = self
+            .stack
+            .iter()
+            .rposition(|v| matches!(v, Value::Mark))
+            .ok_or_else(|| ModelError::Pth {
+                reason: "pickle MARK missing".into(),
+            })?;
+        let items = self.stack.split_off(mark + 1);
+        self.stack.pop();
+        Ok(items)
+    }
+
+    fn top(&mut self) -> Result<&mut Value> {
+        self.stack.last_mut().ok_or_else(|| ModelError::Pth {
+            reason: "pickle stack underflow".into(),
+        })
+    }
+
+    fn memoize(&mut self, key: u32) -> Result<()> {
+        if self.memo.len() >= MAX_ITEMS {
+            return err("pickle memo too large");
+        }
+        let v = self.top()?.clone();
+        self.memo.insert(key, v);
+        Ok(())
+    }
+
+    fn get(&mut self, key: u32) -> Result<()> {
+        let v = self
+            .memo
+            .get(&key)
+            .cloned()
+            .ok_or_else(|| ModelError::Pth {
+                reason: format!("pickle refers to memo entry {key} that was never stored"),
+            })?;
+        self.push(v)
+    }
+
+    fn set_items(&mut self, items: Vec<Value>) -> Result<()> {
+        if !items.len().is_multiple_of(2) {
+            return err("odd number of items for a dict");
+        }
+        match self.top()? {
+            Value::Dict(d) => {
+                let mut d = d.borrow_mut();
+                let mut it = items.into_iter();
+                while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                    d.push((k, v));
+                }
+                Ok(())
+            }
+            Value::Object => Ok(()),
+            other => err(format!("SETITEMS on a {}", other.kind())),
+        }
+    }
+
+    fn append(&mut self, items: Vec<Value>) -> Result<()> {
+        match self.top()? {
+            Value::List(l) => {
+                l.borrow_mut().extend(items);
+                Ok(())
+            }
+            other => err(format!("APPEND on a {}", other.kind())),
+        }
+    }
+
+    fn global(&mut self, module: &str, name: &str) -> Result<()> {
+        if !is_allowed_global(module, name) {
+            return err(format!(
+                "refusing to load `{module}.{name}`: only tensors, storages and plain containers are allowed (the file may contain code)"
+            ));
+        }
+        self.push(Value::Global(Rc::new((
+            module.to_string(),
+            name.to_string(),
+        ))))
+    }
+
+    fn persistent_load(&mut self, pid: Value) -> Result<Value> {
+        let Value::Tuple(t) = pid else {
+            return err(format!(
+                "persistent id is a {}, expected a tuple",
+                pid.kind()
+            ));
+        };
+        match t.as_slice() {
+            [
+                Value::Str(tag),
+                Value::Global(class),
+                Value::Str(key),
+                _location,
+                _numel,
+            ] if &**tag == "storage" => {
+                let dtype = StorageDtype::from_class(&class.1).ok_or_else(|| ModelError::Pth {
+                    reason: format!("unknown storage type {}", class.1),
+                })?;
+                Ok(Value::Storage(Rc::new(StorageRef {
+                    dtype,
+                    key: key.to_string(),
+                })))
+            }
+            _ => {
+                err("unsupported persistent id (expected ('storage', type, key, location, numel))")
+            }
+        }
+    }
+
+    fn reduce(&mut self, callable: Value, args: Value) -> Result<Value> {
+        let Value::Global(g) = callable else {
+            return err(format!(
+                "REDUCE on a {}, expected an allowed class",
+                callable.kind()
+            ));
+        };
+        let args: Vec<Value> = match args {
+            Value::Tuple(t) => t.as_ref().clone(),
+            other => {
+                return err(format!(
+                    "REDUCE arguments are a {}, expected a tuple",
+                    other.kind()
+                ));
+            }
+        };
+        match (g.0.as_str(), g.1.as_str()) {
+            ("torch._utils", "_rebuild_tensor_v2") | ("torch._utils", "_rebuild_tensor") => {
+                if args.len() < 4 {
+                    return err("_rebuild_tensor_v2 with fewer than 4 arguments");
+                }
+                let Value::Storage(storage) = &args[0] else {
+                    return err(format!("tensor storage is a {}", args[0].kind()));
+                };
+                let offset = args[1].as_int("storage offset")?;
+                let shape = args[2].as_usize_list("tensor size")?;
+                let stride = args[3].as_usize_list("tensor stride")?;
+                if offset < 0 || shape.len() != stride.len() {
+                    return err("tensor offset negative or size/stride lengths differ");
+                }
+                Ok(Value::Tensor(Rc::new(TensorRef {
+                    storage: storage.as_ref().clone(),
+                    offset: offset as usize,
+                    shape,
+                    stride,
+                })))
+            }
+            ("torch._utils", "_rebuild_parameter") => match args.first() {
+                Some(t @ Value::Tensor(_)) => Ok(t.clone()),
+                _ => err("_rebuild_parameter without a tensor"),
+            },
+            ("collections", "OrderedDict") => Ok(Value::Dict(Rc::new(RefCell::new(Vec::new())))),
+            ("argparse", "Namespace") | ("torch", "device") => Ok(Value::Object),
+            (m, n) => err(format!("`{m}.{n}` cannot be called")),
+        }
+    }
+
+    fn run(&mut self) -> Result<Value> {
+        loop {
+            let op = self.u8()?;
+            match op {
+                0x80 => {
+                    self.u8()?;
+                }
+                0x95 => {
+                    self.take(8)?;
+                }
+                b'}' => self.push(Value::Dict(Rc::new(RefCell::new(Vec::new()))))?,
+                b']' => self.push(Value::List(Rc::new(RefCell::new(Vec::new()))))?,
+                b')' => self.push(Value::Tuple(Rc::new(Vec::new())))?,
+                b'(' => self.push(Value::Mark)?,
+                b'q' => {
+                    let k = self.u8()? as u32;
+                    self.memoize(k)?;
+                }
+                b'r' => {
+                    let k = self.u32()?;
+                    self.memoize(k)?;
+                }
+                0x94 => {
+                    let k = self.memo.len() as u32;
+                    self.memoize(k)?;
+                }
+                b'h' => {
+                    let k = self.u8()? as u32;
+                    self.get(k)?;
+                }
+                b'j' => {
+                    let k = self.u32()?;
+                    self.get(k)?;
+                }
+                b'X' | 0x8c | 0x8d => {
+                    let n = match op {
+                        b'X' => self.u32()? as usize,
+                        0x8c => self.u8()? as usize,
+                        _ => {
+                            let b = self.take(8)?;
+                            usize::try_from(u64::from_le_bytes(b.try_into().expect("8 bytes")))
+                                .or_else(|_| err("string too long"))?
+                        }
+                    };
+                    let s =
+                        std::str::from_utf8(self.take(n)?).or_else(|_| err("non-UTF-8 string"))?;
+                    self.push(Value::Str(Rc::from(s)))?;
+                }
+                b'U' | b'T' | b'C' | b'B' | 0x8e => {
+                    let n = match op {
+                        b'U' | b'C' => self.u8()? as usize,
+                        b'T' | b'B' => self.u32()? as usize,
+                        _ => {
+                            let b = self.take(8)?;
+                            usize::try_from(u64::from_le_bytes(b.try_into().expect("8 bytes")))
+                                .or_else(|_| err("bytes too long"))?
+                        }
+                    };
+                    let b = self.take(n)?;
+                    let v = if matches!(op, b'U' | b'T') {
+                        Value::Str(Rc::from(String::from_utf8_lossy(b).as_ref()))
+                    } else {
+                        Value::Bytes
+                    };
+                    self.push(v)?;
+                }
+                b'c' => {
+                    let module = self.line()?;
+                    let name = self.line()?;
+                    self.global(module, name)?;
+                }
+                0x93 => {
+                    let name = self.pop()?;
+                    let module = self.pop()?;
+                    match (module, name) {
+                        (Value::Str(m), Value::Str(n)) => self.global(&m, &n)?,
+                        _ => return err("STACK_GLOBAL with non-string operands"),
+                    }
+                }
+                b'J' => {
+                    let v = self.u32()? as i32;
+                    self.push(Value::Int(v as i64))?;
+                }
+                b'K' => {
+                    let v = self.u8()?;
+                    self.push(Value::Int(v as i64))?;
+                }
+                b'M' => {
+                    let b = self.take(2)?;
+                    self.push(Value::Int(u16::from_le_bytes([b[0], b[1]]) as i64))?;
+                }
+                0x8a => {
+                    let n = self.u8()? as usize;
+                    let b = self.take(n)?;
+                    if n > 8 {
+                        return err("integer wider than 64 bits");
+                    }
+                    let mut buf = if b.last().is_some_and(|&x| x & 0x80 != 0) {
+                        [0xffu8; 8]
+                    } else {
+                        [0u8; 8]
+                    };
+                    buf[..n].copy_from_slice(b);
+                    self.push(Value::Int(i64::from_le_bytes(buf)))?;
+                }
+                b'I' => {
+                    let l = self.line()?;
+                    let v = match l {
+                        "00" => Value::Bool(false),
+                        "01" => Value::Bool(true),
+                        _ => Value::Int(
+                            l.parse()
+                                .or_else(|_| err(format!("bad INT literal {l:?}")))?,
+                        ),
+                    };
+                    self.push(v)?;
+                }
+                b'G' => {
+                    self.take(8)?;
+                    self.push(Value::Float)?;
+                }
+                b'F' => {
+                    let l = self.line()?;
+                    l.parse::<f64>()
+                        .or_else(|_| err(format!("bad FLOAT literal {l:?}")))?;
+                    self.push(Value::Float)?;
+                }
+                0x88 => self.push(Value::Bool(true))?,
+                0x89 => self.push(Value::Bool(false))?,
+                b'N' => self.push(Value::None)?,
+                b't' => {
+                    let items = self.pop_mark()?;
+                    self.push(Value::Tuple(Rc::new(items)))?;
+                }
+                0x85..=0x87 => {
+                    let n = (op - 0x84) as usize;
+                    if self.stack.len() < n {
+                        return err("pickle stack underflow");
+                    }
+                    let items = self.stack.split_off(self.stack.len() - n);
+                    self.push(Value::Tuple(Rc::new(items)))?;
+                }
+                b'l' => {
+                    let items = self.pop_mark()?;
+                    self.push(Value::List(Rc::new(RefCell::new(items))))?;
+                }
+                b'd' => {
+                    let items = self.pop_mark()?;
+                    self.push(Value::Dict(Rc::new(RefCell::new(Vec::new()))))?;
+                    self.set_items(items)?;
+                }
+                0x8f => self.push(Value::List(Rc::new(RefCell::new(Vec::new()))))?,
+                0x90 => {
+                    let items = self.pop_mark()?;
+                    self.append(items)?;
+                }
+                0x91 => {
+                    let items = self.pop_mark()?;
+                    self.push(Value::List(Rc::new(RefCell::new(items))))?;
+                }
+                b'R' | 0x81 => {
+                    let args = self.pop()?;
+                    let callable = self.pop()?;
+                    let v = self.reduce(callable, args)?;
+                    self.push(v)?;
+                }
+                b'b' => {
+                    // BUILD sets an object's state (e.g. a state dict's `_metadata`): not needed.
+                    self.pop()?;
+                    if self.stack.is_empty() {
+                        return err("BUILD on an empty stack");
+                    }
+                }
+                b's' => {
+                    let v = self.pop()?;
+                    let k = self.pop()?;
+                    self.set_items(vec![k, v])?;
+                }
+                b'u' => {
+                    let items = self.pop_mark()?;
+                    self.set_items(items)?;
+                }
+                b'a' => {
+                    let v = self.pop()?;
+                    self.append(vec![v])?;
+                }
+                b'e' => {
+                    let items = self.pop_mark()?;
+                    self.append(items)?;
+                }
+                b'Q' => {
+                    let pid = self.pop()?;
+                    let v = self.persistent_load(pid)?;
+                    self.push(v)?;
+                }
+                b'0' => {
+                    self.pop()?;
+                }
+                b'2' => {
+                    let v = self.top()?.clone();
+                    self.push(v)?;
+                }
+                b'.' => return self.pop(),
+                other => {
+                    return err(format!(
+                        "pickle opcode 0x{other:02x} at offset {} is not allowed in a weights file",
+                        self.pos - 1
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// The storages of an archive, read on demand with size checks.
+struct Archive<'a> {
+    zip: zip::ZipArchive<Cursor<&'a [u8]>>,
+    prefix: String,
+    cache: HashMap<String, Rc<Vec<u8>>>,
+}
+
+impl<'a> Archive<'a> {
+    fn storage(&mut self, key: &str) -> Result<Rc<Vec<u8>>> {
+        if let Some(b) = self.cache.get(key) {
+            return Ok(b.clone());
+        }
+        let name = format!("{}data/{key}", self.prefix);
+        let mut file = self.zip.by_name(&name).map_err(|e| ModelError::Pth {
+            reason: format!("storage `{name}` missing from the archive: {e}"),
+        })?;
+        let size = file.size();
+        if size > MAX_NUMEL * 8 {
+            return err(format!(
+                "storage `{name}` is implausibly large ({size} bytes)"
+            ));
+        }
+        let mut buf = Vec::with_capacity(size as usize);
+        file.read_to_end(&mut buf).map_err(|e| ModelError::Pth {
+            reason: format!("reading storage `{name}`: {e}"),
+        })?;
+        let rc = Rc::new(buf);
+        self.cache.insert(key.to_string(), rc.clone());
+        Ok(rc)
+    }
+
+    fn materialise(&mut self, t: &TensorRef) -> Result<RawTensor> {
+        let numel = t.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        let numel = match numel {
+            Some(n) if n as u64 <= MAX_NUMEL => n,
+            _ => return err(format!("tensor of shape {:?} is too large", t.shape)),
+        };
+        let bytes = self.storage(&t.storage.key)?;
+        let es = t.storage.dtype.size();
+        let storage_len = bytes.len() / es;
+        if numel > 0 {
+            let last = t
+                .shape
+                .iter()
+                .zip(&t.stride)
+                .try_fold(t.offset, |acc, (&d, &s)| {
+                    (d - 1).checked_mul(s).and_then(|x| x.checked_add(acc))
+                });
+            match last {
+                Some(l) if l < storage_len => {}
+                _ => {
+                    return err(format!(
+                        "tensor of shape {:?} (offset {}, stride {:?}) reads past its storage `{}` of {storage_len} elements",
+                        t.shape, t.offset, t.stride, t.storage.key
+                    ));
+                }
+            }
+        }
+        let mut data = Vec::with_capacity(numel);
+        let mut index = vec![0usize; t.shape.len()];
+        for _ in 0..numel {
+            let flat = t.offset
+                + index
+                    .iter()
+                    .zip(&t.stride)
+                    .map(|(i, s)| i * s)
+                    .sum::<usize>();
+            data.push(t.storage.dtype.read(&bytes[flat * es..flat * es + es]));
+            for d in (0..index.len()).rev() {
+                index[d] += 1;
+                if index[d] < t.shape[d] {
+                    break;
+                }
+                index[d] = 0;
+            }
+        }
+        Ok(RawTensor::new(t.shape.clone(), data))
+    }
+}
+
+fn flatten(
+    value: &Value,
+    path: &str,
+    archive: &mut Archive<'_>,
+    out: &mut TensorMap,
+    depth: usize,
+) -> Result<()> {
+    if depth > 64 {
+        return err("nesting deeper than 64 levels");
+    }
+    match value {
+        Value::Tensor(t) => {
+            if !t.storage.dtype_is_float() {
+                return Ok(());
+            }
+            let raw = archive.materialise(t)?;
+            out.insert(path.to_string(), raw);
+        }
+        Value::Dict(d) => {
+            for (k, v) in d.borrow().iter() {
+                let key = match k {
+                    Value::Str(s) => s.to_string(),
+                    Value::Int(i) => i.to_string(),
+                    _ => continue,
+                };
+                let child = if path.is_empty() {
+                    key
+                } else {
+                    format!("{path}.{key}")
+                };
+                flatten(v, &child, archive, out, depth + 1)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+impl StorageRef {
+    fn dtype_is_float(&self) -> bool {
+        matches!(
+            self.dtype,
+            StorageDtype::F32 | StorageDtype::F16 | StorageDtype::BF16 | StorageDtype::F64
+        )
+    }
+}
+
+/// Whether the bytes look like a zip archive (the `.pth` format since PyTorch 1.6).
+pub fn is_zip(bytes: &[u8]) -> bool {
+    bytes.starts_with(b"PK\x03\x04")
+}
+
+/// Reads every floating-point tensor of a `torch.save` archive, named by its dotted path
+/// through nested dicts (`teacher.backbone.blocks.0.attn.qkv.weight`). Integer tensors and
+/// non-tensor values (epochs, arguments) are skipped.
+pub fn read_pth(bytes: &[u8]) -> Result<TensorMap> {
+    if !is_zip(bytes) {
+        if bytes.first() == Some(&0x80) {
+            return err(
+                "this is a legacy (pre-1.6) PyTorch file; re-save it with a recent PyTorch (`torch.save(torch.load(f), f)`)",
+            );
+        }
+        return err("not a zip archive (a .pth from torch.save starts with `PK`)");
+    }
+    let zip = zip::ZipArchive::new(Cursor::new(bytes)).map_err(|e| ModelError::Pth {
+        reason: format!("corrupt or truncated zip archive: {e}"),
+    })?;
+    let pkl_name = zip
+        .file_names()
+        .find(|n| n.ends_with("data.pkl") && n.matches('/').count() <= 1)
+        .map(str::to_string)
+        .ok_or_else(|| ModelError::Pth {
+            reason: "no data.pkl in the archive".into(),
+        })?;
+    let prefix = pkl_name.trim_end_matches("data.pkl").to_string();
+    let mut archive = Archive {
+        zip,
+        prefix,
+        cache: HashMap::new(),
+    };
+    let pickle = {
+        let mut f = archive
+            .zip
+            .by_name(&pkl_name)
+            .map_err(|e| ModelError::Pth {
+                reason: format!("reading {pkl_name}: {e}"),
+            })?;
+        if f.size() > 1 << 30 {
+            return err("data.pkl is larger than 1 GiB");
+        }
+        let mut buf = Vec::new();
+        f.read_to_end(&mut buf).map_err(|e| ModelError::Pth {
+            reason: format!("reading {pkl_name}: {e}"),
+        })?;
+        buf
+    };
+    let mut machine = Machine {
+        data: &pickle,
+        pos: 0,
+        stack: Vec::new(),
+        memo: HashMap::new(),
+    };
+    let root = machine.run()?;
+    let mut out = TensorMap::new();
+    flatten(&root, "", &mut archive, &mut out, 0)?;
+    Ok(out)
+}

@@ -1,0 +1,591 @@
+//! The subcommands behind `dino`: `train`, `import`, `info`, `attention`, `synth`, `knn`,
+//! `eval-seg` and `bench`, each parsing nothing itself (clap did) and handing its work to the
+//! folder it belongs to.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use burn::tensor::Device;
+use clap::ValueEnum;
+use dino_model::TensorMap;
+use dino_model::checkpoint::{KIND_MODEL, write_checkpoint_as};
+use dino_model::import::{SourceKind, Which};
+use dino_model::preprocess::{Resize, decode_image, prepare_normalized};
+
+use crate::cli::args::TrainArgs;
+use crate::cli::device::{DeviceChoice, select};
+use crate::eval::render::{attention_pictures, compute_maps, save_png};
+use crate::io::weights::{LoadOptions, build_model, load_weights};
+use crate::train::run::{RunOptions, train as train_run};
+use crate::train::run_dir::{RunDir, load_run_config};
+
+/// `--which` on the command line.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum WhichArg {
+    /// The EMA teacher.
+    Teacher,
+    /// The student.
+    Student,
+}
+
+impl From<WhichArg> for Which {
+    fn from(w: WhichArg) -> Self {
+        match w {
+            WhichArg::Teacher => Which::Teacher,
+            WhichArg::Student => Which::Student,
+        }
+    }
+}
+
+/// `dino import`: `backbone_only` drops the DINO head (all the viewer needs), `half` stores
+/// f16 (half the size).
+pub fn import(
+    file: &Path,
+    output: &Path,
+    options: LoadOptions,
+    backbone_only: bool,
+    half: bool,
+) -> Result<()> {
+    let mut imported = load_weights(file, options)?;
+    if backbone_only {
+        imported.config.head = None;
+        imported.tensors.retain(|k, _| !k.starts_with("head."));
+    }
+    // Building the model proves every tensor fits before anything is written.
+    build_model(&imported, file, &Device::flex())?;
+    let bytes = write_checkpoint_as(
+        &imported.config,
+        KIND_MODEL,
+        &imported.tensors,
+        &Default::default(),
+        half,
+    )?;
+    crate::io::files::write_atomic(output, &bytes)?;
+    println!(
+        "imported {} ({}) -> {} [{}, {} tensors{}]",
+        file.display(),
+        describe_source(&imported.source),
+        output.display(),
+        imported.config.vit.describe(),
+        imported.tensors.len(),
+        if imported.ignored.is_empty() {
+            String::new()
+        } else {
+            format!(", {} unused tensors skipped", imported.ignored.len())
+        }
+    );
+    Ok(())
+}
+
+fn describe_source(s: &SourceKind) -> String {
+    match s {
+        SourceKind::Dinoscope => "dinoscope checkpoint".into(),
+        SourceKind::PthBackbone => "PyTorch backbone state dict".into(),
+        SourceKind::PthTraining(which) => format!("official training checkpoint, {which}"),
+        SourceKind::HuggingFace(class) => format!("Hugging Face {class}"),
+        SourceKind::Safetensors => "safetensors with official names".into(),
+    }
+}
+
+fn count(map: &TensorMap, prefix: &str) -> (usize, usize) {
+    let sel: Vec<_> = map.iter().filter(|(k, _)| k.starts_with(prefix)).collect();
+    (sel.len(), sel.iter().map(|(_, t)| t.numel()).sum())
+}
+
+/// `dino info`.
+pub fn info(path: &Path, options: LoadOptions) -> Result<()> {
+    let bytes = crate::io::files::read(path)?;
+    let imported = load_weights(path, options)?;
+    let c = &imported.config;
+    let v = &c.vit;
+    println!("file:        {} ({} bytes)", path.display(), bytes.len());
+    println!("format:      {}", describe_source(&imported.source));
+    println!("model:       {}", v.describe());
+    let position = match v.position {
+        dino_model::Position::Learned { interp } => format!(
+            "pos grid {}x{} ({} px, {})",
+            v.pos_grid(),
+            v.pos_grid(),
+            v.img_size,
+            match interp {
+                dino_model::PosInterp::Offset => "bicubic +0.1 offset",
+                dino_model::PosInterp::Antialias => "antialiased bicubic",
+            }
+        ),
+        dino_model::Position::Rope { base } => format!("RoPE base {base}"),
+    };
+    let ffn = match v.ffn {
+        dino_model::Ffn::Mlp => format!("mlp {}", v.mlp_hidden_dim()),
+        _ => format!("swiglu {}", v.mlp_hidden_dim()),
+    };
+    println!(
+        "backbone:    {} patch {}  dim {}  depth {}  heads {}  {ffn}  {position}  qkv bias {}{}  LayerNorm eps {:e}",
+        v.arch,
+        v.patch_size,
+        v.embed_dim,
+        v.depth,
+        v.num_heads,
+        v.qkv_bias,
+        if v.mask_k_bias {
+            " (key part masked)"
+        } else {
+            ""
+        },
+        v.layer_norm_eps
+    );
+    let all = count(&imported.tensors, "");
+    let head = count(&imported.tensors, "head.");
+    let ibot_head = count(&imported.tensors, "ibot_head.");
+    println!(
+        "backbone:    {} tensors, {} parameters",
+        all.0 - head.0 - ibot_head.0,
+        all.1 - head.1 - ibot_head.1
+    );
+    let last_layer = |h: &dino_model::HeadConfig| {
+        if h.weight_norm {
+            format!("norm_last_layer {}", h.norm_last_layer)
+        } else {
+            "plain last layer".to_string()
+        }
+    };
+    match &c.head {
+        Some(h) => println!(
+            "head:        {} tensors, {} parameters (out_dim {}, hidden {}, bottleneck {}, {} layers, {})",
+            head.0,
+            head.1,
+            h.out_dim,
+            h.hidden_dim,
+            h.bottleneck_dim,
+            h.nlayers,
+            last_layer(h)
+        ),
+        None => println!("head:        absent (backbone only)"),
+    }
+    if let Some(h) = &c.ibot_head {
+        println!(
+            "iBOT head:   {} tensors, {} parameters (out_dim {}, hidden {}, bottleneck {}, {} layers, {})",
+            ibot_head.0,
+            ibot_head.1,
+            h.out_dim,
+            h.hidden_dim,
+            h.bottleneck_dim,
+            h.nlayers,
+            last_layer(h)
+        );
+    }
+    println!("parameters:  {} total", all.1);
+    if let Ok(ckpt) = dino_model::read_checkpoint(&bytes) {
+        let student = count(&ckpt.tensors, "student.");
+        if student.0 > 0 {
+            println!("student:     {} tensors (training checkpoint)", student.0);
+        }
+        for (k, v) in ckpt
+            .metadata
+            .iter()
+            .filter(|(k, _)| k.starts_with("dino.train"))
+        {
+            println!("{k}: {v}");
+        }
+    }
+    if !imported.ignored.is_empty() {
+        println!(
+            "not used:    {} tensors (e.g. {})",
+            imported.ignored.len(),
+            imported.ignored[0]
+        );
+    }
+    Ok(())
+}
+
+/// Arguments of `dino attention`.
+pub struct AttentionArgs {
+    /// Checkpoint file.
+    pub checkpoint: PathBuf,
+    /// Image file.
+    pub image: PathBuf,
+    /// Square resize.
+    pub image_size: u32,
+    /// Mass kept by the masks.
+    pub threshold: f32,
+    /// Block to show, default last.
+    pub layer: Option<usize>,
+    /// Output folder.
+    pub output: PathBuf,
+    /// Device choice.
+    pub device: DeviceChoice,
+    /// Also write the raw attention and patch features as `.npy`.
+    pub save_arrays: bool,
+    /// How to import the checkpoint.
+    pub load: LoadOptions,
+}
+
+/// `dino attention`.
+pub fn attention(args: &AttentionArgs) -> Result<()> {
+    if !(args.threshold > 0.0 && args.threshold <= 1.0) {
+        bail!("--threshold must be in (0, 1], got {}", args.threshold);
+    }
+    let selected = select(args.device)?;
+    let imported = load_weights(&args.checkpoint, args.load)?;
+    let model = build_model(&imported, &args.checkpoint, &selected.device)?;
+    let img_bytes = crate::io::files::read(&args.image)?;
+    let img = decode_image(&img_bytes)
+        .with_context(|| format!("{} is not a usable image", args.image.display()))?;
+    let patch = imported.config.vit.patch_size;
+    let prepared = prepare_normalized(
+        &img,
+        Resize::Square(args.image_size),
+        patch,
+        imported.config.vit.normalization(),
+    )
+    .with_context(|| format!("preparing {}", args.image.display()))?;
+    let layer = args.layer.unwrap_or(model.backbone.depth() - 1);
+    let maps = compute_maps(
+        &model.backbone,
+        &prepared,
+        layer,
+        args.threshold,
+        &selected.device,
+    )?;
+    std::fs::create_dir_all(&args.output)
+        .with_context(|| format!("creating {}", args.output.display()))?;
+    let pictures = attention_pictures(&prepared.display, &maps, patch, args.threshold);
+    for (name, picture) in &pictures {
+        save_png(picture, &args.output.join(name))?;
+    }
+    if args.save_arrays {
+        save_arrays(&maps, &args.output)?;
+    }
+    println!(
+        "{} heads of block {layer} on {} ({}x{} px, {}x{} patches, {}) -> {} PNGs in {}",
+        maps.heads.len(),
+        args.image.display(),
+        prepared.width,
+        prepared.height,
+        maps.grid_w,
+        maps.grid_h,
+        selected.name,
+        pictures.len(),
+        args.output.display()
+    );
+    Ok(())
+}
+
+/// Writes the raw maps for NumPy: `attention.npy` (`[heads, tokens, tokens]` softmax
+/// attention of the block, tokens = CLS, registers, patches), `cls_attention.npy`
+/// (`[heads, grid_h, grid_w]`, register columns skipped) and `patch_features.npy`
+/// (`[grid_h, grid_w, dim]`, normed patch tokens of the last block).
+fn save_arrays(maps: &crate::eval::render::AttentionMaps, dir: &Path) -> Result<()> {
+    use crate::io::npy::npy_f32;
+    let (gh, gw) = (maps.grid_h, maps.grid_w);
+    let heads = maps.heads.len();
+    let tokens = maps.prefix + gh * gw;
+    let cls: Vec<f32> = maps.heads.iter().flatten().copied().collect();
+    for (name, bytes) in [
+        (
+            "attention.npy",
+            npy_f32(&[heads, tokens, tokens], &maps.attention),
+        ),
+        ("cls_attention.npy", npy_f32(&[heads, gh, gw], &cls)),
+        (
+            "patch_features.npy",
+            npy_f32(&[gh, gw, maps.dim], &maps.patch_features),
+        ),
+    ] {
+        crate::io::files::write_atomic(&dir.join(name), &bytes)?;
+    }
+    Ok(())
+}
+
+/// `dino train`.
+pub fn train(args: &TrainArgs) -> Result<()> {
+    let world = crate::distributed::init()?;
+    crate::distributed::set_timeout(args.dist_timeout);
+    if world.size > 1 {
+        log::info!(
+            "rank {} of {} (local rank {}, pid {}) on {}",
+            world.rank,
+            world.size,
+            world.local_rank,
+            std::process::id(),
+            std::fs::read_to_string("/etc/hostname")
+                .map_or_else(|_| "this host".into(), |h| h.trim().to_string())
+        );
+        if !world.is_main() {
+            // Rank 0 speaks for the run; the others report only trouble.
+            log::set_max_level(log::LevelFilter::Warn);
+        }
+    }
+    let (run, mut cfg, resume) = match &args.resume {
+        Some(dir) => {
+            let run = RunDir { root: dir.clone() };
+            let saved = load_run_config(&run)?;
+            let cfg = args.for_resume(saved)?;
+            (run, cfg, true)
+        }
+        None => {
+            let run = RunDir {
+                root: args.output.clone(),
+            };
+            if run.last().exists() {
+                bail!(
+                    "{} already holds a run; continue it with `dino train --resume {}` or choose another -o",
+                    run.root.display(),
+                    run.root.display()
+                );
+            }
+            let (mut cfg, given) = args.new_run()?;
+            if let Some(file) = &args.init {
+                crate::train::init::resolve(&mut cfg, file, &given)?;
+            }
+            crate::cli::args::check(&cfg)?;
+            (run, cfg, false)
+        }
+    };
+    if args.loss_scale.is_some() && cfg.optim.precision != dino_model::Precision::F16 {
+        bail!("--loss-scale only applies to mixed precision; add --precision f16 or drop it");
+    }
+    if !resume {
+        cfg.run.world_size = world.size;
+    }
+    if world.size > 1 {
+        crate::distributed::set_resume_hint(format!(
+            "mpirun -np {} dino train --resume {}",
+            world.size,
+            run.root.display()
+        ));
+    }
+    let selected = crate::cli::device::select_for_rank(args.device, world.local_rank)?;
+    let workers = args
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let opts = RunOptions {
+        max_steps: args.max_steps,
+        checkpoint_every: args.checkpoint_every,
+        saveckp_freq: args.saveckp_freq,
+        eval_every: args.eval_every,
+        eval_data: args.eval_data.clone(),
+        workers,
+        quiet: args.quiet,
+        device_name: selected.name.clone(),
+    };
+    let summary = train_run(cfg, &run, resume, &opts, &selected.device)?;
+    if !world.is_main() {
+        return Ok(());
+    }
+    println!(
+        "trained to step {} on {}: loss {:.4} -> {:.4}, {:.1} img/s, teacher {}; checkpoint {}, viewer model {}, metrics {}",
+        summary.steps,
+        selected.name,
+        summary.first_loss,
+        summary.last_loss,
+        summary.images_per_sec,
+        summary.collapse,
+        run.last().display(),
+        run.teacher().display(),
+        run.metrics().display()
+    );
+    Ok(())
+}
+
+/// A bar with count, rate and ETA on stderr (hidden when stderr is not a terminal).
+fn work_bar(len: u64, what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg} ({per_sec}) ETA {eta}",
+        )
+        .expect("valid template"),
+    );
+    bar.set_message(what.to_string());
+    bar
+}
+
+/// `dino synth`.
+pub fn synth(output: &Path, n: usize, size: u32, seed: u64) -> Result<()> {
+    if size < 16 {
+        bail!("--size must be at least 16 pixels");
+    }
+    let bar = work_bar(n as u64, "scenes");
+    for i in 0..n {
+        let scene = crate::data::synth::scene(seed, i as u64, size);
+        let dir = output.join(crate::data::synth::CLASSES[scene.label]);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let save =
+            |img: &dyn Fn(&mut Vec<u8>) -> image::ImageResult<()>, name: String| -> Result<()> {
+                let mut bytes = Vec::new();
+                img(&mut bytes).with_context(|| format!("encoding {name}"))?;
+                crate::io::files::write_atomic(&dir.join(&name), &bytes)
+            };
+        save(
+            &|b| {
+                scene
+                    .image
+                    .write_to(&mut std::io::Cursor::new(b), image::ImageFormat::Png)
+            },
+            format!("{i:06}.png"),
+        )?;
+        save(
+            &|b| {
+                scene
+                    .mask
+                    .write_to(&mut std::io::Cursor::new(b), image::ImageFormat::Png)
+            },
+            format!("{i:06}_mask.png"),
+        )?;
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    println!(
+        "wrote {n} scenes ({} classes, {size}px, seed {seed}) with masks to {}",
+        crate::data::synth::CLASSES.len(),
+        output.display()
+    );
+    Ok(())
+}
+
+fn open_source(spec: &str) -> Result<Box<dyn crate::data::sources::Source>> {
+    crate::data::sources::open(spec, 600, 128, 1).with_context(|| format!("opening {spec}"))
+}
+
+/// `dino knn`.
+#[allow(clippy::too_many_arguments)]
+pub fn knn(
+    checkpoint: &Path,
+    train: &str,
+    val: &str,
+    k: usize,
+    temperature: f64,
+    image_size: Option<u32>,
+    limit: usize,
+    device: DeviceChoice,
+) -> Result<()> {
+    let selected = select(device)?;
+    let imported = load_weights(checkpoint, LoadOptions::default())?;
+    let model = build_model(&imported, checkpoint, &selected.device)?;
+    let size = image_size.unwrap_or(imported.config.vit.img_size as u32);
+    let (train_src, val_src) = (open_source(train)?, open_source(val)?);
+    let classes = train_src.classes().len().max(val_src.classes().len());
+    let (ti, tl) = crate::eval::probes::labelled(train_src.as_ref(), limit)?;
+    let (vi, vl) = crate::eval::probes::labelled(val_src.as_ref(), limit)?;
+    let bar = work_bar((ti.len() + vi.len()) as u64, "CLS features");
+    let ft = crate::eval::probes::features(&model.backbone, &ti, size, &selected.device, &bar)?;
+    let fv = crate::eval::probes::features(&model.backbone, &vi, size, &selected.device, &bar)?;
+    bar.finish_and_clear();
+    let r = crate::eval::probes::knn(&ft, &tl, &fv, &vl, k, temperature, classes);
+    println!(
+        "{{\"knn_top1\": {:.2}, \"knn_top5\": {:.2}, \"chance\": {:.2}, \"k\": {k}, \"temperature\": {temperature}, \"train\": {}, \"val\": {}, \"classes\": {classes}}}",
+        r.top1,
+        r.top5,
+        r.chance,
+        ti.len(),
+        vi.len()
+    );
+    Ok(())
+}
+
+/// `dino eval-seg`.
+pub fn eval_seg(
+    checkpoint: &Path,
+    data: &str,
+    threshold: f32,
+    layer: Option<usize>,
+    image_size: Option<u32>,
+    limit: usize,
+    device: DeviceChoice,
+) -> Result<()> {
+    if !(threshold > 0.0 && threshold <= 1.0) {
+        bail!("--threshold must be in (0, 1], got {threshold}");
+    }
+    let selected = select(device)?;
+    let imported = load_weights(checkpoint, LoadOptions::default())?;
+    let model = build_model(&imported, checkpoint, &selected.device)?;
+    let size = image_size.unwrap_or(imported.config.vit.img_size as u32);
+    let source = open_source(data)?;
+    let layer = layer.unwrap_or(model.backbone.depth() - 1);
+    let bar = work_bar(source.len().min(limit) as u64, "attention masks");
+    let r = crate::eval::probes::segmentation_at(
+        &model.backbone,
+        layer,
+        source.as_ref(),
+        limit,
+        size,
+        threshold,
+        &selected.device,
+        &bar,
+    )?;
+    bar.finish_and_clear();
+    println!(
+        "{}",
+        serde_json::to_string(&serde_json::json!({
+            "jaccard_best_head": r.best_head, "jaccard_mean_heads": r.mean_heads, "jaccard_head_mean_map": r.head_mean_map,
+            "per_head": r.per_head, "images": r.images, "threshold": threshold, "layer": layer,
+        }))?
+    );
+    Ok(())
+}
+
+/// What `dino bench` measures.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum BenchMode {
+    /// The full DINO training step on random tensors.
+    Step,
+    /// Decoding + multi-crop augmentation through the real loader.
+    Data,
+    /// The viewer's forward pass with attention.
+    Viewer,
+    /// Each matrix product of the step's linear layers on its own (GFLOP/s per shape).
+    Matmul,
+}
+
+/// `dino bench`: prints one JSON line.
+pub fn bench(
+    mode: BenchMode,
+    args: &TrainArgs,
+    warmup: usize,
+    steps: usize,
+    viewer_size: usize,
+    checkpoint: Option<&Path>,
+) -> Result<()> {
+    if checkpoint.is_some() && !matches!(mode, BenchMode::Viewer) {
+        bail!("--checkpoint only applies to --mode viewer");
+    }
+    let (cfg, _) = args.new_run()?;
+    crate::cli::args::check(&cfg)?;
+    let line = match mode {
+        BenchMode::Matmul => {
+            let selected = select(args.device)?;
+            crate::cli::bench::bench_matmul(&cfg, &selected.device, &selected.name, steps.max(1))?
+        }
+        BenchMode::Step => {
+            let selected = select(args.device)?;
+            crate::cli::bench::bench_step(&cfg, &selected.device, &selected.name, warmup, steps)?
+        }
+        BenchMode::Data => {
+            let workers = args
+                .workers
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+            crate::cli::bench::bench_data(&cfg, workers, steps as u64)?
+        }
+        BenchMode::Viewer => {
+            let selected = select(args.device)?;
+            let model = match checkpoint {
+                Some(path) => {
+                    let imported = load_weights(path, LoadOptions::default())?;
+                    let model = build_model(&imported, path, &selected.device)?;
+                    Some((model, imported.config))
+                }
+                None => None,
+            };
+            crate::cli::bench::bench_viewer(
+                &cfg,
+                model,
+                &selected.device,
+                &selected.name,
+                viewer_size,
+                steps.max(1),
+            )?
+        }
+    };
+    println!("{line}");
+    Ok(())
+}

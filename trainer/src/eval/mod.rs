@@ -1,0 +1,7 @@
+//! What the features are worth: weighted k-NN and the attention masks' Jaccard (`probes`),
+//! attention maps as pictures (`render`) and the line plots of a run (`plot`). May import
+//! `data` and `io`.
+
+pub mod plot;
+pub mod probes;
+pub mod render;
