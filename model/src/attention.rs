@@ -1,6 +1,16 @@
 //! Attention post-processing: pure functions on plain vectors, shared by the `dino
 //! attention` command and the viewer, following the official `visualize_attention.py`.
 
+/// Refuses outputs with a NaN or an infinity (`what` names them): they come from absurd
+/// weights, and a map drawn from them would show nothing true.
+pub fn ensure_finite(values: &[f32], what: &str) -> crate::error::Result<()> {
+    if values.iter().all(|v| v.is_finite()) {
+        Ok(())
+    } else {
+        Err(crate::error::ModelError::NonFiniteOutput { what: what.into() })
+    }
+}
+
 /// One query token's attention to every patch, one row-major `[grid_h, grid_w]` map per head.
 ///
 /// `attention` is one image's `[heads, tokens, tokens]` softmax attention with `prefix`

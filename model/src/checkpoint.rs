@@ -121,19 +121,51 @@ pub fn read_safetensors(bytes: &[u8]) -> Result<(BTreeMap<String, String>, Tenso
     Ok((metadata, tensors))
 }
 
-/// Parses a checkpoint from bytes (native files and browser uploads alike).
-pub fn read_checkpoint(bytes: &[u8]) -> Result<Checkpoint> {
-    let (metadata, tensors) = read_safetensors(bytes)?;
-    let config = match metadata.get(CONFIG_KEY) {
+/// The metadata of a safetensors file from its first bytes (the length and the JSON
+/// header; the rest may be absent), without reading a tensor.
+pub fn read_metadata(bytes: &[u8]) -> Result<BTreeMap<String, String>> {
+    let bad = |reason: String| ModelError::Safetensors { reason };
+    let len: [u8; 8] = bytes
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| bad("shorter than its 8-byte header length".into()))?;
+    let n = u64::from_le_bytes(len);
+    let header = usize::try_from(n)
+        .ok()
+        .and_then(|n| bytes.get(8..8usize.checked_add(n)?))
+        .ok_or_else(|| bad(format!("the header of {n} bytes is cut short")))?;
+    let json: serde_json::Value =
+        serde_json::from_slice(header).map_err(|e| bad(format!("header: {e}")))?;
+    let mut out = BTreeMap::new();
+    if let Some(meta) = json.get("__metadata__").and_then(|m| m.as_object()) {
+        for (k, v) in meta {
+            let v = v
+                .as_str()
+                .ok_or_else(|| bad(format!("metadata `{k}` is not a string")))?;
+            out.insert(k.clone(), v.to_string());
+        }
+    }
+    Ok(out)
+}
+
+/// The model config a checkpoint's metadata holds (validated), if any.
+pub fn config_from_metadata(metadata: &BTreeMap<String, String>) -> Result<Option<ModelConfig>> {
+    match metadata.get(CONFIG_KEY) {
         Some(json) => {
             let c: ModelConfig = serde_json::from_str(json).map_err(|e| ModelError::BadConfig {
                 reason: e.to_string(),
             })?;
             c.validate()?;
-            Some(c)
+            Ok(Some(c))
         }
-        None => None,
-    };
+        None => Ok(None),
+    }
+}
+
+/// Parses a checkpoint from bytes (native files and browser uploads alike).
+pub fn read_checkpoint(bytes: &[u8]) -> Result<Checkpoint> {
+    let (metadata, tensors) = read_safetensors(bytes)?;
+    let config = config_from_metadata(&metadata)?;
     Ok(Checkpoint {
         config,
         metadata,

@@ -44,6 +44,24 @@ impl Family {
     }
 }
 
+/// Largest accepted image side in pixels: a guard against decompression bombs, and the
+/// largest `img_size` a config may give.
+pub const MAX_IMAGE_SIDE: u32 = 16_384;
+/// Largest patch side a config may give.
+pub const MAX_PATCH: usize = 256;
+/// Largest width (backbone or head layer) a config may give.
+pub const MAX_WIDTH: usize = 16_384;
+/// Largest number of blocks a config may give.
+pub const MAX_DEPTH: usize = 512;
+/// Largest number of register (storage) tokens a config may give.
+pub const MAX_REGISTERS: usize = 256;
+/// Largest feed-forward expansion a config may give.
+pub const MAX_MLP_RATIO: f64 = 16.0;
+/// Largest number of head prototypes a config may give (official: 65,536 to 262,144).
+pub const MAX_PROTOTYPES: usize = 1 << 22;
+/// Largest number of head layers a config may give (official: 3).
+pub const MAX_HEAD_LAYERS: usize = 16;
+
 /// ImageNet channel means (torchvision `Normalize` in the official code).
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 /// ImageNet channel standard deviations.
@@ -70,6 +88,25 @@ impl Normalization {
         mean: [0.430, 0.411, 0.296],
         std: [0.213, 0.156, 0.143],
     };
+}
+
+impl Normalization {
+    /// Refuses statistics no image set has: non-finite, a deviation outside (1e-6, 1000] or a
+    /// mean beyond ±1000 (pixels are in [0, 1]).
+    pub fn validate(&self) -> Result<()> {
+        let ok = self.mean.iter().all(|m| m.is_finite() && m.abs() <= 1e3)
+            && self.std.iter().all(|s| *s > 1e-6 && *s <= 1e3);
+        if ok {
+            Ok(())
+        } else {
+            Err(ModelError::InvalidConfig {
+                reason: format!(
+                    "image mean {:?} / std {:?} are not pixel statistics (finite, |mean| <= 1000, std in (1e-6, 1000])",
+                    self.mean, self.std
+                ),
+            })
+        }
+    }
 }
 
 impl Default for Normalization {
@@ -472,6 +509,35 @@ impl VitConfig {
         if self.patch_size == 0 || self.embed_dim == 0 || self.depth == 0 || self.num_heads == 0 {
             return bad("patch_size, embed_dim, depth and num_heads must be positive".into());
         }
+        // Bounds far above every released model (the 7B: width 4096, 40 blocks, 32 heads),
+        // so that a forged config cannot ask for absurd sizes or make index arithmetic wrap.
+        for (name, value, max) in [
+            ("patch_size", self.patch_size, MAX_PATCH),
+            ("embed_dim", self.embed_dim, MAX_WIDTH),
+            ("depth", self.depth, MAX_DEPTH),
+            ("num_heads", self.num_heads, self.embed_dim),
+            ("img_size", self.img_size, MAX_IMAGE_SIDE as usize),
+            (
+                "num_register_tokens",
+                self.num_register_tokens,
+                MAX_REGISTERS,
+            ),
+        ] {
+            if value > max {
+                return bad(format!(
+                    "{name} {value} is above the largest this reader accepts ({max})"
+                ));
+            }
+        }
+        if !(self.layer_norm_eps <= 1.0) || !(self.mlp_ratio <= MAX_MLP_RATIO) {
+            return bad(format!(
+                "layer_norm_eps {} must be in (0, 1] and mlp_ratio {} in (0, {MAX_MLP_RATIO}]",
+                self.layer_norm_eps, self.mlp_ratio
+            ));
+        }
+        if let Some(n) = &self.normalization {
+            n.validate()?;
+        }
         if !self.embed_dim.is_multiple_of(self.num_heads) {
             return bad(format!(
                 "embed_dim {} is not divisible by num_heads {}",
@@ -488,15 +554,20 @@ impl VitConfig {
             return bad("mlp_ratio and layer_norm_eps must be positive".into());
         }
         if let Position::Rope { base } = self.position
-            && (!self.head_dim().is_multiple_of(4) || !(base > 0.0))
+            && !(self.head_dim().is_multiple_of(4) && base > 0.0 && base <= 1e12)
         {
             return bad(format!(
                 "RoPE needs a head width divisible by 4 (got {}) and a positive base (got {base})",
                 self.head_dim()
             ));
         }
-        if self.mlp_hidden_dim() == 0 {
-            return bad("the feed-forward hidden width must be positive".into());
+        if self.mlp_hidden_dim() == 0 || self.mlp_hidden_dim() > MAX_MLP_RATIO as usize * MAX_WIDTH
+        {
+            return bad(format!(
+                "the feed-forward hidden width {} must be positive and at most {}",
+                self.mlp_hidden_dim(),
+                MAX_MLP_RATIO as usize * MAX_WIDTH
+            ));
         }
         if !(0.0..1.0).contains(&self.drop_path_rate) {
             return bad(format!(
@@ -559,6 +630,21 @@ impl HeadConfig {
             return Err(ModelError::InvalidConfig {
                 reason: "every head dimension and nlayers must be positive".into(),
             });
+        }
+        for (name, value, max) in [
+            ("head in_dim", self.in_dim, MAX_WIDTH),
+            ("head hidden_dim", self.hidden_dim, MAX_WIDTH),
+            ("head bottleneck_dim", self.bottleneck_dim, MAX_WIDTH),
+            ("head out_dim", self.out_dim, MAX_PROTOTYPES),
+            ("head nlayers", self.nlayers, MAX_HEAD_LAYERS),
+        ] {
+            if value > max {
+                return Err(ModelError::InvalidConfig {
+                    reason: format!(
+                        "{name} {value} is above the largest this reader accepts ({max})"
+                    ),
+                });
+            }
         }
         Ok(())
     }

@@ -65,6 +65,15 @@ pub enum ModelError {
         /// Official key of the tensor.
         name: String,
     },
+    /// The network's outputs on an image are NaN or infinite: weights or preprocessing
+    /// values that are finite but absurd (a forged file), which no map could show.
+    #[error(
+        "the network's {what} on this image are not finite: the model's weights or its pixel statistics are not usable (a corrupt or forged file)"
+    )]
+    NonFiniteOutput {
+        /// Which outputs.
+        what: String,
+    },
     /// A PyTorch `.pth` file that our restricted reader refuses or cannot parse.
     #[error("cannot read PyTorch checkpoint: {reason}")]
     Pth {

@@ -3,17 +3,20 @@
 
 use image::{DynamicImage, ImageDecoder, ImageReader, Limits, RgbImage, imageops::FilterType};
 
-use crate::config::Normalization;
+use crate::config::{MAX_IMAGE_SIDE, Normalization};
 use crate::error::{ModelError, Result};
 
-/// Largest accepted image side in pixels: a guard against decompression bombs.
-pub const MAX_IMAGE_SIDE: u32 = 16_384;
 /// Largest decoder allocation in bytes.
-pub const MAX_DECODE_BYTES: u64 = 512 * 1024 * 1024;
+pub const MAX_DECODE_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Largest image accepted, in pixels (40 megapixels: a 7300 × 5480 photo); its RGB copy and
+/// a rotated one stay within 256 MiB.
+pub const MAX_PIXELS: u64 = 40_000_000;
 
 /// Decodes an image (PNG, JPEG, WebP, BMP, GIF's first frame, TIFF) from bytes with size limits, to 8-bit RGB.
 /// Grayscale, alpha, 16-bit and CMYK images are converted (alpha is dropped) and the EXIF
-/// orientation is applied.
+/// orientation is applied. What decoding holds at once stays within [`MAX_DECODE_BYTES`]
+/// plus an RGB copy: the size is checked before any pixel is decoded.
 pub fn decode_image(bytes: &[u8]) -> Result<RgbImage> {
     let mut reader = ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
@@ -25,6 +28,9 @@ pub fn decode_image(bytes: &[u8]) -> Result<RgbImage> {
             reason: "not a recognised image (expected PNG, JPEG, WebP, BMP, GIF or TIFF)".into(),
         });
     }
+    if reader.format() == Some(image::ImageFormat::Png) {
+        return decode_png(bytes);
+    }
     let mut limits = Limits::default();
     limits.max_image_width = Some(MAX_IMAGE_SIDE);
     limits.max_image_height = Some(MAX_IMAGE_SIDE);
@@ -34,13 +40,109 @@ pub fn decode_image(bytes: &[u8]) -> Result<RgbImage> {
         reason: format!("cannot decode image: {e}"),
     };
     let mut decoder = reader.into_decoder().map_err(bad)?;
+    let (w, h) = decoder.dimensions();
+    check_size(w, h, decoder.total_bytes())?;
     // Phone photos store their rotation in EXIF; the maps must align with what people see.
     let orientation = decoder
         .orientation()
         .unwrap_or(image::metadata::Orientation::NoTransforms);
-    let mut img = DynamicImage::from_decoder(decoder).map_err(bad)?;
+    let img = DynamicImage::from_decoder(decoder).map_err(bad)?;
+    // Converted first (the decoded buffer goes as its copy arrives), rotated after: never
+    // more than two images' worth at once.
+    let mut rgb = DynamicImage::ImageRgb8(img.into_rgb8());
+    rgb.apply_orientation(orientation);
+    Ok(rgb.into_rgb8())
+}
+
+/// Refuses an image above [`MAX_PIXELS`] or whose decoded pixels take more than
+/// [`MAX_DECODE_BYTES`], before any pixel is decoded.
+fn check_size(w: u32, h: u32, decoded_bytes: u64) -> Result<()> {
+    let pixels = u64::from(w) * u64::from(h);
+    if pixels > MAX_PIXELS || decoded_bytes > MAX_DECODE_BYTES {
+        return Err(ModelError::Image {
+            reason: format!(
+                "cannot decode image: it is {w} × {h} pixels ({decoded_bytes} bytes decoded); images of up to {} megapixels are read: resize it first",
+                MAX_PIXELS / 1_000_000
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// A PNG as 8-bit RGB, as the image crate would give it: palette and 16-bit samples brought
+/// to 8 bits, grey spread to RGB,
+/// alpha dropped, the eXIf orientation applied. The ICC profile and text chunks are never
+/// decompressed (nothing here uses them, and a few kilobytes of them can inflate to
+/// gigabytes).
+fn decode_png(bytes: &[u8]) -> Result<RgbImage> {
+    let bad = |e: png::DecodingError| ModelError::Image {
+        reason: format!("cannot decode image: {e}"),
+    };
+    let limits = png::Limits {
+        bytes: MAX_DECODE_BYTES as usize,
+    };
+    let mut decoder = png::Decoder::new_with_limits(std::io::Cursor::new(bytes), limits);
+    decoder.set_ignore_iccp_chunk(true);
+    decoder.set_ignore_text_chunk(true);
+    // EXPAND alone, as the image crate decodes PNGs (palettes and low bit depths to 8 bits);
+    // 16-bit samples are rounded to 8 bits below as it rounds them.
+    decoder.set_transformations(png::Transformations::EXPAND);
+    let mut reader = decoder.read_info().map_err(bad)?;
+    let (w, h) = (reader.info().width, reader.info().height);
+    if w > MAX_IMAGE_SIDE || h > MAX_IMAGE_SIDE {
+        return Err(ModelError::Image {
+            reason: format!(
+                "cannot decode image: it is {w} × {h} pixels; sides of up to {MAX_IMAGE_SIDE} are read"
+            ),
+        });
+    }
+    let size = reader.output_buffer_size().unwrap_or(usize::MAX);
+    check_size(w, h, size as u64)?;
+    let orientation = reader
+        .info()
+        .exif_metadata
+        .as_deref()
+        .and_then(image::metadata::Orientation::from_exif_chunk)
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut buf = vec![0u8; size];
+    let frame = reader.next_frame(&mut buf).map_err(bad)?;
+    buf.truncate(frame.buffer_size());
+    if frame.bit_depth == png::BitDepth::Sixteen {
+        // Big-endian samples; `(v + 128) / 257` is the image crate's rounding to 8 bits.
+        buf = buf
+            .chunks_exact(2)
+            .map(|b| ((u32::from(u16::from_be_bytes([b[0], b[1]])) + 128) / 257) as u8)
+            .collect();
+    }
+    let channels = match frame.color_type {
+        png::ColorType::Grayscale => 1,
+        png::ColorType::GrayscaleAlpha => 2,
+        png::ColorType::Rgb => 3,
+        png::ColorType::Rgba => 4,
+        png::ColorType::Indexed => {
+            return Err(ModelError::Image {
+                reason: "cannot decode image: a palette PNG was not expanded".into(),
+            });
+        }
+    };
+    let rgb = if channels == 3 {
+        buf
+    } else {
+        let mut out = Vec::with_capacity(w as usize * h as usize * 3);
+        for px in buf.chunks_exact(channels) {
+            match channels {
+                1 | 2 => out.extend_from_slice(&[px[0]; 3]),
+                _ => out.extend_from_slice(&px[..3]),
+            }
+        }
+        out
+    };
+    let img = RgbImage::from_raw(w, h, rgb).ok_or_else(|| ModelError::Image {
+        reason: "cannot decode image: the PNG's pixels do not fill its size".into(),
+    })?;
+    let mut img = DynamicImage::ImageRgb8(img);
     img.apply_orientation(orientation);
-    Ok(img.to_rgb8())
+    Ok(img.into_rgb8())
 }
 
 /// How to bring an image to the network's input size.
@@ -136,6 +238,34 @@ pub fn normalize_chw_with(img: &RgbImage, norm: Normalization) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Our PNG path gives what the image crate gives, for every PNG colour type and depth.
+    #[test]
+    fn pngs_decode_as_the_image_crate_decodes_them() {
+        use image::{ImageBuffer, Luma, LumaA, Rgb, Rgba};
+        let (w, h) = (7u32, 5u32);
+        let v8 = |x: u32, y: u32, c: u32| ((x * 37 + y * 91 + c * 53) % 256) as u8;
+        let v16 = |x: u32, y: u32, c: u32| ((x * 9173 + y * 20011 + c * 4099) % 65536) as u16;
+        let images: Vec<DynamicImage> = vec![
+            ImageBuffer::from_fn(w, h, |x, y| Luma([v8(x, y, 0)])).into(),
+            ImageBuffer::from_fn(w, h, |x, y| Luma([v16(x, y, 0)])).into(),
+            ImageBuffer::from_fn(w, h, |x, y| LumaA([v8(x, y, 0), v8(x, y, 1)])).into(),
+            ImageBuffer::from_fn(w, h, |x, y| Rgb([v8(x, y, 0), v8(x, y, 1), v8(x, y, 2)])).into(),
+            ImageBuffer::from_fn(w, h, |x, y| Rgb([v16(x, y, 0), v16(x, y, 1), v16(x, y, 2)]))
+                .into(),
+            ImageBuffer::from_fn(w, h, |x, y| {
+                Rgba([v8(x, y, 0), v8(x, y, 1), v8(x, y, 2), v8(x, y, 3)])
+            })
+            .into(),
+        ];
+        for img in images {
+            let mut png = Vec::new();
+            img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+                .unwrap();
+            let theirs = image::load_from_memory(&png).unwrap().to_rgb8();
+            assert_eq!(decode_image(&png).unwrap(), theirs, "{:?}", img.color());
+        }
+    }
 
     #[test]
     fn crops_to_patch_multiples() {

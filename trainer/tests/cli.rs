@@ -603,12 +603,12 @@ fn resume_equals_straight(extra: &[&str]) -> (PathBuf, tempfile::TempDir) {
             b_str,
             "--max-steps",
             "10",
-            "--lr",
-            "0.1",
+            "--seed",
+            "5",
             "--device",
             "cpu",
         ],
-        &["--lr", "different configuration"],
+        &["--seed", "different configuration"],
     );
     ok(&[
         "train",
@@ -1022,9 +1022,26 @@ fn synth_eval_seg_and_knn_commands() {
 fn non_finite_loss_stops_with_the_last_good_checkpoint_kept() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("nan");
-    let mut args = vec!["train", "-o", run.to_str().unwrap()];
+    let run_s = run.to_str().unwrap();
+    let mut args = vec!["train", "-o", run_s];
     args.extend_from_slice(TINY);
-    args.extend_from_slice(&[
+    args.extend_from_slice(&["--max-steps", "2", "--checkpoint-every", "1"]);
+    ok(&args);
+    let step_of = |p: &Path| -> u64 {
+        let ckpt = read_checkpoint(&std::fs::read(p).unwrap()).unwrap();
+        let state: serde_json::Value =
+            serde_json::from_str(&ckpt.metadata["dino.train_state"]).unwrap();
+        state["step"].as_u64().unwrap()
+    };
+    let last = run.join("checkpoints/last.safetensors");
+    assert_eq!(step_of(&last), 2);
+    // Resumed at an absurd learning rate (which --resume accepts, with a warning), the run
+    // diverges within a few steps: it stops, and the checkpoint left is one whose step gave
+    // a finite loss and finite gradients.
+    let out = dino(&[
+        "train",
+        "--resume",
+        run_s,
         "--lr",
         "1e12",
         "--warmup-epochs",
@@ -1033,12 +1050,58 @@ fn non_finite_loss_stops_with_the_last_good_checkpoint_kept() {
         "0",
         "--checkpoint-every",
         "1",
+        "--max-steps",
+        "12",
+        "--device",
+        "cpu",
+        "--quiet",
     ]);
-    fails(
-        &args,
-        &["the loss became", "last good checkpoint", "--resume"],
+    let msg = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{msg}");
+    for expect in [
+        "became",
+        "last good checkpoint",
+        "dino train --resume",
+        "--lr 2.5e11",
+    ] {
+        assert!(
+            msg.contains(expect),
+            "missing {expect:?} in:
+{msg}"
+        );
+    }
+    let kept = step_of(&last);
+    assert!(kept >= 2, "{kept}");
+    let ckpt = read_checkpoint(&std::fs::read(&last).unwrap()).unwrap();
+    assert!(
+        ckpt.tensors
+            .values()
+            .all(|t| t.data.iter().all(|v| v.is_finite())),
+        "the kept checkpoint holds a NaN or an infinity"
     );
-    assert!(run.join("checkpoints/last.safetensors").is_file());
+    // The advice works: resumed with a lower learning rate, the run goes on from there.
+    let out = ok(&[
+        "train",
+        "--resume",
+        run_s,
+        "--lr",
+        "0.005",
+        "--warmup-epochs",
+        "0",
+        "--clip-grad",
+        "0",
+        "--max-steps",
+        "14",
+        "--device",
+        "cpu",
+        "--quiet",
+    ]);
+    assert!(out.contains("trained to step 14"), "{out}");
+    assert!(
+        common::losses(&run).iter().all(|l| l.is_finite()),
+        "{:?}",
+        common::losses(&run)
+    );
 }
 
 /// TINY without the flags that set the backbone's shape, which `--init` takes from its file.

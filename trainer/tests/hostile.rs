@@ -293,3 +293,168 @@ fn broken_checkpoints_are_refused_with_the_file_named() {
         );
     }
 }
+
+/// Waits until the run's `metrics.jsonl` records at least `steps` steps.
+fn wait_for_steps(run: &Path, steps: usize, child: &mut std::process::Child) {
+    let start = std::time::Instant::now();
+    loop {
+        let done = std::fs::read_to_string(run.join("metrics.jsonl"))
+            .map(|m| m.lines().filter(|l| l.contains("\"loss\"")).count())
+            .unwrap_or(0);
+        if done >= steps {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the run ended ({status}) before step {steps}");
+        }
+        assert!(
+            start.elapsed().as_secs() < 300,
+            "no step {steps} after 5 minutes"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Two `dino train` on one folder: the second is refused with the first one's process
+/// named, and nothing of the first run changes.
+#[test]
+fn a_second_trainer_on_the_same_folder_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let mut first = dino()
+        .args(synthetic(train_args(&run, false, 100_000)))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_steps(&run, 2, &mut first);
+    for args in [
+        train_args(&run, true, 100_000),
+        synthetic(train_args(&run, false, 10)),
+    ] {
+        let out = dino().args(&args).output().unwrap();
+        let msg = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{msg}");
+        for expect in [
+            "in use by another `dino train`",
+            &format!("process {}", first.id()),
+        ] {
+            assert!(msg.contains(expect), "missing {expect:?} in:\n{msg}");
+        }
+    }
+    first.kill().unwrap();
+    first.wait().unwrap();
+    // The lock died with its process: the run resumes.
+    let out = dino().args(train_args(&run, true, 3)).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+/// SIGTERM (a scheduler's preemption) in the middle of a run: it finishes the step, writes
+/// its checkpoint, says how to go on and exits 0; `--resume` then finishes the run bit for bit
+/// as an uninterrupted one.
+#[cfg(unix)]
+#[test]
+fn sigterm_then_resume_equals_an_uninterrupted_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let (straight, stopped) = (dir.path().join("straight"), dir.path().join("stopped"));
+    let rare_saves = |mut a: Vec<std::ffi::OsString>| {
+        a.extend(["--checkpoint-every", "1000"].map(Into::into));
+        synthetic(a)
+    };
+    let out = dino()
+        .args(rare_saves(train_args(&straight, false, 24)))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let mut child = dino()
+        .args(rare_saves(train_args(&stopped, false, 24)))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_steps(&stopped, 3, &mut child);
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let msg = text(&out);
+    assert!(
+        out.status.success(),
+        "SIGTERM should end the run cleanly:\n{msg}"
+    );
+    assert!(msg.contains("stopped by a signal after step"), "{msg}");
+    let last = stopped.join("checkpoints").join("last.safetensors");
+    let at = checkpoint_step(&last);
+    assert!((3..24).contains(&at), "checkpoint at step {at}");
+    assert!(msg.contains(&format!("after step {at}")), "{msg}");
+    let out = dino()
+        .args(train_args(&stopped, true, 24))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let load = |p: &Path| {
+        read_checkpoint(&std::fs::read(p.join("checkpoints/last.safetensors")).unwrap()).unwrap()
+    };
+    let (a, b) = (load(&straight), load(&stopped));
+    assert_eq!(
+        a.metadata["dino.train_state"],
+        b.metadata["dino.train_state"]
+    );
+    for (name, t) in &a.tensors {
+        assert_eq!(
+            t, &b.tensors[name],
+            "{name} differs after SIGTERM and resume"
+        );
+    }
+}
+
+/// A run resumed on a folder whose images changed would silently see other batches: it is
+/// refused, naming the change, unless `--allow-data-change` says to go on.
+#[test]
+fn resume_on_changed_data_is_refused_unless_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(data.join("a")).unwrap();
+    for i in 0..8u8 {
+        image::RgbImage::from_fn(24, 24, |x, y| {
+            image::Rgb([x as u8 * 9, y as u8 * 9, i * 30])
+        })
+        .save(data.join("a").join(format!("{i}.png")))
+        .unwrap();
+    }
+    let run = dir.path().join("run");
+    let with_data = |mut a: Vec<std::ffi::OsString>| {
+        a.extend(["--data".into(), data.as_os_str().to_owned()]);
+        a
+    };
+    let out = dino()
+        .args(with_data(train_args(&run, false, 2)))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    // Unchanged data resumes.
+    let out = dino().args(train_args(&run, true, 3)).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    std::fs::copy(data.join("a/0.png"), data.join("a/new.png")).unwrap();
+    let out = dino().args(train_args(&run, true, 4)).output().unwrap();
+    let msg = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{msg}");
+    for expect in ["trained on other data", "--allow-data-change"] {
+        assert!(msg.contains(expect), "missing {expect:?} in:\n{msg}");
+    }
+    let mut allowed = train_args(&run, true, 4);
+    allowed.push("--allow-data-change".into());
+    let out = dino().args(&allowed).output().unwrap();
+    let msg = text(&out);
+    assert!(out.status.success(), "{msg}");
+    assert!(
+        msg.contains("no longer the one an uninterrupted training"),
+        "{msg}"
+    );
+    assert_eq!(
+        checkpoint_step(&run.join("checkpoints/last.safetensors")),
+        4
+    );
+}

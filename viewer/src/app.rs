@@ -15,6 +15,36 @@ use crate::views::{Settings, View, export, overlay_inputs, render};
 /// Largest file accepted from a drop, picker or URL.
 pub const MAX_FILE_BYTES: usize = 1 << 30;
 
+/// The refusal of a file of `bytes` bytes (above [`MAX_FILE_BYTES`]).
+pub fn too_large(name: &str, bytes: u64) -> String {
+    format!(
+        "{name} is {} MiB; the viewer opens files of up to {} MiB",
+        bytes >> 20,
+        MAX_FILE_BYTES >> 20
+    )
+}
+
+/// Reads a file of at most [`MAX_FILE_BYTES`], whatever its size claims (a pipe or a device
+/// reports none): the bound holds for what is read.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn read_file(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let name = path.display().to_string();
+    let file = std::fs::File::open(path).map_err(|e| format!("{name}: {e}"))?;
+    let declared = file.metadata().map(|m| m.len()).unwrap_or(0);
+    if declared > MAX_FILE_BYTES as u64 {
+        return Err(too_large(&name, declared));
+    }
+    let mut bytes = Vec::with_capacity(declared as usize);
+    file.take(MAX_FILE_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("{name}: {e}"))?;
+    if bytes.len() > MAX_FILE_BYTES {
+        return Err(too_large(&name, bytes.len() as u64));
+    }
+    Ok(bytes)
+}
+
 /// Input side of the quick first pass on a new image or block, before the chosen size.
 pub const PREVIEW_PX: u32 = 224;
 
@@ -139,7 +169,19 @@ impl ViewerApp {
     pub fn spawn(&self, ctx: &egui::Context, work: impl FnOnce() -> Job + Send + 'static) {
         let (tx, ctx) = (self.tx.clone(), ctx.clone());
         let run = move || {
-            let _ = tx.send(work());
+            // A panic in the work (a bug, or a reader meeting something unforeseen) must
+            // not leave the app waiting for an answer forever.
+            let job = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).unwrap_or_else(
+                |panic| {
+                    let what = panic
+                        .downcast_ref::<String>()
+                        .map(String::as_str)
+                        .or_else(|| panic.downcast_ref::<&str>().copied())
+                        .unwrap_or("no message");
+                    Job::Crashed(format!("the background work failed unexpectedly: {what}"))
+                },
+            );
+            let _ = tx.send(job);
             ctx.request_repaint();
         };
         #[cfg(not(target_arch = "wasm32"))]
@@ -194,10 +236,7 @@ impl ViewerApp {
     /// Routes a file to the image list or the checkpoint loader by its content.
     pub fn open_file(&mut self, ctx: &egui::Context, name: String, bytes: Vec<u8>) {
         if bytes.len() > MAX_FILE_BYTES {
-            self.error = Some(format!(
-                "{name} is larger than {} MiB",
-                MAX_FILE_BYTES >> 20
-            ));
+            self.error = Some(too_large(&name, bytes.len() as u64));
         } else if image::guess_format(&bytes).is_ok() {
             #[cfg(target_arch = "wasm32")]
             if let Some(remote) = &self.remote {
@@ -285,6 +324,13 @@ impl ViewerApp {
             Job::File(name, Err(e)) => self.error = Some(format!("{name}: {e}")),
             Job::Image(name, Ok(img)) => self.push_image(&name, img),
             Job::Image(_, Err(e)) => self.error = Some(e),
+            Job::Crashed(e) => {
+                #[cfg(target_arch = "wasm32")]
+                crate::browser::set_state("error");
+                self.pending = None;
+                self.loading_model = false;
+                self.error = Some(e);
+            }
             Job::WorkerFailed(e) => {
                 // The weights died with the worker: start over on the page.
                 #[cfg(target_arch = "wasm32")]
@@ -411,9 +457,9 @@ impl ViewerApp {
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_default();
-                match std::fs::read(&f) {
+                match read_file(&f) {
                     Ok(bytes) => self.open_file(ctx, name, bytes),
-                    Err(e) => self.error = Some(format!("{}: {e}", f.display())),
+                    Err(e) => self.error = Some(e),
                 }
             }
         }
@@ -426,6 +472,7 @@ impl ViewerApp {
                     .await
                     .unwrap_or_default();
                 for f in files {
+                    // The picker reads the file whole; `open_file` refuses it if too large.
                     let bytes = f.read().await;
                     let _ = tx.send(Job::File(f.file_name(), Ok(bytes)));
                 }
@@ -723,12 +770,19 @@ impl ViewerApp {
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_else(|| "dropped file".into());
             #[cfg(not(target_arch = "wasm32"))]
-            match file.bytes() {
+            match read_file(file.path()) {
                 Ok(bytes) => self.open_file(ctx, name, bytes),
-                Err(e) => self.error = Some(format!("{name}: {e}")),
+                Err(e) => self.error = Some(e),
             }
             #[cfg(target_arch = "wasm32")]
             {
+                // The browser says the size before anything is read.
+                if let Some(size) = file.web_file().map(|f| f.size() as u64)
+                    && size > MAX_FILE_BYTES as u64
+                {
+                    self.error = Some(too_large(&name, size));
+                    continue;
+                }
                 let (tx, ctx) = (self.sender(), ctx.clone());
                 wasm_bindgen_futures::spawn_local(async move {
                     let bytes = file.bytes_async().await;

@@ -37,25 +37,12 @@ pub fn query_param(name: &str) -> Option<String> {
         .get(name)
 }
 
-/// Fetches a URL's bytes (same origin), with the HTTP status in the error.
+/// Fetches a URL's bytes, with the HTTP status in the error and the viewer's size limit
+/// applied as the bytes arrive.
 pub async fn fetch_bytes(url: &str) -> Result<Vec<u8>, String> {
-    let window = web_sys::window().ok_or("no window")?;
-    let resp: web_sys::Response = JsFuture::from(window.fetch_with_str(url))
-        .await
-        .map_err(js_err)?
-        .dyn_into()
-        .map_err(js_err)?;
-    if !resp.ok() {
-        return Err(format!(
-            "{url}: HTTP {} {}",
-            resp.status(),
-            resp.status_text()
-        ));
-    }
-    let buf = JsFuture::from(resp.array_buffer().map_err(js_err)?)
-        .await
-        .map_err(js_err)?;
-    Ok(js_sys::Uint8Array::new(&buf).to_vec())
+    fetch_with_progress(url, &|_, _| {})
+        .await?
+        .ok_or_else(|| format!("{url}: HTTP 404 Not Found"))
 }
 
 /// Where the Hugging Face Hub is: `?hub=` (a mirror, or the tests' local server), else
@@ -99,6 +86,9 @@ async fn store(cache: Option<&web_sys::Cache>, url: &str, bytes: &mut [u8]) {
     }
 }
 
+/// How long a download may go without a byte before it is given up.
+const STALL_TIMEOUT_MS: i32 = 60_000;
+
 /// Downloads `url` chunk by chunk, reporting `(received, total)`; `Ok(None)` on 404 (the
 /// file is not in that repository).
 async fn fetch_with_progress(
@@ -139,6 +129,10 @@ async fn fetch_with_progress(
         .ok()
         .flatten()
         .and_then(|v| v.parse::<u64>().ok());
+    let limit = crate::app::MAX_FILE_BYTES as u64;
+    if let Some(t) = total.filter(|&t| t > limit) {
+        return Err(crate::app::too_large(url, t));
+    }
     let Some(body) = resp.body() else {
         return response_bytes(&resp).await.map(Some);
     };
@@ -146,9 +140,25 @@ async fn fetch_with_progress(
         .get_reader()
         .dyn_into()
         .map_err(|o: js_sys::Object| js_err(o.into()))?;
-    let mut out = Vec::with_capacity(total.unwrap_or(0) as usize);
+    // The announced length only sizes the buffer within the limit; the bytes are counted.
+    let mut out = Vec::with_capacity(total.unwrap_or(0).min(limit) as usize);
     loop {
-        let chunk = JsFuture::from(reader.read()).await.map_err(js_err)?;
+        // A download that stops sending is given up, not waited for forever.
+        let timeout = js_sys::Promise::new(&mut |resolve, _| {
+            let _ = window
+                .set_timeout_with_callback_and_timeout_and_arguments_0(&resolve, STALL_TIMEOUT_MS);
+        });
+        let read = reader.read();
+        let chunk = JsFuture::from(js_sys::Promise::race(&js_sys::Array::of2(&read, &timeout)))
+            .await
+            .map_err(js_err)?;
+        if chunk.is_undefined() {
+            let _ = reader.cancel();
+            return Err(format!(
+                "{url}: no data for {} s; the download was given up (offline?)",
+                STALL_TIMEOUT_MS / 1000
+            ));
+        }
         let done = js_sys::Reflect::get(&chunk, &"done".into())
             .map_err(js_err)?
             .as_bool()
@@ -157,7 +167,15 @@ async fn fetch_with_progress(
             break;
         }
         let value = js_sys::Reflect::get(&chunk, &"value".into()).map_err(js_err)?;
-        out.extend_from_slice(&js_sys::Uint8Array::new(&value).to_vec());
+        let chunk = js_sys::Uint8Array::new(&value);
+        if out.len() as u64 + u64::from(chunk.length()) > limit {
+            let _ = reader.cancel();
+            return Err(crate::app::too_large(
+                url,
+                out.len() as u64 + u64::from(chunk.length()),
+            ));
+        }
+        out.extend_from_slice(&chunk.to_vec());
         progress(out.len() as u64, total);
     }
     Ok(Some(out))

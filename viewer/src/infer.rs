@@ -111,11 +111,16 @@ fn floats(data: TensorData) -> Result<Vec<f32>, String> {
 }
 
 impl Forward {
-    fn finish(self, attention: Vec<f32>, tokens: Vec<f32>) -> Analysis {
+    fn finish(self, attention: Vec<f32>, tokens: Vec<f32>) -> Result<Analysis, String> {
+        let finite = |v: &[f32], what| {
+            dino_model::attention::ensure_finite(v, what).map_err(|e| e.to_string())
+        };
+        finite(&attention, "attention weights")?;
+        finite(&tokens, "features")?;
         let [_, heads, _, _] = self.out.attention.dims();
         let [_, _, dim] = self.out.tokens.dims();
         let prefix = self.out.prefix_tokens;
-        Analysis {
+        Ok(Analysis {
             request: self.request,
             display: self.prepared.display,
             grid_h: self.out.grid_h,
@@ -127,7 +132,7 @@ impl Forward {
             features: tokens[prefix * dim..].to_vec(),
             dim,
             seconds: web_time_now() - self.started,
-        }
+        })
     }
 }
 
@@ -141,7 +146,7 @@ pub fn analyse(
     let f = forward(model, img, request, device)?;
     let attention = floats(f.out.attention.clone().into_data())?;
     let tokens = floats(f.out.tokens.clone().into_data())?;
-    Ok(f.finish(attention, tokens))
+    f.finish(attention, tokens)
 }
 
 /// As [`analyse`], reading the results back asynchronously: WebGPU in a browser cannot
@@ -163,7 +168,7 @@ pub async fn analyse_async(
             .map_err(read)?,
     )?;
     let tokens = floats(f.out.tokens.clone().into_data_async().await.map_err(read)?)?;
-    Ok(f.finish(attention, tokens))
+    f.finish(attention, tokens)
 }
 
 /// How the browser's CPU backend runs, for the status bar and `data-backend`: SIMD128 when

@@ -16,6 +16,8 @@ pub enum Job {
     Analysis(Result<Analysis, String>),
     /// An image file was decoded off the main thread (web worker).
     Image(String, Result<RgbImage, String>),
+    /// Background work panicked (a bug): what it was doing is abandoned, with this message.
+    Crashed(String),
     /// The web viewer's compute worker died; work falls back to the page.
     WorkerFailed(String),
     /// The worker reports where it computes, then the job it finished.

@@ -16,7 +16,7 @@
 //! pooler, an iBOT head, a training-only norm, the other network of a training checkpoint);
 //! anything else stops the import with its name, unless the caller allows unused tensors.
 
-use crate::checkpoint::{CONFIG_KEY, read_checkpoint, read_safetensors};
+use crate::checkpoint::{config_from_metadata, read_safetensors};
 use crate::config::{
     DINO_LAYER_NORM_EPS, DINOV3_LAYER_NORM_EPS, Family, HF_LAYER_NORM_EPS, ModelConfig,
 };
@@ -30,7 +30,7 @@ use super::hf::{
     select,
 };
 use super::infer::{HfConfig, Hints, check_tensors, dims, infer_config_with, infer_err};
-use super::pth::{is_zip, read_pth};
+use super::pth::{PthLimits, is_zip, read_pth_with};
 
 /// Which part of a training checkpoint to import.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -238,7 +238,10 @@ pub fn import_bytes(bytes: &[u8], which: Which) -> Result<Imported> {
 pub fn import_with(bytes: &[u8], options: &ImportOptions) -> Result<Imported> {
     let hf = HfConfig::parse(options.hf_config.as_deref())?;
     if is_zip(bytes) {
-        let raw = read_pth(bytes)?;
+        let limits = options
+            .max_weight_bytes
+            .map_or_else(PthLimits::default, PthLimits::both);
+        let raw = read_pth_with(bytes, limits)?;
         let (map, other, source) = match training_prefix(&raw, options.which) {
             Some((prefix, net)) => {
                 let (sel, rest) = select(raw, &prefix);
@@ -269,13 +272,12 @@ pub fn import_with(bytes: &[u8], options: &ImportOptions) -> Result<Imported> {
     // old pickles start with 0x80, and so does a header length of 128 mod 256, hence the `{`.
     if bytes.len() >= 8 && (bytes.first() != Some(&0x80) || bytes.get(8) == Some(&b'{')) {
         let (metadata, raw) = read_safetensors(bytes)?;
-        if metadata.contains_key(CONFIG_KEY) {
-            let ckpt = read_checkpoint(bytes)?;
-            let config = ckpt.require_config()?.clone();
+        if let Some(config) = config_from_metadata(&metadata)? {
+            // The tensors are already read: a dinoscope checkpoint is parsed once.
             let expected = expected_shapes(&config);
             let mut sel = TensorMap::new();
             let mut rest = Vec::new();
-            for (k, v) in ckpt.tensors {
+            for (k, v) in raw {
                 if expected.contains_key(&k) {
                     sel.insert(k, v);
                 } else {
@@ -338,7 +340,10 @@ fn import_hugging_face(
     let mut map = map;
     if family == Family::Dinov3 && !map.contains_key("rope_embed.periods") {
         // The port recomputes the periods from rope_theta; so do we.
-        let dim = dims(&map, "patch_embed.proj.weight")?[0];
+        let dim = match dims(&map, "patch_embed.proj.weight")?[..] {
+            [dim, ..] => dim,
+            [] => return infer_err("tensor `patch_embed.proj.weight` has no dimensions"),
+        };
         let heads = match options.num_heads.or(hf.usize("num_attention_heads")?) {
             Some(h) if h > 0 => h,
             _ => (dim / 64).max(1),

@@ -89,7 +89,10 @@ impl<'a> Renamer<'a> {
             self.used.insert(name.clone());
         }
         let mut fused = shape;
-        fused[0] *= 3;
+        match fused.first_mut() {
+            Some(rows) => *rows *= 3,
+            None => return infer_err(format!("`{}` has no dimensions", parts[0])),
+        }
         self.out.insert(to.to_string(), RawTensor::new(fused, data));
         Ok(())
     }

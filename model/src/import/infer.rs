@@ -25,6 +25,17 @@ pub(super) fn dims(map: &TensorMap, name: &str) -> Result<Vec<usize>> {
         })
 }
 
+/// The first dimension of the weight matrix `name` (its output features), refusing a tensor
+/// that is not a matrix.
+pub(super) fn rows(map: &TensorMap, name: &str) -> Result<usize> {
+    match dims(map, name)?[..] {
+        [rows, _] => Ok(rows),
+        ref other => infer_err(format!(
+            "tensor `{name}` has shape {other:?}; a weight matrix has two dimensions"
+        )),
+    }
+}
+
 /// What a Hugging Face `config.json` says, as far as the architecture goes.
 #[derive(Debug, Clone, Default)]
 pub(super) struct HfConfig {
@@ -278,25 +289,30 @@ pub(super) fn infer_config_with(map: &TensorMap, hints: &Hints) -> Result<ModelC
         return infer_err("tensor `pos_embed` is missing");
     };
 
-    let ffn = if let Some(t) = map.get("blocks.0.mlp.fc1.weight") {
+    let ffn = if map.contains_key("blocks.0.mlp.fc1.weight") {
         hf.agree_bool("use_swiglu_ffn", false, "blocks have fc1/fc2")?;
         hf.agree_bool("use_gated_mlp", false, "blocks have fc1/fc2")?;
-        hf.agree("intermediate_size", t.shape[0], "rows of mlp.fc1")?;
+        hf.agree(
+            "intermediate_size",
+            rows(map, "blocks.0.mlp.fc1.weight")?,
+            "rows of mlp.fc1",
+        )?;
         Ffn::Mlp
-    } else if let Some(t) = map.get("blocks.0.mlp.w12.weight") {
+    } else if map.contains_key("blocks.0.mlp.w12.weight") {
         hf.agree_bool("use_swiglu_ffn", true, "blocks have a packed SwiGLU w12")?;
         Ffn::SwiGluPacked {
-            hidden: t.shape[0] / 2,
+            hidden: rows(map, "blocks.0.mlp.w12.weight")? / 2,
         }
-    } else if let Some(t) = map.get("blocks.0.mlp.w1.weight") {
+    } else if map.contains_key("blocks.0.mlp.w1.weight") {
         hf.agree_bool("use_gated_mlp", true, "blocks have SwiGLU w1/w2/w3")?;
-        hf.agree("intermediate_size", t.shape[0], "rows of mlp.w1")?;
-        Ffn::SwiGlu { hidden: t.shape[0] }
+        let hidden = rows(map, "blocks.0.mlp.w1.weight")?;
+        hf.agree("intermediate_size", hidden, "rows of mlp.w1")?;
+        Ffn::SwiGlu { hidden }
     } else {
         return infer_err("block 0 has no feed-forward weights (`mlp.fc1`, `mlp.w12` or `mlp.w1`)");
     };
     let hidden = match ffn {
-        Ffn::Mlp => dims(map, "blocks.0.mlp.fc1.weight")?[0],
+        Ffn::Mlp => rows(map, "blocks.0.mlp.fc1.weight")?,
         Ffn::SwiGluPacked { hidden } | Ffn::SwiGlu { hidden } => hidden,
     };
     if let (Ffn::Mlp, Some(ratio)) = (&ffn, hf.f64("mlp_ratio")?)
@@ -367,7 +383,7 @@ pub(super) fn infer_head(map: &TensorMap, dim: usize) -> Result<Option<HeadConfi
     } else {
         "head.mlp.0.weight".to_string()
     };
-    let hidden_dim = dims(map, &first)?[0];
+    let hidden_dim = rows(map, &first)?;
     let v = dims(map, "head.last_layer.weight_v")?;
     let [out_dim, bottleneck_dim] = v[..] else {
         return infer_err(format!("head.last_layer.weight_v has shape {v:?}"));

@@ -15,10 +15,49 @@ use std::rc::Rc;
 use crate::error::{ModelError, Result};
 use crate::tensors::{RawTensor, TensorMap};
 
-/// Largest memo index and stack depth accepted; real checkpoints stay far below.
-const MAX_ITEMS: usize = 10_000_000;
+/// Largest memo, stack and total of container items accepted; a DINOv2 training checkpoint
+/// with its optimiser state holds a few thousand.
+const MAX_ITEMS: usize = 1_000_000;
 /// Largest tensor accepted (elements); 4 G elements is beyond any ViT weight.
 const MAX_NUMEL: u64 = 1 << 32;
+/// Largest `data.pkl`: the pickle names tensors, it does not hold them (an official
+/// training checkpoint's is about 100 KB).
+const MAX_PICKLE_BYTES: u64 = 64 << 20;
+/// Values `flatten` may visit: a memoised container referenced from many places is walked
+/// once per path, which a hostile pickle can make exponential.
+const MAX_VISITS: usize = 4_000_000;
+/// How many tensors may take each stored element: a file may name one tensor twice (a
+/// student and a teacher saved as the same objects), but a container referenced again and
+/// again must not multiply what reading allocates.
+const MAX_USES_PER_ELEMENT: usize = 4;
+
+/// What reading a `.pth` may allocate, in bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct PthLimits {
+    /// The storages' decompressed bytes, all together.
+    pub max_storage_bytes: u64,
+    /// The tensors read, in f32, all together (a tensor reached from several places in the
+    /// pickle counts each time: the map holds a copy per name).
+    pub max_tensor_bytes: u64,
+}
+
+impl PthLimits {
+    /// Both budgets at `bytes`.
+    pub fn both(bytes: u64) -> Self {
+        Self {
+            max_storage_bytes: bytes,
+            max_tensor_bytes: bytes,
+        }
+    }
+}
+
+impl Default for PthLimits {
+    /// 64 GiB: above the largest official release (a DINOv3 7B: 27 GB in bf16, 54 GB in
+    /// f32); callers that know the machine pass less.
+    fn default() -> Self {
+        Self::both(64 << 30)
+    }
+}
 
 fn err<T>(reason: impl Into<String>) -> Result<T> {
     Err(ModelError::Pth {
@@ -119,7 +158,38 @@ enum Value {
     Mark,
 }
 
+impl Drop for Value {
+    /// Drops nested containers with a worklist: a pickle of a million nested one-element
+    /// tuples would otherwise overflow the stack when its value tree is dropped.
+    fn drop(&mut self) {
+        let mut work = self.take_children();
+        while let Some(mut v) = work.pop() {
+            work.append(&mut v.take_children());
+        }
+    }
+}
+
 impl Value {
+    /// The children this value owns alone (shared containers keep theirs: another holder
+    /// drops them later).
+    fn take_children(&mut self) -> Vec<Value> {
+        match self {
+            Value::Tuple(t) => Rc::get_mut(t).map(std::mem::take).unwrap_or_default(),
+            Value::List(l) => Rc::get_mut(l)
+                .map(|l| std::mem::take(l.get_mut()))
+                .unwrap_or_default(),
+            Value::Dict(d) => Rc::get_mut(d)
+                .map(|d| {
+                    std::mem::take(d.get_mut())
+                        .into_iter()
+                        .flat_map(|(k, v)| [k, v])
+                        .collect()
+                })
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        }
+    }
+
     fn as_int(&self, what: &str) -> Result<i64> {
         match self {
             Value::Int(i) => Ok(*i),
@@ -188,6 +258,8 @@ struct Machine<'a> {
     pos: usize,
     stack: Vec<Value>,
     memo: HashMap<u32, Value>,
+    /// Items put into lists, dicts and tuples so far.
+    items: usize,
 }
 
 impl<'a> Machine<'a> {
@@ -238,6 +310,17 @@ impl<'a> Machine<'a> {
         Ok(())
     }
 
+    /// Counts `n` more container items against [`MAX_ITEMS`].
+    fn count_items(&mut self, n: usize) -> Result<()> {
+        self.items = self.items.saturating_add(n);
+        if self.items > MAX_ITEMS {
+            return err(format!(
+                "pickle builds more than {MAX_ITEMS} container items; a weights file holds a few thousand"
+            ));
+        }
+        Ok(())
+    }
+
     fn pop_mark(&mut self) -> Result<Vec<Value>> {
         let mark = self
             .stack
@@ -248,6 +331,7 @@ impl<'a> Machine<'a> {
             })?;
         let items = self.stack.split_off(mark + 1);
         self.stack.pop();
+        self.count_items(items.len())?;
         Ok(items)
     }
 
@@ -318,7 +402,7 @@ impl<'a> Machine<'a> {
     }
 
     fn persistent_load(&mut self, pid: Value) -> Result<Value> {
-        let Value::Tuple(t) = pid else {
+        let Value::Tuple(t) = &pid else {
             return err(format!(
                 "persistent id is a {}, expected a tuple",
                 pid.kind()
@@ -347,13 +431,13 @@ impl<'a> Machine<'a> {
     }
 
     fn reduce(&mut self, callable: Value, args: Value) -> Result<Value> {
-        let Value::Global(g) = callable else {
+        let Value::Global(g) = &callable else {
             return err(format!(
                 "REDUCE on a {}, expected an allowed class",
                 callable.kind()
             ));
         };
-        let args: Vec<Value> = match args {
+        let args: Vec<Value> = match &args {
             Value::Tuple(t) => t.as_ref().clone(),
             other => {
                 return err(format!(
@@ -467,8 +551,8 @@ impl<'a> Machine<'a> {
                 0x93 => {
                     let name = self.pop()?;
                     let module = self.pop()?;
-                    match (module, name) {
-                        (Value::Str(m), Value::Str(n)) => self.global(&m, &n)?,
+                    match (&module, &name) {
+                        (Value::Str(m), Value::Str(n)) => self.global(m, n)?,
                         _ => return err("STACK_GLOBAL with non-string operands"),
                     }
                 }
@@ -532,6 +616,7 @@ impl<'a> Machine<'a> {
                     if self.stack.len() < n {
                         return err("pickle stack underflow");
                     }
+                    self.count_items(n)?;
                     let items = self.stack.split_off(self.stack.len() - n);
                     self.push(Value::Tuple(Rc::new(items)))?;
                 }
@@ -569,6 +654,7 @@ impl<'a> Machine<'a> {
                 b's' => {
                     let v = self.pop()?;
                     let k = self.pop()?;
+                    self.count_items(2)?;
                     self.set_items(vec![k, v])?;
                 }
                 b'u' => {
@@ -577,6 +663,7 @@ impl<'a> Machine<'a> {
                 }
                 b'a' => {
                     let v = self.pop()?;
+                    self.count_items(1)?;
                     self.append(vec![v])?;
                 }
                 b'e' => {
@@ -612,6 +699,17 @@ struct Archive<'a> {
     zip: zip::ZipArchive<Cursor<&'a [u8]>>,
     prefix: String,
     cache: HashMap<String, Rc<Vec<u8>>>,
+    /// Where each storage read so far starts in the archive: two names for one stream would
+    /// hand out the same bytes twice.
+    starts: HashMap<u64, String>,
+    /// Storage bytes that may still be read.
+    budget: u64,
+    /// f32 tensor bytes that may still be made.
+    tensor_budget: u64,
+    /// Elements of each storage that tensors have taken so far.
+    used: HashMap<String, usize>,
+    /// Values `flatten` has visited.
+    visits: usize,
 }
 
 impl<'a> Archive<'a> {
@@ -620,7 +718,7 @@ impl<'a> Archive<'a> {
             return Ok(b.clone());
         }
         let name = format!("{}data/{key}", self.prefix);
-        let mut file = self.zip.by_name(&name).map_err(|e| ModelError::Pth {
+        let file = self.zip.by_name(&name).map_err(|e| ModelError::Pth {
             reason: format!("storage `{name}` missing from the archive: {e}"),
         })?;
         let size = file.size();
@@ -629,10 +727,19 @@ impl<'a> Archive<'a> {
                 "storage `{name}` is implausibly large ({size} bytes)"
             ));
         }
-        let mut buf = Vec::with_capacity(size as usize);
-        file.read_to_end(&mut buf).map_err(|e| ModelError::Pth {
-            reason: format!("reading storage `{name}`: {e}"),
-        })?;
+        if size > self.budget {
+            return err(format!(
+                "storage `{name}` ({size} bytes) exceeds what is left of the reading budget ({} bytes): the archive holds more than this machine can import",
+                self.budget
+            ));
+        }
+        if let Some(other) = self.starts.insert(file.data_start(), name.clone()) {
+            return err(format!(
+                "storages `{other}` and `{name}` are one stream of the archive under two names"
+            ));
+        }
+        let buf = read_entry(file, &name)?;
+        self.budget -= size;
         let rc = Rc::new(buf);
         self.cache.insert(key.to_string(), rc.clone());
         Ok(rc)
@@ -647,24 +754,25 @@ impl<'a> Archive<'a> {
         let bytes = self.storage(&t.storage.key)?;
         let es = t.storage.dtype.size();
         let storage_len = bytes.len() / es;
-        if numel > 0 {
-            let last = t
-                .shape
-                .iter()
-                .zip(&t.stride)
-                .try_fold(t.offset, |acc, (&d, &s)| {
-                    (d - 1).checked_mul(s).and_then(|x| x.checked_add(acc))
-                });
-            match last {
-                Some(l) if l < storage_len => {}
-                _ => {
-                    return err(format!(
-                        "tensor of shape {:?} (offset {}, stride {:?}) reads past its storage `{}` of {storage_len} elements",
-                        t.shape, t.offset, t.stride, t.storage.key
-                    ));
-                }
-            }
+        check_view(t, numel, storage_len)?;
+        // One tensor reached through many names (a memoised container referenced again and
+        // again) is copied once per name: the budgets count every copy.
+        let used = self.used.entry(t.storage.key.clone()).or_default();
+        *used += numel;
+        if *used > MAX_USES_PER_ELEMENT * storage_len {
+            return err(format!(
+                "tensors reading storage `{}` take {} elements from its {storage_len}: the pickle names the same data over and over",
+                t.storage.key, *used
+            ));
         }
+        let bytes_f32 = 4 * numel as u64;
+        if bytes_f32 > self.tensor_budget {
+            return err(format!(
+                "the file's tensors take more than the reading budget in f32 (at tensor of shape {:?}): it holds more, or refers to the same tensors more often, than this machine can import",
+                t.shape
+            ));
+        }
+        self.tensor_budget -= bytes_f32;
         let mut data = Vec::with_capacity(numel);
         let mut index = vec![0usize; t.shape.len()];
         for _ in 0..numel {
@@ -687,6 +795,99 @@ impl<'a> Archive<'a> {
     }
 }
 
+/// The most deflate can expand: 258 bytes from every 2 bits of a stream (about 1032:1).
+const MAX_DEFLATE_RATIO: u64 = 1100;
+
+/// Reads a zip entry whose header says it holds `size` bytes, trusting that number only as
+/// far as the bytes bear it out: a size no compressed stream of that length can give is
+/// refused before anything is read, nothing is allocated by the header alone, and an entry
+/// that holds more or less than it says is refused.
+fn read_entry(file: zip::read::ZipFile<'_, Cursor<&[u8]>>, name: &str) -> Result<Vec<u8>> {
+    let (size, packed) = (file.size(), file.compressed_size());
+    let possible = match file.compression() {
+        zip::CompressionMethod::Stored => size == packed,
+        _ => {
+            size <= packed
+                .saturating_mul(MAX_DEFLATE_RATIO)
+                .saturating_add(4096)
+        }
+    };
+    if !possible {
+        return err(format!(
+            "`{name}` says it holds {size} bytes in {packed} stored bytes, which its compression cannot give: the archive is corrupt or forged"
+        ));
+    }
+    read_exactly(file, size, name)
+}
+
+/// Reads `size` bytes from `file`, refusing more or less.
+fn read_exactly(file: impl Read, size: u64, name: &str) -> Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(size.min(64 << 20) as usize);
+    let mut limited = file.take(size + 1);
+    limited.read_to_end(&mut buf).map_err(|e| ModelError::Pth {
+        reason: format!("reading `{name}`: {e}"),
+    })?;
+    if buf.len() as u64 != size {
+        return err(format!(
+            "`{name}` holds {} bytes where the archive says {size}: the archive is corrupt or forged",
+            if buf.len() as u64 > size {
+                format!("more than {size}")
+            } else {
+                buf.len().to_string()
+            }
+        ));
+    }
+    Ok(buf)
+}
+
+/// Refuses a view that reads past its storage, repeats elements (a stride of 0 or strides
+/// that overlap) or holds more elements than the storage.
+fn check_view(t: &TensorRef, numel: usize, storage_len: usize) -> Result<()> {
+    if numel == 0 {
+        return Ok(());
+    }
+    let describe = || {
+        format!(
+            "tensor of shape {:?} (offset {}, stride {:?}) of storage `{}` ({storage_len} elements)",
+            t.shape, t.offset, t.stride, t.storage.key
+        )
+    };
+    let last = t
+        .shape
+        .iter()
+        .zip(&t.stride)
+        .try_fold(t.offset, |acc, (&d, &s)| {
+            (d - 1).checked_mul(s).and_then(|x| x.checked_add(acc))
+        });
+    if !matches!(last, Some(l) if l < storage_len) {
+        return err(format!("{} reads past its storage", describe()));
+    }
+    if numel > storage_len {
+        return err(format!("{} has more elements than its storage", describe()));
+    }
+    // Dimensions by increasing stride: each must step over everything the ones inside it
+    // span, or two indices reach one element.
+    let mut dims: Vec<(usize, usize)> = t
+        .stride
+        .iter()
+        .zip(&t.shape)
+        .filter(|(_, d)| **d > 1)
+        .map(|(&s, &d)| (s, d))
+        .collect();
+    dims.sort_unstable();
+    let mut span = 1usize;
+    for (stride, size) in dims {
+        if stride < span {
+            return err(format!(
+                "{} repeats elements (a stride of 0, or strides that overlap)",
+                describe()
+            ));
+        }
+        span = stride.saturating_mul(size - 1).saturating_add(span);
+    }
+    Ok(())
+}
+
 fn flatten(
     value: &Value,
     path: &str,
@@ -696,6 +897,12 @@ fn flatten(
 ) -> Result<()> {
     if depth > 64 {
         return err("nesting deeper than 64 levels");
+    }
+    archive.visits += 1;
+    if archive.visits > MAX_VISITS {
+        return err(format!(
+            "walking the pickle's containers visits more than {MAX_VISITS} values (containers referenced from many places)"
+        ));
     }
     match value {
         Value::Tensor(t) => {
@@ -743,6 +950,11 @@ pub fn is_zip(bytes: &[u8]) -> bool {
 /// through nested dicts (`teacher.backbone.blocks.0.attn.qkv.weight`). Integer tensors and
 /// non-tensor values (epochs, arguments) are skipped.
 pub fn read_pth(bytes: &[u8]) -> Result<TensorMap> {
+    read_pth_with(bytes, PthLimits::default())
+}
+
+/// [`read_pth`] within `limits`.
+pub fn read_pth_with(bytes: &[u8], limits: PthLimits) -> Result<TensorMap> {
     if !is_zip(bytes) {
         if bytes.first() == Some(&0x80) {
             return err(
@@ -766,28 +978,33 @@ pub fn read_pth(bytes: &[u8]) -> Result<TensorMap> {
         zip,
         prefix,
         cache: HashMap::new(),
+        starts: HashMap::new(),
+        budget: limits.max_storage_bytes,
+        tensor_budget: limits.max_tensor_bytes,
+        used: HashMap::new(),
+        visits: 0,
     };
     let pickle = {
-        let mut f = archive
+        let f = archive
             .zip
             .by_name(&pkl_name)
             .map_err(|e| ModelError::Pth {
                 reason: format!("reading {pkl_name}: {e}"),
             })?;
-        if f.size() > 1 << 30 {
-            return err("data.pkl is larger than 1 GiB");
+        if f.size() > MAX_PICKLE_BYTES {
+            return err(format!(
+                "{pkl_name} is {} bytes; a weights file's pickle is far below {MAX_PICKLE_BYTES}",
+                f.size()
+            ));
         }
-        let mut buf = Vec::new();
-        f.read_to_end(&mut buf).map_err(|e| ModelError::Pth {
-            reason: format!("reading {pkl_name}: {e}"),
-        })?;
-        buf
+        read_entry(f, &pkl_name)?
     };
     let mut machine = Machine {
         data: &pickle,
         pos: 0,
         stack: Vec::new(),
         memo: HashMap::new(),
+        items: 0,
     };
     let root = machine.run()?;
     let mut out = TensorMap::new();

@@ -248,6 +248,10 @@ pub struct TrainArgs {
     /// No progress bar; a log line every 10 steps
     #[arg(long, short)]
     pub quiet: bool,
+    /// --resume a run although its training data changed (files added, removed or renamed):
+    /// it continues on the data as it is now, no longer bit-exact
+    #[arg(long, requires = "resume")]
+    pub allow_data_change: bool,
     /// Under mpirun/srun: seconds a rank waits for the others in a collective before the run
     /// stops, naming the ranks that stopped answering (longer than the slowest evaluation)
     #[arg(long, default_value_t = 600, value_name = "SECS")]
@@ -316,6 +320,17 @@ fn parse_scale(s: &str) -> Result<f64, String> {
     }
     Ok(v)
 }
+
+/// Settings `--resume` may change (what a run that diverged needs: a lower or slower-rising
+/// learning rate, tighter clipping, another weight decay).
+pub const CHANGEABLE_ON_RESUME: [&str; 6] = [
+    "lr",
+    "min_lr",
+    "warmup_epochs",
+    "clip_grad",
+    "weight_decay",
+    "weight_decay_end",
+];
 
 /// Sets `$field` to the flag's value when the flag was given, noting (name, given, replaced).
 macro_rules! set {
@@ -676,7 +691,9 @@ impl TrainArgs {
         Ok(())
     }
 
-    /// The config of a resumed run: flags given now must agree with the saved run.
+    /// The config of a resumed run: flags given now must agree with the saved run, but for
+    /// the few a diverging run needs changed ([`CHANGEABLE_ON_RESUME`]), which
+    /// `main_dino.py` re-reads on every restart too; those are applied with a warning.
     pub fn for_resume(&self, saved: TrainConfig) -> Result<TrainConfig> {
         if !self.overrides.is_empty() {
             bail!(
@@ -685,9 +702,21 @@ impl TrainArgs {
             );
         }
         let (cfg, given) = self.apply(saved.clone())?;
+        let changed = |(_, new, old): &&GivenFlag| new != old;
+        for (n, new, old) in given
+            .iter()
+            .filter(changed)
+            .filter(|(n, ..)| CHANGEABLE_ON_RESUME.contains(n))
+        {
+            log::warn!(
+                "--{} {new} (the run had {old}): the run continues with the new value from its last checkpoint, and is no longer the run an uninterrupted training would give",
+                n.replace('_', "-")
+            );
+        }
         let conflicts: Vec<String> = given
             .iter()
-            .filter(|(_, new, old)| new != old)
+            .filter(changed)
+            .filter(|(n, ..)| !CHANGEABLE_ON_RESUME.contains(n))
             .map(|(n, new, old)| format!("--{} {new} (run has {old})", n.replace('_', "-")))
             .collect();
         if !conflicts.is_empty() {
@@ -769,11 +798,21 @@ mod tests {
         assert!(args.for_resume(saved.clone()).is_ok());
         let args = TrainArgs {
             arch: Some("vit_small".into()),
+            seed: Some(3),
             lr: Some(0.1),
             ..Default::default()
         };
-        let err = args.for_resume(saved).unwrap_err().to_string();
-        assert!(err.contains("--arch") && err.contains("--lr"), "{err}");
+        let err = args.for_resume(saved.clone()).unwrap_err().to_string();
+        assert!(err.contains("--arch") && err.contains("--seed"), "{err}");
+        // The learning rate may change (with a warning), as a diverged run needs.
+        assert!(!err.contains("--lr"), "{err}");
+        let args = TrainArgs {
+            lr: Some(0.1),
+            clip_grad: Some(1.0),
+            ..Default::default()
+        };
+        let cfg = args.for_resume(saved).unwrap();
+        assert_eq!((cfg.schedule.lr, cfg.optim.clip_grad), (0.1, 1.0));
     }
 
     #[derive(clap::Parser)]

@@ -94,11 +94,11 @@ fn count(map: &TensorMap, prefix: &str) -> (usize, usize) {
 
 /// `dino info`.
 pub fn info(path: &Path, options: LoadOptions) -> Result<()> {
-    let bytes = crate::io::files::read(path)?;
     let imported = load_weights(path, options)?;
+    let size = std::fs::metadata(path).map_or(0, |m| m.len());
     let c = &imported.config;
     let v = &c.vit;
-    println!("file:        {} ({} bytes)", path.display(), bytes.len());
+    println!("file:        {} ({size} bytes)", path.display());
     println!("format:      {}", describe_source(&imported.source));
     println!("model:       {}", v.describe());
     let position = match v.position {
@@ -174,16 +174,18 @@ pub fn info(path: &Path, options: LoadOptions) -> Result<()> {
         );
     }
     println!("parameters:  {} total", all.1);
-    if let Ok(ckpt) = dino_model::read_checkpoint(&bytes) {
-        let student = count(&ckpt.tensors, "student.");
-        if student.0 > 0 {
-            println!("student:     {} tensors (training checkpoint)", student.0);
-        }
-        for (k, v) in ckpt
-            .metadata
+    if imported.source == SourceKind::Dinoscope {
+        let student = imported
+            .ignored
             .iter()
-            .filter(|(k, _)| k.starts_with("dino.train"))
-        {
+            .filter(|k| k.starts_with("student."))
+            .count();
+        if student > 0 {
+            println!("student:     {student} tensors (training checkpoint)");
+        }
+        // The header alone: the tensors are not read a second time.
+        let metadata = crate::io::weights::safetensors_metadata(path)?;
+        for (k, v) in metadata.iter().filter(|(k, _)| k.starts_with("dino.train")) {
             println!("{k}: {v}");
         }
     }
@@ -315,17 +317,27 @@ pub fn train(args: &TrainArgs) -> Result<()> {
             log::set_max_level(log::LevelFilter::Warn);
         }
     }
-    let (run, mut cfg, resume) = match &args.resume {
+    // Rank 0 writes the run's files: it takes the folder before deciding it is free (and a
+    // new run's settings are checked before the folder is made).
+    let take = |run: &RunDir| world.is_main().then(|| run.lock()).transpose();
+    let (run, mut cfg, resume, lock) = match &args.resume {
         Some(dir) => {
             let run = RunDir { root: dir.clone() };
             let saved = load_run_config(&run)?;
+            let lock = take(&run)?;
             let cfg = args.for_resume(saved)?;
-            (run, cfg, true)
+            (run, cfg, true, lock)
         }
         None => {
             let run = RunDir {
                 root: args.output.clone(),
             };
+            let (mut cfg, given) = args.new_run()?;
+            if let Some(file) = &args.init {
+                crate::train::init::resolve(&mut cfg, file, &given)?;
+            }
+            crate::cli::args::check(&cfg)?;
+            let lock = take(&run)?;
             if run.last().exists() {
                 bail!(
                     "{} already holds a run; continue it with `dino train --resume {}` or choose another -o",
@@ -333,12 +345,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
                     run.root.display()
                 );
             }
-            let (mut cfg, given) = args.new_run()?;
-            if let Some(file) = &args.init {
-                crate::train::init::resolve(&mut cfg, file, &given)?;
-            }
-            crate::cli::args::check(&cfg)?;
-            (run, cfg, false)
+            (run, cfg, false, lock)
         }
     };
     if args.loss_scale.is_some() && cfg.optim.precision != dino_model::Precision::F16 {
@@ -367,9 +374,19 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         workers,
         quiet: args.quiet,
         device_name: selected.name.clone(),
+        allow_data_change: args.allow_data_change,
     };
-    let summary = train_run(cfg, &run, resume, &opts, &selected.device)?;
+    let summary = train_run(cfg, (&run, lock.as_ref()), resume, &opts, &selected.device)?;
     if !world.is_main() {
+        return Ok(());
+    }
+    if summary.interrupted {
+        println!(
+            "stopped by a signal after step {}: checkpoint {}; continue with `dino train --resume {}`",
+            summary.steps,
+            run.last().display(),
+            run.root.display()
+        );
         return Ok(());
     }
     println!(

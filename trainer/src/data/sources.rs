@@ -42,6 +42,19 @@ pub trait Source: Send + Sync {
     fn classes(&self) -> Vec<String>;
     /// A short description for logs.
     fn describe(&self) -> String;
+    /// What identifies these samples and their order, saved with training checkpoints so
+    /// that a resume on other data is noticed: by default the description and the count.
+    fn fingerprint(&self) -> String {
+        format!("{:016x}", fnv1a(self.describe().as_bytes()))
+    }
+}
+
+/// FNV-1a, 64 bits: a hash that does not change between Rust versions (std's may), for
+/// fingerprints stored in checkpoints.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// A folder of images, searched recursively; first-level subfolders become class labels.
@@ -214,6 +227,17 @@ impl Source for ImageFolder {
             self.classes.len()
         )
     }
+
+    /// Every file's path under the root and label, in sample order: a file added, removed or
+    /// renamed changes it (edits in place do not).
+    fn fingerprint(&self) -> String {
+        let mut text = String::new();
+        for (path, label) in &self.files {
+            let rel = path.strip_prefix(&self.root).unwrap_or(path);
+            text.push_str(&format!("{}\t{label:?}\n", rel.display()));
+        }
+        format!("{:016x}", fnv1a(text.as_bytes()))
+    }
 }
 
 /// CIFAR-10 in its binary format: records of 1 label byte + 3072 bytes (R, G, B planes of 32×32).
@@ -299,6 +323,11 @@ impl Source for Cifar10 {
 
     fn describe(&self) -> String {
         format!("CIFAR-10 {} ({} images)", self.name, self.len())
+    }
+
+    /// The records themselves.
+    fn fingerprint(&self) -> String {
+        format!("{:016x}", fnv1a(&self.records))
     }
 }
 

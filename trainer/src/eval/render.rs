@@ -5,7 +5,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use burn::tensor::{Device, Tensor, TensorData};
 use dino_model::attention::{
-    cls_maps, combined_mask, mass_mask, mean_map, pca_rgb, upsample_nearest,
+    cls_maps, combined_mask, ensure_finite, mass_mask, mean_map, pca_rgb, upsample_nearest,
 };
 use dino_model::preprocess::Prepared;
 use dino_model::vit::VisionTransformer;
@@ -58,6 +58,8 @@ pub fn compute_maps(
         .into_data()
         .try_to_vec()
         .context("reading tokens")?;
+    ensure_finite(&attention, "attention weights")?;
+    ensure_finite(&tokens_data, "features")?;
     let heads = cls_maps(&attention, heads_n, tokens, prefix);
     let masks = heads.iter().map(|m| mass_mask(m, threshold)).collect();
     Ok(AttentionMaps {

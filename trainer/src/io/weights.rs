@@ -39,6 +39,30 @@ fn hf_config_beside(path: &Path) -> Result<Option<String>> {
     Ok(Some(text))
 }
 
+/// Largest weight file read where the free memory is unknown (not Linux): 64 GiB.
+pub const MAX_WEIGHTS_FILE_BYTES: u64 = 64 << 30;
+
+/// The metadata of a safetensors file, reading only its header (at most 100 MB, as the
+/// safetensors format allows).
+pub fn safetensors_metadata(path: &Path) -> Result<std::collections::BTreeMap<String, String>> {
+    use std::io::Read;
+    let mut file =
+        std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len)
+        .with_context(|| format!("reading {}", path.display()))?;
+    let n = u64::from_le_bytes(len);
+    if n > 100_000_000 {
+        bail!("{}: a safetensors header of {n} bytes", path.display());
+    }
+    let mut header = len.to_vec();
+    file.take(n)
+        .read_to_end(&mut header)
+        .with_context(|| format!("reading {}", path.display()))?;
+    dino_model::checkpoint::read_metadata(&header)
+        .with_context(|| format!("reading the header of {}", path.display()))
+}
+
 /// Reads and imports any supported weight file, naming it in every error.
 pub fn load_weights(path: &Path, options: LoadOptions) -> Result<Imported> {
     let available = super::files::available_memory();
@@ -55,7 +79,13 @@ pub fn load_weights(path: &Path, options: LoadOptions) -> Result<Imported> {
             free >> 20
         );
     }
-    let bytes = super::files::read(path)?;
+    // Bounded by what is read, not what the file system says (a pipe, a device).
+    let limit = available.map_or(MAX_WEIGHTS_FILE_BYTES, |free| free / 2);
+    let bytes = super::files::read_at_most(
+        path,
+        limit,
+        "; importing it needs about twice that in memory (the file and its weights in f32)",
+    )?;
     let hf_config = hf_config_beside(path)?;
     let from_config = hf_config.is_some();
     import_with(
@@ -113,10 +143,9 @@ fn training_statistics(path: &Path) -> Result<Option<dino_model::Normalization>>
             <[f32; 3]>::try_from(f).ok()
         };
         if let (Some(mean), Some(std)) = (triple("image_mean"), triple("image_std")) {
-            if std.iter().any(|&s| !(s > 0.0)) {
-                bail!("{}: image_std must be positive, got {std:?}", p.display());
-            }
             let norm = dino_model::Normalization { mean, std };
+            norm.validate()
+                .with_context(|| format!("{}: image_mean / image_std", p.display()))?;
             return Ok((norm != dino_model::Normalization::IMAGENET).then_some(norm));
         }
     }

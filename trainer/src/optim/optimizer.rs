@@ -515,7 +515,8 @@ impl Optimizer {
 
 struct Unscale<'a> {
     grads: &'a mut GradientsParams,
-    inv_scale: f64,
+    /// `None`: the gradients are only checked, not scaled.
+    inv_scale: Option<f64>,
     cancel_last_layer: bool,
     magnitude: Option<Tensor<1>>,
     path: PathTracker,
@@ -535,7 +536,10 @@ impl ModuleVisitor for Unscale<'_> {
         if self.cancel_last_layer && is_last_layer(&self.path.path()) {
             return;
         }
-        let grad = grad.mul_scalar(self.inv_scale);
+        let grad = match self.inv_scale {
+            Some(inv) => grad.mul_scalar(inv),
+            None => grad,
+        };
         // Σ|g| is inf or NaN exactly when some element is; summed on the device so the whole
         // check costs one read-back.
         let m = grad.clone().abs().sum();
@@ -561,8 +565,27 @@ pub fn unscale_gradients(
 ) -> bool {
     let mut v = Unscale {
         grads,
-        inv_scale: 1.0 / scale,
+        inv_scale: Some(1.0 / scale),
         cancel_last_layer,
+        magnitude: None,
+        path: PathTracker { stack: Vec::new() },
+    };
+    model.visit(&mut v);
+    v.magnitude.is_none_or(|m| {
+        m.into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .is_ok_and(|v| v[0].is_finite())
+    })
+}
+
+/// Whether every gradient is finite, in one read-back: an f32 step whose gradients overflowed
+/// must not reach the weights (there is no loss scaler to skip it).
+pub fn gradients_finite(model: &DinoModel, grads: &mut GradientsParams) -> bool {
+    let mut v = Unscale {
+        grads,
+        inv_scale: None,
+        cancel_last_layer: false,
         magnitude: None,
         path: PathTracker { stack: Vec::new() },
     };

@@ -23,8 +23,9 @@ use crate::optim::schedule::Schedules;
 
 use super::config::TrainConfig;
 use super::inputs::{gram_input, step_inputs};
+use super::interrupt::Interrupt;
 use super::networks::Networks;
-use super::run_dir::{RunDir, RunWriter, read_training_checkpoint, remove_stale_temp_files};
+use super::run_dir::{RunDir, RunLock, RunWriter, read_training_checkpoint};
 use super::step::{Dinov2Step, StepHyper, StepOutput, train_step};
 use super::train_eval::{EvalSet, evaluate};
 
@@ -48,6 +49,8 @@ pub struct RunOptions {
     pub quiet: bool,
     /// Human-readable name of the device, for logs.
     pub device_name: String,
+    /// Resume even when the training data's fingerprint changed (`--allow-data-change`).
+    pub allow_data_change: bool,
 }
 
 /// What a finished (or stopped) run reports.
@@ -63,6 +66,8 @@ pub struct Summary {
     pub images_per_sec: f64,
     /// Last collapse verdict.
     pub collapse: String,
+    /// Whether a SIGINT or SIGTERM stopped the run early (with its checkpoint written).
+    pub interrupted: bool,
 }
 
 impl Summary {
@@ -74,6 +79,7 @@ impl Summary {
             last_loss: f64::NAN,
             images_per_sec: 0.0,
             collapse: "n/a".into(),
+            interrupted: false,
         }
     }
 }
@@ -118,9 +124,15 @@ impl Tally {
         self.global_batch as f64 / t0.elapsed().as_secs_f64()
     }
 
-    /// The summary of a run now at `end_step`, with what the user should know: skipped f16
-    /// updates, unreadable samples.
-    fn finish(self, nets: &Networks, unreadable: usize, end_step: u64) -> Summary {
+    /// The summary of a run now at `end_step` (`interrupted` by a signal or not), with what
+    /// the user should know: skipped f16 updates, unreadable samples.
+    fn finish(
+        self,
+        nets: &Networks,
+        unreadable: usize,
+        end_step: u64,
+        interrupted: bool,
+    ) -> Summary {
         if self.skipped > 0 {
             log::info!(
                 "{} of {} steps were skipped because an f16 gradient overflowed (the loss scale is now {}); a few early on are normal",
@@ -141,6 +153,7 @@ impl Tally {
             last_loss: self.losses.1,
             images_per_sec: images / self.started.elapsed().as_secs_f64(),
             collapse: self.collapse,
+            interrupted,
         }
     }
 }
@@ -278,18 +291,26 @@ fn save(
     Ok(())
 }
 
-/// Runs training in `run` (fresh, or resumed when `resume` is set).
+/// Runs training in `run` (fresh, or resumed when `resume` is set); rank 0, which writes the
+/// run's files, holds the folder's `lock`.
 pub fn train(
     cfg: TrainConfig,
-    run: &RunDir,
+    (run, lock): (&RunDir, Option<&RunLock>),
     resume: bool,
     opts: &RunOptions,
     device: &Device,
 ) -> Result<Summary> {
     let mc = cfg.model_config()?;
     let world = distributed::world();
+    if world.is_main() && lock.is_none() {
+        bail!(
+            "rank 0 trains {} without holding its lock",
+            run.root.display()
+        );
+    }
     preflight(&cfg, run, opts, &world, device)?;
     let data = open_data(&cfg, &world)?;
+    let fingerprint = data.source.fingerprint();
     let eval_set = EvalSet::new(&cfg, opts.eval_data.as_deref(), data.source.clone())?;
     // lr = base × batch_size_per_gpu × world_size / 256 (DINOv2: √(… / 1024)).
     let global_batch = cfg.data.batch_size * world.size;
@@ -301,7 +322,15 @@ pub fn train(
     );
     let total_steps = (cfg.schedule.epochs * data.iters_per_epoch) as u64;
     let end_step = opts.max_steps.map_or(total_steps, |m| m.min(total_steps));
-    let (mut nets, start_step) = restore_or_create(&cfg, &mc, run, resume, &world, device)?;
+    let (mut nets, start_step) = restore_or_create(
+        &cfg,
+        &mc,
+        run,
+        resume,
+        (&fingerprint, opts),
+        (&world, lock),
+        device,
+    )?;
     if world.is_main() {
         run.write_config(&cfg)?;
     }
@@ -317,11 +346,11 @@ pub fn train(
         &world,
         (start_step, end_step, total_steps),
     );
-    // Only rank 0 writes the run's files.
     let mut writer = match world.is_main() {
-        true => Some(RunWriter::open(run, start_step, resume)?),
+        true => Some(RunWriter::open(run, start_step, fingerprint)?),
         false => None,
     };
+    let interrupt = Interrupt::install()?;
     let mut loader = data.loader(&cfg, (start_step, end_step), opts.workers);
     let bar = progress_bar(opts, &world, start_step, end_step);
     if start_step == 0
@@ -341,16 +370,31 @@ pub fn train(
         device,
     )?;
     let mut tally = Tally::new(global_batch);
+    let mut stopped_at = None;
     for step in start_step..end_step {
         distributed::set_step(step);
         let t0 = Instant::now();
         let batch = loader.next_batch().expect("loader covers the step range")?;
         let epoch = (step / data.iters_per_epoch as u64) as usize;
         let (out, hyper, gram_weight) = stepper.step(nets, &batch, step, epoch);
-        if !out.loss.is_finite() {
+        if !out.loss.is_finite() || out.diverged {
             bar.abandon();
-            let last_saved = writer.as_ref().map_or(start_step, RunWriter::last_saved);
-            return Err(run.non_finite_loss(out.loss, step, last_saved));
+            let what = match out.diverged {
+                true => "the gradients became NaN or infinite".to_string(),
+                false => format!("the loss became {}", out.loss),
+            };
+            let last_saved = match writer.as_mut() {
+                Some(w) => {
+                    w.discard();
+                    w.last_saved()
+                }
+                None => run.last().exists().then_some(start_step),
+            };
+            return Err(run.diverged(&what, step, last_saved, cfg.schedule.lr));
+        }
+        // The state this step started from gave a finite loss and gradients: it may be kept.
+        if let Some(w) = writer.as_mut() {
+            w.commit().inspect_err(|_| bar.abandon())?;
         }
         let img_per_sec = tally.add(&out, cfg.model.out_dim, t0);
         let record = step_record(&cfg, &out, &hyper, step, epoch, img_per_sec, gram_weight);
@@ -369,7 +413,9 @@ pub fn train(
         bar.set_message(said);
         let done = step + 1;
         let epoch_end = done.is_multiple_of(data.iters_per_epoch as u64);
-        let saving = done % opts.checkpoint_every.max(1) == 0 || epoch_end || done == end_step;
+        let stop = stop_requested(&interrupt, &world)?;
+        let saving =
+            done % opts.checkpoint_every.max(1) == 0 || epoch_end || done == end_step || stop;
         if saving && world.size > 1 {
             // The EMA is the same on every rank exactly when the averaged gradients were;
             // checked before the one copy on disk stands for all of them.
@@ -378,33 +424,55 @@ pub fn train(
                 &format!("the weights after step {done}"),
             )?;
         }
-        let Some(w) = writer.as_mut() else { continue };
-        let finished_epoch = epoch_end.then_some((done / data.iters_per_epoch as u64) as usize);
-        save(w, &cfg, &mc, &nets, opts, done, finished_epoch, saving)
-            .inspect_err(|_| bar.abandon())?;
-        let eval_due = match opts.eval_every {
-            0 => epoch_end,
-            every => done.is_multiple_of(every),
-        };
-        if eval_due || done == end_step {
-            evaluate(
-                &nets.teacher,
-                &cfg,
-                &eval_set,
-                run,
-                done,
-                device,
-                w.metrics(),
-            )?;
+        if let Some(w) = writer.as_mut() {
+            let finished_epoch = epoch_end.then_some((done / data.iters_per_epoch as u64) as usize);
+            save(w, &cfg, &mc, &nets, opts, done, finished_epoch, saving)
+                .inspect_err(|_| bar.abandon())?;
+            let eval_due = match opts.eval_every {
+                0 => epoch_end,
+                every => done.is_multiple_of(every),
+            };
+            if (eval_due || done == end_step) && !stop {
+                evaluate(
+                    &nets.teacher,
+                    &cfg,
+                    &eval_set,
+                    run,
+                    done,
+                    device,
+                    w.metrics(),
+                )?;
+            }
+        }
+        if stop {
+            stopped_at = Some(done);
+            break;
         }
     }
     bar.finish();
-    if let Some(w) = &writer {
+    if let Some(w) = writer.as_mut() {
         w.finish(&mc, &nets.teacher)?;
     }
     let unreadable = loader.unreadable.load(std::sync::atomic::Ordering::Relaxed);
     drop(loader);
-    Ok(tally.finish(&nets, unreadable, end_step))
+    Ok(tally.finish(
+        &nets,
+        unreadable,
+        stopped_at.unwrap_or(end_step),
+        stopped_at.is_some(),
+    ))
+}
+
+/// Whether a SIGINT or SIGTERM asks this run to stop after the current step; on several
+/// ranks, whether any rank got one (all stop at the same step).
+fn stop_requested(interrupt: &Interrupt, world: &World) -> Result<bool> {
+    let mine = interrupt.requested();
+    if world.size == 1 {
+        return Ok(mine);
+    }
+    let mut any = [f32::from(u8::from(mine))];
+    distributed::all_reduce_sum(&mut any, "the stop signal");
+    Ok(any[0] > 0.0)
 }
 
 impl RunData {
@@ -493,18 +561,20 @@ fn open_data(cfg: &TrainConfig, world: &World) -> Result<RunData> {
     })
 }
 
-/// The networks of the run's last checkpoint when resuming, else fresh ones; on several
-/// ranks, checked to be the same everywhere.
+/// The networks of the run's last checkpoint when resuming (refused when it was trained on
+/// other data, unless allowed), else fresh ones; on several ranks, checked to be the same
+/// everywhere.
 fn restore_or_create(
     cfg: &TrainConfig,
     mc: &ModelConfig,
     run: &RunDir,
     resume: bool,
-    world: &World,
+    (fingerprint, opts): (&str, &RunOptions),
+    (world, lock): (&World, Option<&RunLock>),
     device: &Device,
 ) -> Result<(Networks, u64)> {
-    if world.is_main() {
-        remove_stale_temp_files(&run.root.join("checkpoints"));
+    if let Some(lock) = lock {
+        run.remove_stale_temp_files(lock);
     }
     let saved = run.last().exists();
     if resume && !saved {
@@ -514,7 +584,25 @@ fn restore_or_create(
         );
     }
     let (nets, step) = if resume && saved {
-        read_training_checkpoint(cfg, mc, run, device)?
+        let restored = read_training_checkpoint(cfg, mc, run, device)?;
+        if let Some(was) = &restored.data_fingerprint
+            && was != fingerprint
+        {
+            let what = format!(
+                "{} was trained on other data than {} holds now (fingerprint {was}, now {fingerprint}: files were added, removed or renamed)",
+                run.root.display(),
+                cfg.data.source
+            );
+            if !opts.allow_data_change {
+                bail!(
+                    "{what}; a resumed run would see other batches than the uninterrupted one. Restore the data, or add --allow-data-change to continue on it anyway"
+                );
+            }
+            log::warn!(
+                "{what}; continuing on it (--allow-data-change): the run is no longer the one an uninterrupted training would give"
+            );
+        }
+        (restored.nets, restored.step)
     } else {
         (Networks::fresh(cfg, mc, device)?, 0)
     };

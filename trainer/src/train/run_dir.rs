@@ -17,12 +17,25 @@ use serde::{Deserialize, Serialize};
 
 use crate::eval::plot::{Series, legend, line_plot, line_plot_in};
 use crate::eval::render::save_png;
-use crate::io::files::write_atomic;
+use crate::io::files::{is_temp_name, write_atomic};
 use crate::optim::amp::LossScaler;
 use crate::optim::optimizer::Optimizer;
 
 use super::config::TrainConfig;
 use super::networks::{Networks, fresh_dino_loss, fresh_ibot_loss, fresh_loss_scaler};
+
+/// Metadata key of the training data's fingerprint in training checkpoints.
+pub const DATA_FINGERPRINT_KEY: &str = "dino.data_fingerprint";
+
+/// What a training checkpoint restores.
+pub struct Restored {
+    /// The networks and their optimiser and loss state.
+    pub nets: Networks,
+    /// The next step to run.
+    pub step: u64,
+    /// The fingerprint of the data it was trained on (absent in older checkpoints).
+    pub data_fingerprint: Option<String>,
+}
 
 /// Where a run stands; saved in every training checkpoint.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -68,6 +81,71 @@ impl RunDir {
         self.root.join("attention")
     }
 
+    /// `.lock`, held by the process that trains the run.
+    pub fn lock_file(&self) -> PathBuf {
+        self.root.join(".lock")
+    }
+
+    /// Takes the run for this process: an exclusive lock on `.lock` (released by the kernel
+    /// when the process ends, however it ends), or an error naming the process that holds it.
+    pub fn lock(&self) -> Result<RunLock> {
+        std::fs::create_dir_all(&self.root)
+            .with_context(|| format!("creating {}", self.root.display()))?;
+        let path = self.lock_file();
+        if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
+            anyhow::bail!(
+                "{} is a symbolic link; dinoscope will not write through it. Remove it and start again",
+                path.display()
+            );
+        }
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = std::io::Read::read_to_string(&mut file, &mut holder);
+                anyhow::bail!(
+                    "{} is in use by another `dino train` (process {}); wait for it to finish, or train into another folder with -o",
+                    self.root.display(),
+                    holder
+                        .trim()
+                        .parse::<u32>()
+                        .map_or("unknown".into(), |p| p.to_string())
+                );
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("locking {}", path.display()));
+            }
+        }
+        file.set_len(0)
+            .and_then(|_| write!(file, "{}", std::process::id()))
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(RunLock { _file: file })
+    }
+
+    /// Deletes the temporary files a killed process left while writing into the run; they are
+    /// never read, but they should not pile up. Only names our writes make are touched, and
+    /// only under the run's lock, so no live write loses its file.
+    pub fn remove_stale_temp_files(&self, _lock: &RunLock) {
+        for dir in [self.root.clone(), self.root.join("checkpoints")] {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if is_temp_name(&name) && e.file_type().is_ok_and(|t| t.is_file()) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+    }
+
     /// Writes `config.json` (and creates `checkpoints/`).
     pub fn write_config(&self, cfg: &TrainConfig) -> Result<()> {
         std::fs::create_dir_all(self.root.join("checkpoints"))
@@ -78,16 +156,35 @@ impl RunDir {
         )
     }
 
-    /// The error of a step whose loss is `loss` (inf or NaN): where the last good state is
-    /// and how to go on from it.
-    pub fn non_finite_loss(&self, loss: f64, step: u64, last_saved: u64) -> anyhow::Error {
-        anyhow!(
-            "the loss became {loss} at step {step}; training stopped. The last good checkpoint is {} (step {last_saved}). \
-             Lower --lr, raise --warmup-epochs or --clip-grad, then resume with `dino train --resume {}`",
-            self.last().display(),
-            self.root.display()
-        )
+    /// The error of a step whose loss (`loss`) or gradients were NaN or infinite: where the
+    /// last good state is (`last_saved`, when a checkpoint exists) and how to go on from it at
+    /// a learning rate below `lr`.
+    pub fn diverged(
+        &self,
+        what: &str,
+        step: u64,
+        last_saved: Option<u64>,
+        lr: f64,
+    ) -> anyhow::Error {
+        let lower = format!("{:e}", lr / 4.0);
+        match last_saved {
+            Some(saved) => anyhow!(
+                "{what} at step {step}; training stopped before applying it. The last good checkpoint is {} (step {saved}: every checkpoint written had a finite loss and gradients). \
+                 Continue at a lower learning rate with `dino train --resume {} --lr {lower}` (now --lr {lr}), or with a longer --warmup-epochs or a --clip-grad",
+                self.last().display(),
+                self.root.display()
+            ),
+            None => anyhow!(
+                "{what} at step {step}, before any checkpoint; training stopped. Start the run again at a lower learning rate (now --lr {lr}, e.g. --lr {lower}), or with a longer --warmup-epochs or a --clip-grad"
+            ),
+        }
     }
+}
+
+/// One process's hold on a run directory (see [`RunDir::lock`]); dropped, it lets go.
+pub struct RunLock {
+    /// The locked `.lock`.
+    _file: std::fs::File,
 }
 
 /// Rank 0's writes during training: a line of `metrics.jsonl` per step and evaluation, the
@@ -97,18 +194,24 @@ pub struct RunWriter<'a> {
     run: &'a RunDir,
     /// `metrics.jsonl`, open for appending.
     metrics: std::fs::File,
-    /// The step `last.safetensors` holds.
-    last_saved: u64,
+    /// The step `last.safetensors` holds, when it exists.
+    last_saved: Option<u64>,
+    /// A checkpoint waiting for its step's loss and gradients: written once they are finite
+    /// (or at the end of the run), dropped when they are not, so that `last.safetensors`
+    /// always holds a state that trains.
+    pending: Option<(u64, Vec<u8>)>,
+    /// The training data's fingerprint, saved with every checkpoint.
+    data_fingerprint: String,
 }
 
 impl<'a> RunWriter<'a> {
     /// Opens `metrics.jsonl` of a run starting at `start_step`: the lines of steps after the
-    /// checkpoint go (they run again), and so does everything of a resumed run killed before
-    /// its first checkpoint.
-    pub fn open(run: &'a RunDir, start_step: u64, resume: bool) -> Result<Self> {
+    /// checkpoint go (they run again); a run from step 0 starts it empty (a resumed run killed
+    /// before its first checkpoint, or a new run in a folder an earlier one left).
+    pub fn open(run: &'a RunDir, start_step: u64, data_fingerprint: String) -> Result<Self> {
         if start_step > 0 {
             truncate_metrics(&run.metrics(), start_step)?;
-        } else if resume {
+        } else {
             write_atomic(&run.metrics(), b"")?;
         }
         let metrics = std::fs::OpenOptions::new()
@@ -119,12 +222,14 @@ impl<'a> RunWriter<'a> {
         Ok(Self {
             run,
             metrics,
-            last_saved: start_step,
+            last_saved: run.last().exists().then_some(start_step),
+            pending: None,
+            data_fingerprint,
         })
     }
 
-    /// The step `last.safetensors` holds.
-    pub fn last_saved(&self) -> u64 {
+    /// The step `last.safetensors` holds, when it exists.
+    pub fn last_saved(&self) -> Option<u64> {
         self.last_saved
     }
 
@@ -151,17 +256,19 @@ impl<'a> RunWriter<'a> {
         let bytes = model_checkpoint_bytes(mc, teacher)?;
         write_atomic(&path, &bytes).with_context(|| {
             format!(
-                "saving the teacher of epoch {epoch} at step {done} ({}) failed; {} still holds step {}. \
+                "saving the teacher of epoch {epoch} at step {done} ({}) failed; {} still holds {}. \
                  Free some disk space, then continue with `dino train --resume {}`",
                 path.display(),
                 self.run.last().display(),
-                self.last_saved,
+                self.last_saved
+                    .map_or("nothing".into(), |s| format!("step {s}")),
                 self.run.root.display()
             )
         })
     }
 
-    /// Saves everything a resume needs after step `done` as `last.safetensors`.
+    /// Everything a resume needs after step `done`, for `last.safetensors`: held until
+    /// [`RunWriter::commit`] (once the next step's loss and gradients are known finite).
     pub fn save_last(
         &mut self,
         cfg: &TrainConfig,
@@ -169,22 +276,38 @@ impl<'a> RunWriter<'a> {
         nets: &Networks,
         done: u64,
     ) -> Result<()> {
-        let bytes = training_checkpoint(cfg, mc, nets, done)?;
-        write_atomic(&self.run.last(), &bytes).with_context(|| {
-            format!(
-                "saving the checkpoint of step {done} failed; {} still holds step {}. \
-                 Free some disk space, then continue with `dino train --resume {}`",
-                self.run.last().display(),
-                self.last_saved,
-                self.run.root.display()
-            )
-        })?;
-        self.last_saved = done;
+        let bytes = training_checkpoint(cfg, mc, nets, done, &self.data_fingerprint)?;
+        self.pending = Some((done, bytes));
         Ok(())
     }
 
-    /// Writes the viewer's `teacher.safetensors` and redraws the plots.
-    pub fn finish(&self, mc: &ModelConfig, teacher: &DinoModel) -> Result<()> {
+    /// Writes the held checkpoint.
+    pub fn commit(&mut self) -> Result<()> {
+        let Some((done, bytes)) = self.pending.take() else {
+            return Ok(());
+        };
+        write_atomic(&self.run.last(), &bytes).with_context(|| {
+            format!(
+                "saving the checkpoint of step {done} failed; {} still holds {}. \
+                 Free some disk space, then continue with `dino train --resume {}`",
+                self.run.last().display(),
+                self.last_saved
+                    .map_or("nothing".into(), |s| format!("step {s}")),
+                self.run.root.display()
+            )
+        })?;
+        self.last_saved = Some(done);
+        Ok(())
+    }
+
+    /// Drops the held checkpoint: its state gave a NaN or an infinity.
+    pub fn discard(&mut self) {
+        self.pending = None;
+    }
+
+    /// Writes the held checkpoint, the viewer's `teacher.safetensors` and redraws the plots.
+    pub fn finish(&mut self, mc: &ModelConfig, teacher: &DinoModel) -> Result<()> {
+        self.commit()?;
         write_atomic(&self.run.teacher(), &model_checkpoint_bytes(mc, teacher)?)?;
         plot_metrics(self.run)
     }
@@ -196,6 +319,7 @@ pub fn training_checkpoint(
     mc: &ModelConfig,
     nets: &Networks,
     step: u64,
+    data_fingerprint: &str,
 ) -> Result<Vec<u8>> {
     let mut map = TensorMap::new();
     nets.teacher.save_tensors(&mut map, "");
@@ -227,6 +351,7 @@ pub fn training_checkpoint(
         })?,
     );
     meta.insert("dino.train_config".into(), serde_json::to_string(cfg)?);
+    meta.insert(DATA_FINGERPRINT_KEY.into(), data_fingerprint.to_string());
     if let Some(scaler) = &nets.scaler {
         meta.insert("dino.loss_scaler".into(), serde_json::to_string(scaler)?);
     }
@@ -239,7 +364,7 @@ pub fn read_training_checkpoint(
     mc: &ModelConfig,
     run: &RunDir,
     device: &Device,
-) -> Result<(Networks, u64)> {
+) -> Result<Restored> {
     let ad_device = device.clone().autodiff();
     let path = run.last();
     let bytes = std::fs::read(&path).with_context(|| {
@@ -307,8 +432,8 @@ pub fn read_training_checkpoint(
     } else {
         None
     };
-    Ok((
-        Networks {
+    Ok(Restored {
+        nets: Networks {
             student: student.with_precision(cfg.optim.precision),
             teacher: teacher.with_precision(cfg.optim.precision),
             optim,
@@ -317,8 +442,9 @@ pub fn read_training_checkpoint(
             ibot,
             gram,
         },
-        state.step,
-    ))
+        step: state.step,
+        data_fingerprint: ckpt.metadata.get(DATA_FINGERPRINT_KEY).cloned(),
+    })
 }
 
 /// Draws `loss.png` (the loss per step, and each DINOv2 term beside the total) and, when
@@ -447,20 +573,6 @@ pub fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
         out.push('\n');
     }
     write_atomic(path, out.as_bytes())
-}
-
-/// Deletes temporary files that a killed process left behind while writing a checkpoint;
-/// they are never read, but they should not pile up.
-pub fn remove_stale_temp_files(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') && name.ends_with(".tmp") {
-            let _ = std::fs::remove_file(e.path());
-        }
-    }
 }
 
 /// Reads the config of an existing run (for `--resume`).

@@ -6,7 +6,9 @@ use burn::tensor::{Device, Tensor};
 
 use crate::loss::dino::TeacherStats;
 use crate::loss::objective::{Dinov2Objective, Losses, StepInputs, dino_losses, dinov2_losses};
-use crate::optim::optimizer::{Dinov2Groups, StepParams, ema_update, unscale_gradients};
+use crate::optim::optimizer::{
+    Dinov2Groups, StepParams, ema_update, gradients_finite, unscale_gradients,
+};
 
 use super::networks::Networks;
 
@@ -49,6 +51,9 @@ pub struct StepOutput {
     pub stats: TeacherStats,
     /// Whether the optimiser step was skipped because a scaled f16 gradient overflowed.
     pub skipped: bool,
+    /// Whether an f32 step's gradients were NaN or infinite: the update was not applied (and
+    /// the centres are as before), and training cannot go on at this learning rate.
+    pub diverged: bool,
     /// Milliseconds spent averaging the gradients over the ranks (0 alone).
     pub allreduce_ms: f64,
 }
@@ -139,6 +144,7 @@ pub fn train_step(
             terms,
             stats,
             skipped: true,
+            diverged: false,
             allreduce_ms: 0.0,
         };
     }
@@ -162,13 +168,40 @@ pub fn train_step(
         crate::distributed::finalize(true);
         std::process::exit(1)
     });
-    let finite = scaler.as_ref().is_none_or(|s| {
-        // DINOv2 freezes the last layer by learning rate 0, not by dropping its gradient.
-        let cancel_first = dinov2.is_none() && hyper.freeze_last_layer && hyper.clip_grad <= 0.0;
-        unscale_gradients(&student, &mut grads, s.scale, cancel_first)
-    });
+    let finite = match &scaler {
+        Some(s) => {
+            // DINOv2 freezes the last layer by learning rate 0, not by dropping its gradient.
+            let cancel_first =
+                dinov2.is_none() && hyper.freeze_last_layer && hyper.clip_grad <= 0.0;
+            unscale_gradients(&student, &mut grads, s.scale, cancel_first)
+        }
+        None => gradients_finite(&student, &mut grads),
+    };
     if let Some(s) = &mut scaler {
         s.update(!finite);
+    }
+    if !finite && scaler.is_none() {
+        loss.center = center_before;
+        if let (Some(i), Some(c)) = (ibot.as_mut(), ibot_before) {
+            i.center = c;
+        }
+        return StepOutput {
+            nets: Networks {
+                student,
+                teacher,
+                optim,
+                loss,
+                scaler,
+                ibot,
+                gram,
+            },
+            loss: value,
+            terms,
+            stats,
+            skipped: true,
+            diverged: true,
+            allreduce_ms,
+        };
     }
     let student = if finite {
         let depth = student.backbone.depth();
@@ -202,6 +235,7 @@ pub fn train_step(
         terms,
         stats,
         skipped: !finite,
+        diverged: false,
         allreduce_ms,
     }
 }
