@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 if command -v apt-get >/dev/null; then
   need=()
   for p in pkg-config chromium chromium-driver binaryen mesa-vulkan-drivers libvulkan1 \
-    openmpi-bin libopenmpi-dev libclang-dev; do
+    openmpi-bin libopenmpi-dev libclang-dev python3; do
     dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
   done
   if [ ${#need[@]} -gt 0 ]; then

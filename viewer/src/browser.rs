@@ -129,9 +129,9 @@ async fn fetch_with_progress(
         .ok()
         .flatten()
         .and_then(|v| v.parse::<u64>().ok());
-    let limit = crate::app::MAX_FILE_BYTES as u64;
+    let limit = crate::files::MAX_FILE_BYTES as u64;
     if let Some(t) = total.filter(|&t| t > limit) {
-        return Err(crate::app::too_large(url, t));
+        return Err(crate::files::too_large(url, t));
     }
     let Some(body) = resp.body() else {
         return response_bytes(&resp).await.map(Some);
@@ -170,7 +170,7 @@ async fn fetch_with_progress(
         let chunk = js_sys::Uint8Array::new(&value);
         if out.len() as u64 + u64::from(chunk.length()) > limit {
             let _ = reader.cancel();
-            return Err(crate::app::too_large(
+            return Err(crate::files::too_large(
                 url,
                 out.len() as u64 + u64::from(chunk.length()),
             ));

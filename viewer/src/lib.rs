@@ -4,12 +4,15 @@
 //!
 //! Floors, from the top: the entry points (`main.rs`, `web`) → `app` (state and panels) →
 //! `browser` (page helpers), `worker` (the compute worker and the page's handle on it) and
-//! `views` → `job` (what background work answers) → `infer` (load, analyse), `gpu_overlay`.
+//! `views` → `job` (what background work answers) → `infer` (load, analyse), `gpu_overlay`,
+//! `files` (the size every file may have).
 
 #[cfg(feature = "ui")]
 pub mod app;
 #[cfg(all(target_arch = "wasm32", feature = "ui"))]
 pub mod browser;
+#[cfg(feature = "ui")]
+pub mod files;
 #[cfg(feature = "ui")]
 pub mod gpu_overlay;
 pub mod infer;

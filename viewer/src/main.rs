@@ -46,13 +46,13 @@ fn main() -> eframe::Result {
             let mut app = ViewerApp::new(device, backend);
             app.gpu_overlay = dino_viewer::gpu_overlay::install(cc);
             if let Some(path) = checkpoint {
-                match dino_viewer::app::read_file(path.as_ref()) {
+                match dino_viewer::files::read_file(path.as_ref()) {
                     Ok(bytes) => app.open_checkpoint(&cc.egui_ctx, path.clone(), bytes),
                     Err(e) => app.error = Some(e),
                 }
             }
             for path in images {
-                match dino_viewer::app::read_file(path.as_ref()) {
+                match dino_viewer::files::read_file(path.as_ref()) {
                     Ok(bytes) => app.open_file(&cc.egui_ctx, path.clone(), bytes),
                     Err(e) => app.error = Some(e),
                 }
