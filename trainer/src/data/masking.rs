@@ -156,6 +156,31 @@ impl BatchMasks {
     pub fn counts(&self) -> Vec<usize> {
         masked_counts(&self.masks, self.patches)
     }
+
+    /// The masks of the crops `rows` (indices into this batch's crops), in that order: one
+    /// rank's share of masks drawn for the world's batch. The weights stay per crop; the
+    /// upper bound (a buffer size of the official code, no term of the loss) is the whole
+    /// batch's.
+    pub fn rows(&self, rows: &[usize]) -> BatchMasks {
+        let n = self.patches;
+        let masks: Vec<bool> = rows
+            .iter()
+            .flat_map(|&r| self.masks[r * n..(r + 1) * n].iter().copied())
+            .collect();
+        let indices: Vec<usize> = (0..masks.len()).filter(|&i| masks[i]).collect();
+        let counts = masked_counts(&masks, n);
+        let weights = indices
+            .iter()
+            .map(|&i| 1.0 / (counts[i / n] as f32).max(1.0))
+            .collect();
+        BatchMasks {
+            masks,
+            patches: n,
+            indices,
+            weights,
+            upperbound: self.upperbound,
+        }
+    }
 }
 
 /// Masked patches of each crop of row-major `[crops, patches]` masks.

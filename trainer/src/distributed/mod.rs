@@ -6,6 +6,6 @@ pub mod ddp;
 pub mod world;
 
 pub use world::{
-    World, all_reduce_mean, all_reduce_sum, ensure_agree, finalize, init, mean_f64,
+    World, all_reduce_max, all_reduce_mean, all_reduce_sum, ensure_agree, finalize, init, mean_f64,
     set_resume_hint, set_step, set_timeout, world,
 };

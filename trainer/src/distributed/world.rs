@@ -105,6 +105,13 @@ pub fn all_reduce_sum(buf: &mut [f32], what: &str) {
     }
 }
 
+/// The element-wise maximum of `buf` over all ranks, in place.
+pub fn all_reduce_max(buf: &mut [f32], what: &str) {
+    if world().size > 1 {
+        mpi_backend::all_reduce_max(buf, what);
+    }
+}
+
 /// The element-wise mean of `buf` over all ranks, in place.
 pub fn all_reduce_mean(buf: &mut [f32], what: &str) {
     let n = world().size;
@@ -364,6 +371,10 @@ mod mpi_backend {
         all_reduce(buf, SystemOperation::max(), what);
     }
 
+    pub fn all_reduce_max(buf: &mut [f32], what: &str) {
+        all_reduce(buf, SystemOperation::max(), what);
+    }
+
     pub fn all_reduce_sum_buckets(
         sizes: &[usize],
         fill: &mut dyn FnMut(usize, &mut [f32]),
@@ -420,6 +431,10 @@ mod mpi_backend {
     }
 
     pub fn all_reduce_max_u64(_buf: &mut [u64], _what: &str) {
+        unreachable!("a build without MPI never has more than one rank")
+    }
+
+    pub fn all_reduce_max(_buf: &mut [f32], _what: &str) {
         unreachable!("a build without MPI never has more than one rank")
     }
 

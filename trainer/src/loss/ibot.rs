@@ -36,16 +36,34 @@ impl IbotLoss {
 
     /// Moves the centre towards the mean of this step's masked teacher scores (`update_center`
     /// then `apply_center_update`, which the official loop runs before the next step's targets).
-    pub fn update_center(&mut self, teacher: Tensor<2>) {
-        let mean: Vec<f32> = teacher
-            .detach()
-            .mean_dim(0)
-            .into_data()
-            .try_to_vec::<f32>()
-            .expect("f32 teacher output");
+    /// Over several ranks the mean is the world's: the sums and the counts are all-reduced
+    /// (the official code divides the summed scores by its own rank's count times the world
+    /// size, which is the same when every rank masks as many patches). `teacher` is `None` on
+    /// a rank without masked patches, which still takes part.
+    pub fn update_center(&mut self, teacher: Option<Tensor<2>>) {
+        let k = self.center.len();
+        let mut sums = match &teacher {
+            Some(t) => {
+                let mut v: Vec<f32> = t
+                    .clone()
+                    .detach()
+                    .sum_dim(0)
+                    .into_data()
+                    .try_to_vec::<f32>()
+                    .expect("f32 teacher output");
+                v.push(t.dims()[0] as f32);
+                v
+            }
+            None => vec![0.0; k + 1],
+        };
+        crate::distributed::all_reduce_sum(&mut sums, "the iBOT centre update");
+        let count = sums.pop().unwrap_or(0.0);
+        if count == 0.0 {
+            return;
+        }
         let m = self.center_momentum as f32;
-        for (c, b) in self.center.iter_mut().zip(mean) {
-            *c = *c * m + b * (1.0 - m);
+        for (c, b) in self.center.iter_mut().zip(sums) {
+            *c = *c * m + b / count * (1.0 - m);
         }
     }
 

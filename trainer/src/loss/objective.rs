@@ -15,7 +15,7 @@ use crate::loss::dino::{DinoLoss, TeacherStats};
 use crate::loss::gram::{GramAnchoring, gram_loss, resize_patch_grid};
 use crate::loss::ibot::IbotLoss;
 use crate::loss::koleo::koleo_loss;
-use crate::loss::sinkhorn::{SINKHORN_ITERATIONS, sinkhorn_knopp};
+use crate::loss::sinkhorn::{SINKHORN_ITERATIONS, sinkhorn_knopp_world};
 
 /// The training recipe of a run (`--method`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum, Serialize, Deserialize, Hash)]
@@ -191,27 +191,39 @@ fn gram_term(
     )
 }
 
-/// iBOT's term on the masked patches: the teacher's outputs `teacher` become targets (centred
-/// and sharpened, updating the centre; or Sinkhorn-Knopp), the student's `student` are scored
-/// against them, each patch weighted by `weights`, the sum divided by the `rows` global crops.
+/// iBOT's term on the masked patches: the teacher's outputs become targets (centred and
+/// sharpened, updating the centre; or Sinkhorn-Knopp, both over every rank), the student's are
+/// scored against them, each patch weighted by `weights`, the sum divided by the `rows` global
+/// crops. `outputs` (teacher, student) is `None` when no patch of this rank was masked: the
+/// term is then 0, and the rank still takes part in the reductions the others run.
 fn ibot_masked_term(
     ibot: &mut IbotLoss,
     centering: Centering,
-    teacher: Tensor<2>,
-    student: Tensor<2>,
-    weights: &[f32],
-    rows: usize,
+    outputs: Option<(Tensor<2>, Tensor<2>)>,
+    (weights, rows): (&[f32], usize),
     teacher_temp: f64,
+    device: &Device,
 ) -> Tensor<1> {
+    let (teacher, student) = outputs.unzip();
     let targets = match centering {
         Centering::Mean => {
-            let q = ibot.softmax_center_teacher(teacher.clone(), teacher_temp);
+            let q = teacher
+                .as_ref()
+                .map(|t| ibot.softmax_center_teacher(t.clone(), teacher_temp));
             ibot.update_center(teacher);
             q
         }
-        Centering::Sinkhorn => sinkhorn_knopp(teacher, teacher_temp, SINKHORN_ITERATIONS),
+        Centering::Sinkhorn => {
+            let prototypes = ibot.center.len();
+            sinkhorn_knopp_world(teacher, prototypes, teacher_temp, SINKHORN_ITERATIONS)
+        }
     };
-    ibot.forward_masked(student, targets, weights, rows)
+    match student.zip(targets) {
+        Some((s, q)) => ibot.forward_masked(s, q, weights, rows),
+        // No patch was masked (tiny crops): the official buffers would be empty and its
+        // centre update NaN; the term is 0 and the centre stays.
+        None => Tensor::zeros([1], device),
+    }
 }
 
 /// DINO: the student on every crop, the teacher on the global crops, one cross-entropy per
@@ -364,7 +376,14 @@ pub fn dinov2_losses(
     let (dino, stats) = match objective.centering {
         Centering::Mean => loss.forward(s_cls_out, t_cls_out, ncrops, teacher_temp),
         Centering::Sinkhorn => {
-            let q = sinkhorn_knopp(t_cls_out, teacher_temp, SINKHORN_ITERATIONS);
+            let prototypes = loss.center.len();
+            let q = sinkhorn_knopp_world(
+                Some(t_cls_out),
+                prototypes,
+                teacher_temp,
+                SINKHORN_ITERATIONS,
+            )
+            .expect("every rank has CLS targets");
             loss.forward_with_targets(s_cls_out, q, ncrops)
         }
     };
@@ -373,15 +392,14 @@ pub fn dinov2_losses(
         .map(|c| koleo_loss(s_cls.clone().narrow(0, c * batch, batch)))
         .reduce(|a, b| a + b)
         .expect("two global crops");
-    let ibot_term = match (t_patch_out, s_patch_out) {
-        (Some(t), Some(s)) => {
-            let centering = objective.centering;
-            ibot_masked_term(ibot, centering, t, s, &masks.weights, rows_g, teacher_temp)
-        }
-        // No patch was masked this step (tiny crops): the official buffers would be empty and
-        // its centre update NaN; the term is 0 and the centre stays.
-        _ => Tensor::zeros([1], &ad_device),
-    };
+    let ibot_term = ibot_masked_term(
+        ibot,
+        objective.centering,
+        t_patch_out.zip(s_patch_out),
+        (&masks.weights, rows_g),
+        teacher_temp,
+        &ad_device,
+    );
     let mut total = dino.clone().mul_scalar(objective.dino_weight)
         + koleo.clone().mul_scalar(objective.koleo_weight)
         + ibot_term.clone().mul_scalar(objective.ibot_weight);

@@ -52,11 +52,14 @@ pub fn step_inputs(
     let depth = nets.student.backbone.depth();
     let drop = [0, 1].map(|g| {
         (cfg.model.drop_path_rate > 0.0 && rows[g] > 0).then(|| {
+            // Per rank, as the official code draws it: a subset of a batch has no equivalent
+            // in the world's batch (each rank keeps its own fraction).
+            let rank = Shard::of_this_process().rank as u64;
             let mut rng = ChaCha8Rng::seed_from_u64(derive_seed(
                 cfg.run.seed,
                 STREAM_SUBSET_DROP_PATH,
                 step,
-                g as u64,
+                g as u64 + 2 * rank,
             ));
             subset_drop_path_masks(
                 depth,
@@ -67,13 +70,20 @@ pub fn step_inputs(
             )
         })
     });
+    // Drawn for the world's global crops and read at this rank's, so that N ranks mask as
+    // one process of N× the batch does (the official code draws per rank).
     let mut rng = ChaCha8Rng::seed_from_u64(derive_seed(cfg.run.seed, STREAM_MASKS, step, 0));
-    let masks = sample_batch_masks(
+    let shard = Shard::of_this_process();
+    let all = sample_batch_masks(
         masking.expect("DINOv2 runs have a masking generator"),
-        rows[0],
+        rows[0] * shard.world,
         &objective.mask,
         &mut rng,
     );
+    let masks = match shard.world {
+        1 => all,
+        _ => all.rows(&shard.global_rows(2, b)),
+    };
     StepInputs {
         globals,
         locals,

@@ -18,7 +18,6 @@ use crate::data::sources::Source;
 use crate::distributed::{self, World};
 use crate::loss::dino::collapse_indicator;
 use crate::loss::gram::GramSchedule;
-use crate::loss::objective::Method;
 use crate::optim::schedule::Schedules;
 
 use super::config::TrainConfig;
@@ -494,8 +493,7 @@ impl RunData {
 }
 
 /// Refuses a run that cannot start here: another number of processes than it was trained
-/// with, a method without cross-rank reductions on several ranks, f16 where the device has no
-/// f16 arithmetic.
+/// with, f16 where the device has no f16 arithmetic.
 fn preflight(
     cfg: &TrainConfig,
     run: &RunDir,
@@ -517,13 +515,6 @@ fn preflight(
             } else {
                 ""
             }
-        );
-    }
-    if world.size > 1 && cfg.method() != Method::Dino {
-        bail!(
-            "--method {} does not run on several ranks yet (its KoLeo, Sinkhorn-Knopp and iBOT terms need reductions across ranks that are not written); \
-             train --method dino under mpirun, or this method in one process",
-            format!("{:?}", cfg.method()).to_lowercase()
         );
     }
     if cfg.optim.precision == Precision::F16 && !device.supports_dtype(burn::tensor::DType::F16) {
