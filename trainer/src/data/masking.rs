@@ -167,18 +167,23 @@ impl BatchMasks {
             .iter()
             .flat_map(|&r| self.masks[r * n..(r + 1) * n].iter().copied())
             .collect();
+        BatchMasks::new(masks, n, self.upperbound)
+    }
+
+    /// The masks of crops of `patches` patches, row-major, with their indices and weights.
+    fn new(masks: Vec<bool>, patches: usize, upperbound: usize) -> Self {
         let indices: Vec<usize> = (0..masks.len()).filter(|&i| masks[i]).collect();
-        let counts = masked_counts(&masks, n);
+        let counts = masked_counts(&masks, patches);
         let weights = indices
             .iter()
-            .map(|&i| 1.0 / (counts[i / n] as f32).max(1.0))
+            .map(|&i| 1.0 / (counts[i / patches] as f32).max(1.0))
             .collect();
         BatchMasks {
             masks,
-            patches: n,
+            patches,
             indices,
             weights,
-            upperbound: self.upperbound,
+            upperbound,
         }
     }
 }
@@ -242,20 +247,7 @@ pub fn sample_batch_masks(
         let j = rng.random_range(0..=i);
         list.swap(i, j);
     }
-    let masks: Vec<bool> = list.concat();
-    let indices: Vec<usize> = (0..masks.len()).filter(|&i| masks[i]).collect();
-    let counts = masked_counts(&masks, n);
-    let weights = indices
-        .iter()
-        .map(|&i| 1.0 / (counts[i / n] as f32).max(1.0))
-        .collect();
-    BatchMasks {
-        masks,
-        patches: n,
-        indices,
-        weights,
-        upperbound,
-    }
+    BatchMasks::new(list.concat(), n, upperbound)
 }
 
 #[cfg(test)]

@@ -125,28 +125,33 @@ pub fn train_step(
         ),
     };
     let (value, terms, stats) = read_back(&losses);
-    if !value.is_finite() {
-        loss.center = center_before;
-        if let (Some(i), Some(c)) = (ibot.as_mut(), ibot_before) {
+    // A step that must not be applied gives back the networks as they were, centres included.
+    let unapplied = |mut nets: Networks, diverged: bool, allreduce_ms: f64, terms, stats| {
+        nets.loss.center = center_before;
+        if let (Some(i), Some(c)) = (nets.ibot.as_mut(), ibot_before) {
             i.center = c;
         }
-        return StepOutput {
-            nets: Networks {
-                student,
-                teacher,
-                optim,
-                loss,
-                scaler,
-                ibot,
-                gram,
-            },
+        StepOutput {
+            nets,
             loss: value,
             terms,
             stats,
             skipped: true,
-            diverged: false,
-            allreduce_ms: 0.0,
+            diverged,
+            allreduce_ms,
+        }
+    };
+    if !value.is_finite() {
+        let nets = Networks {
+            student,
+            teacher,
+            optim,
+            loss,
+            scaler,
+            ibot,
+            gram,
         };
+        return unapplied(nets, false, 0.0, terms, stats);
     }
     // `fp16_scaler.scale(loss).backward()`, then `unscale_` before clipping; a step whose
     // gradients overflowed is skipped (`fp16_scaler.step`) and the scale backed off.
@@ -181,27 +186,16 @@ pub fn train_step(
         s.update(!finite);
     }
     if !finite && scaler.is_none() {
-        loss.center = center_before;
-        if let (Some(i), Some(c)) = (ibot.as_mut(), ibot_before) {
-            i.center = c;
-        }
-        return StepOutput {
-            nets: Networks {
-                student,
-                teacher,
-                optim,
-                loss,
-                scaler,
-                ibot,
-                gram,
-            },
-            loss: value,
-            terms,
-            stats,
-            skipped: true,
-            diverged: true,
-            allreduce_ms,
+        let nets = Networks {
+            student,
+            teacher,
+            optim,
+            loss,
+            scaler,
+            ibot,
+            gram,
         };
+        return unapplied(nets, true, allreduce_ms, terms, stats);
     }
     let student = if finite {
         let depth = student.backbone.depth();
