@@ -362,6 +362,23 @@ fn a_model_too_large_for_its_memory_is_refused_with_what_it_needs() {
             ..heads2()
         },
     ));
+    // A .pth is refused while its pickle is walked, before any tensor is read.
+    assert!(
+        err.contains("this checkpoint needs about")
+            && err.contains("MiB")
+            && err.contains("1000 bytes"),
+        "{err}"
+    );
+    // Safetensors say their shapes up front: the refusal names the architecture.
+    let err = err_of(import_with(
+        &read("v2reg_hf/model.safetensors"),
+        &ImportOptions {
+            hf_config: Some(String::from_utf8(read("v2reg_hf/config.json")).unwrap()),
+            max_weight_bytes: Some(1000),
+            limit_reason: "a test limit of 1000 bytes".into(),
+            ..ImportOptions::default()
+        },
+    ));
     assert!(
         err.contains("DINOv2 ViT-32x3/14") && err.contains("MiB") && err.contains("1000 bytes"),
         "{err}"

@@ -240,7 +240,9 @@ pub fn import_with(bytes: &[u8], options: &ImportOptions) -> Result<Imported> {
     if is_zip(bytes) {
         let limits = options
             .max_weight_bytes
-            .map_or_else(PthLimits::default, PthLimits::both);
+            .map_or_else(PthLimits::generous, |max| {
+                PthLimits::both(max, options.limit_reason.clone())
+            });
         let raw = read_pth_with(bytes, limits)?;
         let (map, other, source) = match training_prefix(&raw, options.which) {
             Some((prefix, net)) => {

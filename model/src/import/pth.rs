@@ -30,32 +30,37 @@ const MAX_VISITS: usize = 4_000_000;
 /// student and a teacher saved as the same objects), but a container referenced again and
 /// again must not multiply what reading allocates.
 const MAX_USES_PER_ELEMENT: usize = 4;
+/// Characters of all tensor names together: real checkpoints use under a megabyte.
+const MAX_PATH_CHARS: usize = 64 << 20;
 
 /// What reading a `.pth` may allocate, in bytes.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct PthLimits {
     /// The storages' decompressed bytes, all together.
     pub max_storage_bytes: u64,
     /// The tensors read, in f32, all together (a tensor reached from several places in the
-    /// pickle counts each time: the map holds a copy per name).
+    /// pickle counts each time: the map holds a copy per name), checked before any is read.
     pub max_tensor_bytes: u64,
+    /// Why the limits are what they are, for the message of a file above them.
+    pub reason: String,
 }
 
 impl PthLimits {
-    /// Both budgets at `bytes`.
-    pub fn both(bytes: u64) -> Self {
+    /// Both budgets at `bytes`, set for `reason`.
+    pub fn both(bytes: u64, reason: impl Into<String>) -> Self {
         Self {
             max_storage_bytes: bytes,
             max_tensor_bytes: bytes,
+            reason: reason.into(),
         }
     }
 }
 
-impl Default for PthLimits {
+impl PthLimits {
     /// 64 GiB: above the largest official release (a DINOv3 7B: 27 GB in bf16, 54 GB in
     /// f32); callers that know the machine pass less.
-    fn default() -> Self {
-        Self::both(64 << 30)
+    pub fn generous() -> Self {
+        Self::both(64 << 30, "")
     }
 }
 
@@ -251,6 +256,42 @@ fn is_allowed_global(module: &str, name: &str) -> bool {
             | ("argparse", "Namespace")
             | ("torch", "device")
     ) || (module == "torch" && StorageDtype::from_class(name).is_some())
+}
+
+/// Empties every list and dict reachable from `values`: a pickle can make a container hold
+/// itself (`d[k] = d`), and reference-counted cycles are never freed otherwise.
+fn break_cycles(values: Vec<Value>) {
+    let mut seen = std::collections::HashSet::new();
+    let mut work = values;
+    while let Some(v) = work.pop() {
+        match &v {
+            Value::List(l) if seen.insert(Rc::as_ptr(l) as *const ()) => {
+                work.append(&mut std::mem::take(&mut *l.borrow_mut()));
+            }
+            Value::Dict(d) if seen.insert(Rc::as_ptr(d) as *const ()) => {
+                let items = std::mem::take(&mut *d.borrow_mut());
+                work.extend(items.into_iter().flat_map(|(k, v)| [k, v]));
+            }
+            Value::Tuple(t) if seen.insert(Rc::as_ptr(t) as *const ()) => {
+                work.extend(t.iter().cloned());
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Frees the machine and the value it returned, whatever cycles the pickle made.
+fn release(machine: Machine<'_>, root: Value) {
+    drop(machine);
+    break_cycles(vec![root]);
+}
+
+impl Drop for Machine<'_> {
+    fn drop(&mut self) {
+        let mut values: Vec<Value> = std::mem::take(&mut self.stack);
+        values.extend(std::mem::take(&mut self.memo).into_values());
+        break_cycles(values);
+    }
 }
 
 struct Machine<'a> {
@@ -704,12 +745,11 @@ struct Archive<'a> {
     starts: HashMap<u64, String>,
     /// Storage bytes that may still be read.
     budget: u64,
-    /// f32 tensor bytes that may still be made.
+    /// f32 tensor bytes that may still be made (the total was checked before any was read;
+    /// this guards each view on its own).
     tensor_budget: u64,
     /// Elements of each storage that tensors have taken so far.
     used: HashMap<String, usize>,
-    /// Values `flatten` has visited.
-    visits: usize,
 }
 
 impl<'a> Archive<'a> {
@@ -888,29 +928,57 @@ fn check_view(t: &TensorRef, numel: usize, storage_len: usize) -> Result<()> {
     Ok(())
 }
 
+/// What walking the value tree has met so far.
+struct Walk {
+    /// Values visited.
+    visits: usize,
+    /// f32 bytes of the tensors listed.
+    bytes: u64,
+    /// The tensor budget.
+    limit: u64,
+    /// Characters of the tensor names listed.
+    path_chars: usize,
+}
+
+/// The float tensors of the value tree with their dotted paths, in order (a tensor reached
+/// along several paths is listed once per path). Nothing is read yet.
 fn flatten(
     value: &Value,
     path: &str,
-    archive: &mut Archive<'_>,
-    out: &mut TensorMap,
+    walk: &mut Walk,
+    out: &mut Vec<(String, Rc<TensorRef>)>,
     depth: usize,
 ) -> Result<()> {
     if depth > 64 {
         return err("nesting deeper than 64 levels");
     }
-    archive.visits += 1;
-    if archive.visits > MAX_VISITS {
+    walk.visits += 1;
+    if walk.visits > MAX_VISITS {
         return err(format!(
             "walking the pickle's containers visits more than {MAX_VISITS} values (containers referenced from many places)"
         ));
     }
     match value {
-        Value::Tensor(t) => {
-            if !t.storage.dtype_is_float() {
-                return Ok(());
+        Value::Tensor(t) if t.storage.dtype_is_float() => {
+            // Counted to the end, so that the refusal can say what the file needs; listed only
+            // within the budget, so that the list stays small.
+            let numel = t
+                .shape
+                .iter()
+                .try_fold(1u64, |a, &d| a.checked_mul(d as u64));
+            walk.bytes = numel
+                .and_then(|n| n.checked_mul(4))
+                .and_then(|b| b.checked_add(walk.bytes))
+                .unwrap_or(u64::MAX);
+            walk.path_chars += path.len();
+            if walk.path_chars > MAX_PATH_CHARS {
+                return err(format!(
+                    "its tensor names take more than {MAX_PATH_CHARS} characters together"
+                ));
             }
-            let raw = archive.materialise(t)?;
-            out.insert(path.to_string(), raw);
+            if walk.bytes <= walk.limit {
+                out.push((path.to_string(), t.clone()))
+            }
         }
         Value::Dict(d) => {
             for (k, v) in d.borrow().iter() {
@@ -924,12 +992,25 @@ fn flatten(
                 } else {
                     format!("{path}.{key}")
                 };
-                flatten(v, &child, archive, out, depth + 1)?;
+                flatten(v, &child, walk, out, depth + 1)?;
             }
         }
         _ => {}
     }
     Ok(())
+}
+
+/// Reads the listed tensors (their total was checked as they were listed).
+fn materialise_all(
+    tensors: Vec<(String, Rc<TensorRef>)>,
+    archive: &mut Archive<'_>,
+) -> Result<TensorMap> {
+    let mut out = TensorMap::new();
+    for (path, t) in tensors {
+        let raw = archive.materialise(&t)?;
+        out.insert(path, raw);
+    }
+    Ok(out)
 }
 
 impl StorageRef {
@@ -950,7 +1031,7 @@ pub fn is_zip(bytes: &[u8]) -> bool {
 /// through nested dicts (`teacher.backbone.blocks.0.attn.qkv.weight`). Integer tensors and
 /// non-tensor values (epochs, arguments) are skipped.
 pub fn read_pth(bytes: &[u8]) -> Result<TensorMap> {
-    read_pth_with(bytes, PthLimits::default())
+    read_pth_with(bytes, PthLimits::generous())
 }
 
 /// [`read_pth`] within `limits`.
@@ -982,7 +1063,6 @@ pub fn read_pth_with(bytes: &[u8], limits: PthLimits) -> Result<TensorMap> {
         budget: limits.max_storage_bytes,
         tensor_budget: limits.max_tensor_bytes,
         used: HashMap::new(),
-        visits: 0,
     };
     let pickle = {
         let f = archive
@@ -1007,7 +1087,72 @@ pub fn read_pth_with(bytes: &[u8], limits: PthLimits) -> Result<TensorMap> {
         items: 0,
     };
     let root = machine.run()?;
-    let mut out = TensorMap::new();
-    flatten(&root, "", &mut archive, &mut out, 0)?;
-    Ok(out)
+    let mut tensors = Vec::new();
+    let mut walk = Walk {
+        visits: 0,
+        bytes: 0,
+        limit: limits.max_tensor_bytes,
+        path_chars: 0,
+    };
+    let flat = flatten(&root, "", &mut walk, &mut tensors, 0);
+    // The containers are emptied only now: the root shares them with the memo.
+    release(machine, root);
+    flat?;
+    if walk.bytes > walk.limit {
+        return Err(ModelError::TooLarge {
+            model: "this checkpoint".into(),
+            needed_mib: walk.bytes.div_ceil(1 << 20),
+            available: match limits.reason.as_str() {
+                "" => format!("at most {} MiB may be read", walk.limit >> 20),
+                r => r.to_string(),
+            },
+        });
+    }
+    materialise_all(tensors, &mut archive)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn machine(data: &[u8]) -> Machine<'_> {
+        Machine {
+            data,
+            pos: 0,
+            stack: Vec::new(),
+            memo: HashMap::new(),
+            items: 0,
+        }
+    }
+
+    // `d = {}; d["k"] = d`, memoised as 0: EMPTY_DICT BINPUT 0 BINUNICODE "k" BINGET 0 SETITEM.
+    const CYCLE: &[u8] = b"}q\x00X\x01\x00\x00\x00kh\x00s";
+
+    fn weak_of(v: &Value) -> std::rc::Weak<RefCell<Vec<(Value, Value)>>> {
+        match v {
+            Value::Dict(d) => Rc::downgrade(d),
+            _ => panic!("not a dict"),
+        }
+    }
+
+    #[test]
+    fn a_dict_that_holds_itself_is_freed() {
+        let data = [CYCLE, b"."].concat();
+        let mut m = machine(&data);
+        let root = m.run().unwrap();
+        let weak = weak_of(&root);
+        release(m, root);
+        assert!(weak.upgrade().is_none(), "the cyclic dict leaked");
+    }
+
+    #[test]
+    fn a_dict_that_holds_itself_is_freed_when_the_pickle_fails_later() {
+        // The cycle, then an opcode the reader refuses.
+        let data = [CYCLE, b"\xff"].concat();
+        let mut m = machine(&data);
+        assert!(m.run().is_err());
+        let weak = weak_of(&m.memo[&0]);
+        drop(m);
+        assert!(weak.upgrade().is_none(), "the cyclic dict leaked");
+    }
 }
