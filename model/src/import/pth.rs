@@ -10,7 +10,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io::{Cursor, Read};
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 
 use crate::error::{ModelError, Result};
 use crate::tensors::{RawTensor, TensorMap};
@@ -258,39 +258,33 @@ fn is_allowed_global(module: &str, name: &str) -> bool {
     ) || (module == "torch" && StorageDtype::from_class(name).is_some())
 }
 
-/// Empties every list and dict reachable from `values`: a pickle can make a container hold
-/// itself (`d[k] = d`), and reference-counted cycles are never freed otherwise.
-fn break_cycles(values: Vec<Value>) {
-    let mut seen = std::collections::HashSet::new();
-    let mut work = values;
-    while let Some(v) = work.pop() {
-        match &v {
-            Value::List(l) if seen.insert(Rc::as_ptr(l) as *const ()) => {
-                work.append(&mut std::mem::take(&mut *l.borrow_mut()));
-            }
-            Value::Dict(d) if seen.insert(Rc::as_ptr(d) as *const ()) => {
-                let items = std::mem::take(&mut *d.borrow_mut());
-                work.extend(items.into_iter().flat_map(|(k, v)| [k, v]));
-            }
-            Value::Tuple(t) if seen.insert(Rc::as_ptr(t) as *const ()) => {
-                work.extend(t.iter().cloned());
-            }
-            _ => {}
-        }
-    }
-}
-
-/// Frees the machine and the value it returned, whatever cycles the pickle made.
-fn release(machine: Machine<'_>, root: Value) {
-    drop(machine);
-    break_cycles(vec![root]);
+/// A list or dict the machine made, held weakly so that [`Machine`]'s drop can empty it.
+enum Made {
+    List(Weak<RefCell<Vec<Value>>>),
+    Dict(Weak<RefCell<Vec<(Value, Value)>>>),
 }
 
 impl Drop for Machine<'_> {
+    /// Empties every list and dict the pickle made: one can hold itself (`d[k] = d`), even
+    /// after nothing else refers to it, and reference-counted cycles are never freed
+    /// otherwise. The values it returned are emptied too, so it is dropped after them.
     fn drop(&mut self) {
-        let mut values: Vec<Value> = std::mem::take(&mut self.stack);
-        values.extend(std::mem::take(&mut self.memo).into_values());
-        break_cycles(values);
+        let mut trash: Vec<Value> = Vec::new();
+        for made in std::mem::take(&mut self.made) {
+            match made {
+                Made::List(w) => {
+                    if let Some(l) = w.upgrade() {
+                        trash.append(&mut std::mem::take(&mut *l.borrow_mut()));
+                    }
+                }
+                Made::Dict(w) => {
+                    if let Some(d) = w.upgrade() {
+                        let items = std::mem::take(&mut *d.borrow_mut());
+                        trash.extend(items.into_iter().flat_map(|(k, v)| [k, v]));
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -301,9 +295,47 @@ struct Machine<'a> {
     memo: HashMap<u32, Value>,
     /// Items put into lists, dicts and tuples so far.
     items: usize,
+    /// Every list and dict made, for the drop; pruned of freed ones as it grows.
+    made: Vec<Made>,
+    /// The length of `made` at which it is pruned next.
+    prune_at: usize,
 }
 
 impl<'a> Machine<'a> {
+    fn new(data: &'a [u8]) -> Self {
+        Machine {
+            data,
+            pos: 0,
+            stack: Vec::new(),
+            memo: HashMap::new(),
+            items: 0,
+            made: Vec::new(),
+            prune_at: 1024,
+        }
+    }
+
+    fn remember(&mut self, made: Made) {
+        if self.made.len() >= self.prune_at {
+            self.made.retain(|m| match m {
+                Made::List(w) => w.strong_count() > 0,
+                Made::Dict(w) => w.strong_count() > 0,
+            });
+            self.prune_at = (2 * self.made.len()).max(1024);
+        }
+        self.made.push(made);
+    }
+
+    fn new_list(&mut self, items: Vec<Value>) -> Value {
+        let l = Rc::new(RefCell::new(items));
+        self.remember(Made::List(Rc::downgrade(&l)));
+        Value::List(l)
+    }
+
+    fn new_dict(&mut self) -> Value {
+        let d = Rc::new(RefCell::new(Vec::new()));
+        self.remember(Made::Dict(Rc::downgrade(&d)));
+        Value::Dict(d)
+    }
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
         if n > self.data.len() - self.pos {
             return err(format!(
@@ -512,7 +544,7 @@ impl<'a> Machine<'a> {
                 Some(t @ Value::Tensor(_)) => Ok(t.clone()),
                 _ => err("_rebuild_parameter without a tensor"),
             },
-            ("collections", "OrderedDict") => Ok(Value::Dict(Rc::new(RefCell::new(Vec::new())))),
+            ("collections", "OrderedDict") => Ok(self.new_dict()),
             ("argparse", "Namespace") | ("torch", "device") => Ok(Value::Object),
             (m, n) => err(format!("`{m}.{n}` cannot be called")),
         }
@@ -528,8 +560,14 @@ impl<'a> Machine<'a> {
                 0x95 => {
                     self.take(8)?;
                 }
-                b'}' => self.push(Value::Dict(Rc::new(RefCell::new(Vec::new()))))?,
-                b']' => self.push(Value::List(Rc::new(RefCell::new(Vec::new()))))?,
+                b'}' => {
+                    let d = self.new_dict();
+                    self.push(d)?
+                }
+                b']' => {
+                    let l = self.new_list(Vec::new());
+                    self.push(l)?
+                }
                 b')' => self.push(Value::Tuple(Rc::new(Vec::new())))?,
                 b'(' => self.push(Value::Mark)?,
                 b'q' => {
@@ -663,21 +701,27 @@ impl<'a> Machine<'a> {
                 }
                 b'l' => {
                     let items = self.pop_mark()?;
-                    self.push(Value::List(Rc::new(RefCell::new(items))))?;
+                    let l = self.new_list(items);
+                    self.push(l)?;
                 }
                 b'd' => {
                     let items = self.pop_mark()?;
-                    self.push(Value::Dict(Rc::new(RefCell::new(Vec::new()))))?;
+                    let d = self.new_dict();
+                    self.push(d)?;
                     self.set_items(items)?;
                 }
-                0x8f => self.push(Value::List(Rc::new(RefCell::new(Vec::new()))))?,
+                0x8f => {
+                    let l = self.new_list(Vec::new());
+                    self.push(l)?
+                }
                 0x90 => {
                     let items = self.pop_mark()?;
                     self.append(items)?;
                 }
                 0x91 => {
                     let items = self.pop_mark()?;
-                    self.push(Value::List(Rc::new(RefCell::new(items))))?;
+                    let l = self.new_list(items);
+                    self.push(l)?;
                 }
                 b'R' | 0x81 => {
                     let args = self.pop()?;
@@ -1079,13 +1123,7 @@ pub fn read_pth_with(bytes: &[u8], limits: PthLimits) -> Result<TensorMap> {
         }
         read_entry(f, &pkl_name)?
     };
-    let mut machine = Machine {
-        data: &pickle,
-        pos: 0,
-        stack: Vec::new(),
-        memo: HashMap::new(),
-        items: 0,
-    };
+    let mut machine = Machine::new(&pickle);
     let root = machine.run()?;
     let mut tensors = Vec::new();
     let mut walk = Walk {
@@ -1095,8 +1133,9 @@ pub fn read_pth_with(bytes: &[u8], limits: PthLimits) -> Result<TensorMap> {
         path_chars: 0,
     };
     let flat = flatten(&root, "", &mut walk, &mut tensors, 0);
-    // The containers are emptied only now: the root shares them with the memo.
-    release(machine, root);
+    // The containers are emptied only now: the root is one of them.
+    drop(machine);
+    drop(root);
     flat?;
     if walk.bytes > walk.limit {
         return Err(ModelError::TooLarge {
@@ -1115,44 +1154,47 @@ pub fn read_pth_with(bytes: &[u8], limits: PthLimits) -> Result<TensorMap> {
 mod tests {
     use super::*;
 
-    fn machine(data: &[u8]) -> Machine<'_> {
-        Machine {
-            data,
-            pos: 0,
-            stack: Vec::new(),
-            memo: HashMap::new(),
-            items: 0,
-        }
+    /// Runs `data`, then drops the machine and its value; whether every list and dict it
+    /// made was freed.
+    fn all_freed(data: &[u8]) -> bool {
+        let mut m = Machine::new(data);
+        let root = m.run();
+        let weak: Vec<Made> = m
+            .made
+            .iter()
+            .map(|x| match x {
+                Made::List(w) => Made::List(w.clone()),
+                Made::Dict(w) => Made::Dict(w.clone()),
+            })
+            .collect();
+        assert!(!weak.is_empty());
+        drop(m);
+        drop(root);
+        weak.iter().all(|x| match x {
+            Made::List(w) => w.upgrade().is_none(),
+            Made::Dict(w) => w.upgrade().is_none(),
+        })
     }
 
     // `d = {}; d["k"] = d`, memoised as 0: EMPTY_DICT BINPUT 0 BINUNICODE "k" BINGET 0 SETITEM.
     const CYCLE: &[u8] = b"}q\x00X\x01\x00\x00\x00kh\x00s";
 
-    fn weak_of(v: &Value) -> std::rc::Weak<RefCell<Vec<(Value, Value)>>> {
-        match v {
-            Value::Dict(d) => Rc::downgrade(d),
-            _ => panic!("not a dict"),
-        }
-    }
-
     #[test]
     fn a_dict_that_holds_itself_is_freed() {
-        let data = [CYCLE, b"."].concat();
-        let mut m = machine(&data);
-        let root = m.run().unwrap();
-        let weak = weak_of(&root);
-        release(m, root);
-        assert!(weak.upgrade().is_none(), "the cyclic dict leaked");
+        assert!(all_freed(&[CYCLE, b"."].concat()));
     }
 
     #[test]
     fn a_dict_that_holds_itself_is_freed_when_the_pickle_fails_later() {
         // The cycle, then an opcode the reader refuses.
-        let data = [CYCLE, b"\xff"].concat();
-        let mut m = machine(&data);
-        assert!(m.run().is_err());
-        let weak = weak_of(&m.memo[&0]);
-        drop(m);
-        assert!(weak.upgrade().is_none(), "the cyclic dict leaked");
+        assert!(all_freed(&[CYCLE, b"\xff"].concat()));
+    }
+
+    #[test]
+    fn a_cycle_nothing_refers_to_any_more_is_freed() {
+        // The cycle popped, its memo slot given to a list, the list returned.
+        assert!(all_freed(&[CYCLE, b"0]q\x00."].concat()));
+        // Lists too: `l = []; l.append(l)`.
+        assert!(all_freed(b"]q\x00h\x00a0]."));
     }
 }
