@@ -792,11 +792,52 @@ struct Archive<'a> {
     /// f32 tensor bytes that may still be made (the total was checked before any was read;
     /// this guards each view on its own).
     tensor_budget: u64,
-    /// Elements of each storage that tensors have taken so far.
+    /// Elements of each storage, from the archive's directory (nothing read).
+    lengths: HashMap<String, usize>,
+    /// Elements of each storage that the listed tensors take.
     used: HashMap<String, usize>,
 }
 
 impl<'a> Archive<'a> {
+    /// Elements in storage `key` as the archive's directory gives it, without reading it
+    /// (the reader checks later that the stream holds what the directory says).
+    fn storage_len(&mut self, storage: &StorageRef) -> Result<usize> {
+        if let Some(&n) = self.lengths.get(&storage.key) {
+            return Ok(n);
+        }
+        let name = format!("{}data/{}", self.prefix, storage.key);
+        let size = self
+            .zip
+            .by_name(&name)
+            .map_err(|e| ModelError::Pth {
+                reason: format!("storage `{name}` missing from the archive: {e}"),
+            })?
+            .size();
+        let n = usize::try_from(size).unwrap_or(usize::MAX) / storage.dtype.size();
+        self.lengths.insert(storage.key.clone(), n);
+        Ok(n)
+    }
+
+    /// Refuses a view its storage cannot hold, and a storage that tensors take over and over
+    /// (a memoised container reached along many paths is copied once per path).
+    fn check_listed(&mut self, t: &TensorRef, numel: u64) -> Result<()> {
+        let storage_len = self.storage_len(&t.storage)?;
+        let numel = match usize::try_from(numel) {
+            Ok(n) if numel <= MAX_NUMEL => n,
+            _ => return err(format!("tensor of shape {:?} is too large", t.shape)),
+        };
+        check_view(t, numel, storage_len)?;
+        let used = self.used.entry(t.storage.key.clone()).or_default();
+        *used += numel;
+        if *used > MAX_USES_PER_ELEMENT * storage_len {
+            return err(format!(
+                "tensors reading storage `{}` take {} elements from its {storage_len}: the pickle names the same data over and over",
+                t.storage.key, *used
+            ));
+        }
+        Ok(())
+    }
+
     fn storage(&mut self, key: &str) -> Result<Rc<Vec<u8>>> {
         if let Some(b) = self.cache.get(key) {
             return Ok(b.clone());
@@ -838,17 +879,8 @@ impl<'a> Archive<'a> {
         let bytes = self.storage(&t.storage.key)?;
         let es = t.storage.dtype.size();
         let storage_len = bytes.len() / es;
+        // Checked when listed, against the directory's length; again here against the bytes.
         check_view(t, numel, storage_len)?;
-        // One tensor reached through many names (a memoised container referenced again and
-        // again) is copied once per name: the budgets count every copy.
-        let used = self.used.entry(t.storage.key.clone()).or_default();
-        *used += numel;
-        if *used > MAX_USES_PER_ELEMENT * storage_len {
-            return err(format!(
-                "tensors reading storage `{}` take {} elements from its {storage_len}: the pickle names the same data over and over",
-                t.storage.key, *used
-            ));
-        }
         let bytes_f32 = 4 * numel as u64;
         if bytes_f32 > self.tensor_budget {
             return err(format!(
@@ -989,6 +1021,7 @@ struct Walk {
 fn flatten(
     value: &Value,
     path: &str,
+    archive: &mut Archive<'_>,
     walk: &mut Walk,
     out: &mut Vec<(String, Rc<TensorRef>)>,
     depth: usize,
@@ -1010,6 +1043,9 @@ fn flatten(
                 .shape
                 .iter()
                 .try_fold(1u64, |a, &d| a.checked_mul(d as u64));
+            if let Some(n) = numel {
+                archive.check_listed(t, n)?;
+            }
             walk.bytes = numel
                 .and_then(|n| n.checked_mul(4))
                 .and_then(|b| b.checked_add(walk.bytes))
@@ -1036,7 +1072,7 @@ fn flatten(
                 } else {
                     format!("{path}.{key}")
                 };
-                flatten(v, &child, walk, out, depth + 1)?;
+                flatten(v, &child, archive, walk, out, depth + 1)?;
             }
         }
         _ => {}
@@ -1106,6 +1142,7 @@ pub fn read_pth_with(bytes: &[u8], limits: PthLimits) -> Result<TensorMap> {
         starts: HashMap::new(),
         budget: limits.max_storage_bytes,
         tensor_budget: limits.max_tensor_bytes,
+        lengths: HashMap::new(),
         used: HashMap::new(),
     };
     let pickle = {
@@ -1132,7 +1169,7 @@ pub fn read_pth_with(bytes: &[u8], limits: PthLimits) -> Result<TensorMap> {
         limit: limits.max_tensor_bytes,
         path_chars: 0,
     };
-    let flat = flatten(&root, "", &mut walk, &mut tensors, 0);
+    let flat = flatten(&root, "", &mut archive, &mut walk, &mut tensors, 0);
     // The containers are emptied only now: the root is one of them.
     drop(machine);
     drop(root);
