@@ -583,6 +583,39 @@ fn auto_device_is_a_hardware_gpu_or_the_cpu() {
     );
 }
 
+/// `dino train` with nothing but a run folder is the official ViT-S/16 configuration: days on
+/// a CPU. Without a terminal to ask on, it stops before writing anything, printing the plan
+/// (timed with one step) and how to start it anyway. Two compute threads, so that the
+/// threshold that decides whether to time it does not depend on the machine.
+#[test]
+fn the_official_defaults_on_the_cpu_ask_before_starting() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("official");
+    let out = Command::new(env!("CARGO_BIN_EXE_dino"))
+        .args(["train", "-o", run.to_str().unwrap(), "--device", "cpu"])
+        .env("RUST_LOG", "warn")
+        .env("RAYON_NUM_THREADS", "2")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    for e in [
+        "vit_small/16 (12 blocks)",
+        "synthetic objects",
+        "3200 steps of 64 images",
+        "img/s on cpu (flex)",
+        "add --yes",
+    ] {
+        assert!(stderr.contains(e), "no {e:?} in:\n{stderr}");
+    }
+    assert!(
+        stderr.contains(" h") || stderr.contains(" days"),
+        "an estimate above an hour: {stderr}"
+    );
+    assert!(!run.exists(), "nothing may be written before the answer");
+}
+
 /// 10 steps straight and 5 + `--resume` + 5 give identical weights, optimiser state and
 /// losses, with `extra` flags on both runs.
 fn resume_equals_straight(extra: &[&str]) -> (PathBuf, tempfile::TempDir) {

@@ -82,8 +82,14 @@ pub struct ViewerApp {
     pub pending: Option<Request>,
     /// When it was requested (seconds, [`crate::infer::web_time_now`]).
     pending_since: f64,
-    /// The last error, shown until dismissed.
+    /// The last error, shown until dismissed; it does not hold back the next analysis.
     pub error: Option<String>,
+    /// A Hugging Face `config.json` opened on its own (dropped with its weights, or before
+    /// them): it goes with the next weights opened.
+    hf_config: Option<String>,
+    /// The request whose analysis failed, not retried until the settings or the model change
+    /// (a failure that repeats itself must not loop).
+    failed: Option<Request>,
     /// A one-line status.
     pub status: String,
     tiles: Vec<(String, TileDraw)>,
@@ -116,6 +122,8 @@ impl ViewerApp {
             pending: None,
             pending_since: 0.0,
             error: None,
+            hf_config: None,
+            failed: None,
             status: "Drop a checkpoint (.safetensors or .pth) and images here, or use the buttons above.".into(),
             tiles: Vec::new(),
             gpu_overlay: false,
@@ -217,8 +225,20 @@ impl ViewerApp {
             if let Err(e) = self.add_image(&name, &bytes) {
                 self.error = Some(e);
             }
+        } else if name.to_lowercase().ends_with(".json") {
+            // Hub models come as weights plus config.json; the config alone is no model.
+            match String::from_utf8(bytes) {
+                Ok(text) => {
+                    self.status = format!(
+                        "{name} kept: it describes the next weights you open (model.safetensors)"
+                    );
+                    self.hf_config = Some(text);
+                }
+                Err(_) => self.error = Some(format!("{name}: not a UTF-8 JSON file")),
+            }
         } else {
-            self.open_checkpoint(ctx, name, bytes);
+            let config = self.hf_config.take();
+            self.open_checkpoint_with(ctx, name, bytes, config);
         }
     }
 
@@ -278,6 +298,7 @@ impl ViewerApp {
                 self.model = Some(m);
                 self.layer = None;
                 self.analysis = None;
+                self.failed = None;
                 self.loading_model = false;
             }
             Job::Model(Err(e)) => {
@@ -297,7 +318,7 @@ impl ViewerApp {
             Job::Crashed(e) => {
                 #[cfg(target_arch = "wasm32")]
                 crate::browser::set_state("error");
-                self.pending = None;
+                self.failed = self.pending.take();
                 self.loading_model = false;
                 self.error = Some(e);
             }
@@ -315,7 +336,7 @@ impl ViewerApp {
                 self.error = Some(e);
             }
             Job::Analysis(result) => {
-                self.pending = None;
+                let request = self.pending.take();
                 match result {
                     Ok(a) => {
                         // From the request to the maps being here: what a user waits.
@@ -341,7 +362,10 @@ impl ViewerApp {
                         });
                         self.analysis = Some(a);
                     }
-                    Err(e) => self.error = Some(e),
+                    Err(e) => {
+                        self.failed = request;
+                        self.error = Some(e);
+                    }
                 }
             }
         }
@@ -354,7 +378,8 @@ impl ViewerApp {
         // Start the analysis the settings call for when nothing is running.
         if let Some(want) = self.next_request() {
             let have = self.analysis.as_ref().map(|a| &a.request);
-            if self.pending.is_none() && have != Some(&want) && self.error.is_none() {
+            if self.pending.is_none() && have != Some(&want) && self.failed.as_ref() != Some(&want)
+            {
                 self.pending = Some(want.clone());
                 self.pending_since = crate::infer::web_time_now();
                 if let Some(net) = self.model.as_ref().and_then(|m| m.model.clone()) {
@@ -413,6 +438,7 @@ impl ViewerApp {
                         "safetensors",
                         "pth",
                         "pt",
+                        "json",
                         "png",
                         "jpg",
                         "jpeg",
@@ -422,6 +448,8 @@ impl ViewerApp {
                 )
                 .pick_files()
                 .unwrap_or_default();
+            let mut files = files;
+            files.sort_by_key(|f| !f.to_string_lossy().to_lowercase().ends_with(".json"));
             for f in files {
                 let name = f
                     .file_name()
@@ -437,10 +465,12 @@ impl ViewerApp {
         {
             let (tx, ctx) = (self.sender(), ctx.clone());
             wasm_bindgen_futures::spawn_local(async move {
-                let files = rfd::AsyncFileDialog::new()
+                let mut files = rfd::AsyncFileDialog::new()
                     .pick_files()
                     .await
                     .unwrap_or_default();
+                // A config.json picked with its weights must arrive before them.
+                files.sort_by_key(|f| !f.file_name().to_lowercase().ends_with(".json"));
                 for f in files {
                     // The picker reads the file whole; `open_file` refuses it if too large.
                     let bytes = f.read().await;
@@ -732,7 +762,9 @@ impl ViewerApp {
     }
 
     fn handle_drops(&mut self, ctx: &egui::Context) {
-        let dropped = ctx.input(|i| i.raw.dropped_files.clone());
+        let mut dropped = ctx.input(|i| i.raw.dropped_files.clone());
+        // A config.json dropped with its weights must be read before them.
+        dropped.sort_by_key(|f| !f.path().to_string_lossy().to_lowercase().ends_with(".json"));
         for file in dropped {
             let name = file
                 .path()

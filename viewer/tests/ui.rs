@@ -128,6 +128,62 @@ fn bad_files_show_an_error_and_the_app_keeps_working() {
     assert_eq!(h.state().images.len(), 1);
 }
 
+/// An error on screen (here a dropped file that is no checkpoint) does not hold back the next
+/// analysis: a new block is computed while the message is still shown, undismissed.
+#[test]
+fn an_error_on_screen_does_not_stop_the_next_analysis() {
+    let mut h = harness();
+    h.get_by_label("chelsea").click();
+    h.step();
+    let ctx = h.ctx.clone();
+    h.state_mut().resolution = 64;
+    h.state_mut().open_checkpoint(
+        &ctx,
+        "official_checkpoint.pth".into(),
+        fixture("official_checkpoint.pth"),
+    );
+    step_until(&mut h, "the first analysis", |s| s.analysis.is_some());
+    h.state_mut()
+        .open_file(&ctx, "config.json".into(), b"{\"model_type\": 1}".to_vec());
+    step_until(&mut h, "the file error", |s| s.error.is_some());
+    h.state_mut().layer = Some(0);
+    step_until(&mut h, "the block-0 analysis behind the error", |s| {
+        s.analysis.as_ref().is_some_and(|a| a.request.layer == 0)
+    });
+    assert!(h.state().error.is_some(), "the error stays until dismissed");
+}
+
+/// A Hub model's two files opened together, config first or weights first as a file manager
+/// hands them over: the config is kept for the weights, never read as a checkpoint.
+#[test]
+fn a_config_json_opened_with_its_weights_describes_them() {
+    let hf = format!(
+        "{}/../model/tests/fixtures/families/v2reg_hf",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let read = |f: &str| std::fs::read(format!("{hf}/{f}")).unwrap();
+    let mut h = harness();
+    let ctx = h.ctx.clone();
+    h.state_mut()
+        .open_file(&ctx, "config.json".into(), read("config.json"));
+    h.step();
+    assert!(h.state().error.is_none(), "{:?}", h.state().error);
+    assert!(h.state().status.contains("config.json kept"));
+    h.state_mut()
+        .open_file(&ctx, "model.safetensors".into(), read("model.safetensors"));
+    step_until(&mut h, "the model", |s| s.model.is_some());
+    assert!(h.state().error.is_none(), "{:?}", h.state().error);
+    // An absurd config is read as the next weights' config, and named when they fail.
+    h.state_mut().open_file(
+        &ctx,
+        "config.json".into(),
+        br#"{"model_type": "dinov2", "hidden_size": 1000000000}"#.to_vec(),
+    );
+    h.state_mut()
+        .open_file(&ctx, "model.safetensors".into(), read("model.safetensors"));
+    step_until(&mut h, "the config error", |s| s.error.is_some());
+}
+
 #[test]
 fn views_render_one_tile_per_head_with_the_image_size() {
     let model = dino_viewer::infer::load_model(

@@ -252,6 +252,10 @@ pub struct TrainArgs {
     /// it continues on the data as it is now, no longer bit-exact
     #[arg(long, requires = "resume")]
     pub allow_data_change: bool,
+    /// Start a new run although its estimated time exceeds an hour (without it, such a run
+    /// prints its plan and asks first, or stops when nobody can answer)
+    #[arg(long, short = 'y')]
+    pub yes: bool,
     /// Under mpirun/srun: seconds a rank waits for the others in a collective before the run
     /// stops, naming the ranks that stopped answering (longer than the slowest evaluation)
     #[arg(long, default_value_t = 600, value_name = "SECS")]

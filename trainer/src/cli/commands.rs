@@ -320,6 +320,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
     // Rank 0 writes the run's files: it takes the folder before deciding it is free (and a
     // new run's settings are checked before the folder is made).
     let take = |run: &RunDir| world.is_main().then(|| run.lock()).transpose();
+    let selected = crate::cli::device::select_for_rank(args.device, world.local_rank)?;
     let (run, mut cfg, resume, lock) = match &args.resume {
         Some(dir) => {
             let run = RunDir { root: dir.clone() };
@@ -337,6 +338,10 @@ pub fn train(args: &TrainArgs) -> Result<()> {
                 crate::train::init::resolve(&mut cfg, file, &given)?;
             }
             crate::cli::args::check(&cfg)?;
+            // Under mpirun the launch is deliberate, and one rank's timing is not the world's.
+            if world.size == 1 {
+                crate::cli::plan::confirm(&cfg, args.max_steps, &selected, args.yes)?;
+            }
             let lock = take(&run)?;
             if run.last().exists() {
                 bail!(
@@ -361,7 +366,6 @@ pub fn train(args: &TrainArgs) -> Result<()> {
             run.root.display()
         ));
     }
-    let selected = crate::cli::device::select_for_rank(args.device, world.local_rank)?;
     let workers = args
         .workers
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));

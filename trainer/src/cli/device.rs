@@ -29,6 +29,8 @@ pub struct Selected {
     pub device: Device,
     /// What it is, e.g. "wgpu (default adapter)" or "cpu (flex)".
     pub name: String,
+    /// Whether it is the CPU backend (a plan's estimate assumes another peak speed).
+    pub on_cpu: bool,
 }
 
 #[cfg(feature = "wgpu")]
@@ -54,6 +56,7 @@ pub fn select_for_rank(choice: DeviceChoice, local_rank: usize) -> Result<Select
     let cpu = || Selected {
         device: Device::flex(),
         name: "cpu (flex)".into(),
+        on_cpu: true,
     };
     match choice {
         DeviceChoice::Cpu => Ok(cpu()),
@@ -99,6 +102,7 @@ pub fn select_for_rank(choice: DeviceChoice, local_rank: usize) -> Result<Select
                     return Ok(Selected {
                         device,
                         name: format!("{name}{which}: {}", of_kind[index]),
+                        on_cpu: false,
                     });
                 }
             }
@@ -114,6 +118,7 @@ pub fn select_for_rank(choice: DeviceChoice, local_rank: usize) -> Result<Select
                 Ok(Selected {
                     device,
                     name: "wgpu (default adapter)".into(),
+                    on_cpu: false,
                 })
             } else {
                 bail!(
@@ -134,6 +139,7 @@ pub fn select_for_rank(choice: DeviceChoice, local_rank: usize) -> Result<Select
                 Ok(Selected {
                     device,
                     name: "vulkan (SPIR-V)".into(),
+                    on_cpu: false,
                 })
             } else {
                 bail!("no usable Vulkan adapter was found; use --device wgpu or --device cpu")

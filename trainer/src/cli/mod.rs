@@ -1,6 +1,7 @@
 //! The `dino` command line: the flags of `dino train` (`args`), a training config file with
 //! `key=value` overrides (`config_file`), the subcommands (`commands`), `dino bench`
-//! (`bench`), the device choice (`device`) and CubeCL's autotune cache (`autotune_cache`).
+//! (`bench`), the device choice (`device`), a new run's plan and its question (`plan`) and
+//! CubeCL's autotune cache (`autotune_cache`).
 //! The top floor: it may import every other folder, and none imports it.
 
 pub mod args;
@@ -9,3 +10,4 @@ pub mod bench;
 pub mod commands;
 pub mod config_file;
 pub mod device;
+pub mod plan;
