@@ -48,8 +48,10 @@ pub struct Analysis {
     pub prefix: usize,
     /// Softmax attention of the block, `[heads, tokens, tokens]`.
     pub attention: Vec<f32>,
-    /// Normalised patch tokens, `[patches, dim]`.
-    pub features: Vec<f32>,
+    /// The patch tokens' first three principal components as RGB in [0, 1], one per patch:
+    /// computed where the network ran (the worker, a background thread), once per analysis,
+    /// so that the page never computes it and display settings never recompute it.
+    pub pca: Vec<[f32; 3]>,
     /// Token width.
     pub dim: usize,
     /// Wall time of the forward pass and read-back.
@@ -129,7 +131,11 @@ impl Forward {
             prefix,
             attention,
             // PCA runs on the patch tokens only.
-            features: tokens[prefix * dim..].to_vec(),
+            pca: dino_model::attention::pca_rgb(
+                &tokens[prefix * dim..],
+                self.out.grid_h * self.out.grid_w,
+                dim,
+            ),
             dim,
             seconds: web_time_now() - self.started,
         })

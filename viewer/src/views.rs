@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use dino_model::attention::{
-    cls_maps, combined_mask, mass_mask, mean_map, normalize01, patch_query_maps, pca_rgb,
-    register_maps, upsample_nearest,
+    cls_maps, combined_mask, mass_mask, mean_map, normalize01, patch_query_maps, register_maps,
+    upsample_nearest,
 };
 use dino_shaders::images::{grid, overlay};
 use image::{Rgb, RgbImage};
@@ -161,8 +161,7 @@ pub fn render(a: &Analysis, view: View, s: &Settings) -> Vec<(String, RgbImage)>
                 .collect()
         }
         View::Pca => {
-            let rgb = pca_rgb(&a.features, gh * gw, a.dim);
-            let up = upsample_nearest(&rgb, gh, gw, patch);
+            let up = upsample_nearest(&a.pca, gh, gw, patch);
             let (w, h) = (a.display.width(), a.display.height());
             let pca = RgbImage::from_fn(w, h, |x, y| {
                 Rgb(up[(y * w + x) as usize].map(|c| (c * 255.0).round() as u8))

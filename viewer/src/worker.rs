@@ -177,11 +177,7 @@ pub async fn dino_worker_handle(msg: JsValue) -> JsValue {
                     "attention",
                     Float32Array::from(a.attention.as_slice()),
                 );
-                set(
-                    &reply,
-                    "features",
-                    Float32Array::from(a.features.as_slice()),
-                );
+                set(&reply, "pca", Float32Array::from(a.pca.as_flattened()));
                 Ok(())
             }
             other => Err(format!("unknown worker request {other:?}")),
@@ -240,7 +236,10 @@ fn job_from_reply(msg: &JsValue) -> Option<Job> {
                 heads: get_u32(msg, "heads") as usize,
                 prefix: (get_u32(msg, "prefix") as usize).max(1),
                 attention: get_floats(msg, "attention"),
-                features: get_floats(msg, "features"),
+                pca: get_floats(msg, "pca")
+                    .chunks_exact(3)
+                    .map(|c| [c[0], c[1], c[2]])
+                    .collect(),
                 dim: get_u32(msg, "dim") as usize,
                 seconds: get(msg, "seconds").as_f64().unwrap_or(0.0),
             }),

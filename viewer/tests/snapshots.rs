@@ -55,7 +55,7 @@ fn analysis() -> Analysis {
         heads,
         prefix,
         attention,
-        features,
+        pca: dino_model::attention::pca_rgb(&features, grid * grid, dim),
         dim,
         seconds: 0.0,
     }

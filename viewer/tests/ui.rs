@@ -233,7 +233,7 @@ fn a_dinov3_model_shows_its_storage_tokens_in_the_registers_view() {
     let a = h.state().analysis.clone().unwrap();
     // CLS + 4 storage tokens before the 4 x 4 patches; PCA sees the patches only.
     assert_eq!((a.prefix, a.grid_h, a.grid_w), (5, 4, 4));
-    assert_eq!(a.features.len(), 16 * 32);
+    assert_eq!((a.pca.len(), a.dim), (16, 32));
     h.get_by_label_contains("DINOv3 ViT-32x3/16, 4 storage tokens");
     h.get_by_label("Registers").click();
     h.step();
