@@ -66,6 +66,14 @@ def main():
     httpd.quiet = args.quiet
     host, port = httpd.server_address[:2]
     print(f"serving http://{host}:{port}/", flush=True)
+    if args.bind not in ("127.0.0.1", "localhost", "::1"):
+        print(
+            "note: other machines get this page over plain HTTP, which browsers do not trust with "
+            "WebGPU, threads or the offline model cache: their viewer computes on one CPU thread "
+            "(the page says so). Only this machine's own browser, on http://localhost, gets all three.",
+            file=sys.stderr,
+            flush=True,
+        )
     try:
         httpd.serve_forever()
     except KeyboardInterrupt:

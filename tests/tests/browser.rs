@@ -208,6 +208,9 @@ fn chromium_with(webgpu: bool) -> (Driver, tempfile::TempDir) {
         "--disable-sync",
         "--enable-unsafe-swiftshader",
         "--window-size=1280,800",
+        // A name that is not localhost, for the same server: a page that is not a secure
+        // context, as a class gets it over the network.
+        "--host-resolver-rules=MAP classroom.test 127.0.0.1",
     ];
     let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
     if webgpu {
@@ -346,6 +349,21 @@ fn web_viewer_without_webgpu_computes_on_the_simd128_cpu_backend_in_the_worker()
         json!({"url": format!("{site}/index.html?threads=1&checkpoint=/fixtures/official_checkpoint.pth")}),
     );
     assert_cpu_maps(&driver, None, "1 thread,");
+    // The same page under a name other than localhost: no secure context, and the note says
+    // that, not "no WebGPU".
+    let port = site.rsplit(':').next().unwrap();
+    driver.post(
+        "/url",
+        json!({"url": format!("http://classroom.test:{port}/index.html?threads=1")}),
+    );
+    let secure = driver.script("return document.body.getAttribute('data-secure')");
+    let note = driver.script("return document.getElementById('webgpu-note').textContent");
+    assert_eq!(secure, json!("false"));
+    let note = note.as_str().unwrap_or_default();
+    assert!(
+        note.contains("plain HTTP") && !note.contains("no WebGPU"),
+        "{note}"
+    );
 }
 
 /// `web/serve.py`, the project's server (COOP/COEP on every answer), on a free port with the
