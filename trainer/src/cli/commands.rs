@@ -321,12 +321,19 @@ pub fn train(args: &TrainArgs) -> Result<()> {
     // new run's settings are checked before the folder is made).
     let take = |run: &RunDir| world.is_main().then(|| run.lock()).transpose();
     let selected = crate::cli::device::select_for_rank(args.device, world.local_rank)?;
+    let loss_scale_applies = |cfg: &crate::train::config::TrainConfig| {
+        if args.loss_scale.is_some() && cfg.optim.precision != dino_model::Precision::F16 {
+            bail!("--loss-scale only applies to mixed precision; add --precision f16 or drop it");
+        }
+        Ok(())
+    };
     let (run, mut cfg, resume, lock) = match &args.resume {
         Some(dir) => {
             let run = RunDir { root: dir.clone() };
             let saved = load_run_config(&run)?;
             let lock = take(&run)?;
             let cfg = args.for_resume(saved)?;
+            loss_scale_applies(&cfg)?;
             (run, cfg, true, lock)
         }
         None => {
@@ -338,6 +345,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
                 crate::train::init::resolve(&mut cfg, file, &given)?;
             }
             crate::cli::args::check(&cfg)?;
+            loss_scale_applies(&cfg)?;
             // Under mpirun the launch is deliberate, and one rank's timing is not the world's.
             if world.size == 1 {
                 crate::cli::plan::confirm(&cfg, args.max_steps, &selected, args.yes)?;
@@ -353,9 +361,6 @@ pub fn train(args: &TrainArgs) -> Result<()> {
             (run, cfg, false, lock)
         }
     };
-    if args.loss_scale.is_some() && cfg.optim.precision != dino_model::Precision::F16 {
-        bail!("--loss-scale only applies to mixed precision; add --precision f16 or drop it");
-    }
     if !resume {
         cfg.run.world_size = world.size;
     }
