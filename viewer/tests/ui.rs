@@ -144,7 +144,7 @@ fn an_error_on_screen_does_not_stop_the_next_analysis() {
     );
     step_until(&mut h, "the first analysis", |s| s.analysis.is_some());
     h.state_mut()
-        .open_file(&ctx, "config.json".into(), b"{\"model_type\": 1}".to_vec());
+        .open_file(&ctx, "notes.txt".into(), b"just some text".to_vec());
     step_until(&mut h, "the file error", |s| s.error.is_some());
     h.state_mut().layer = Some(0);
     step_until(&mut h, "the block-0 analysis behind the error", |s| {
