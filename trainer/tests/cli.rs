@@ -406,6 +406,15 @@ fn bad_inputs_give_clear_errors() {
             "--precision f16",
         ],
     );
+    // An absurd --epochs is refused before its schedules are allocated (--yes skips the plan,
+    // which would otherwise refuse it by its estimate).
+    let mut args = vec!["train", "-o", o];
+    args.extend_from_slice(TINY);
+    args.extend_from_slice(&["--epochs", "100000000000", "--yes"]);
+    fails(
+        &args,
+        &["--epochs 100000000000", "more than 10000000 steps"],
+    );
     // A flag clap rejects is a usage error: exit code 2, as for every other bad flag.
     let usage = dino(&["train", "-o", o, "--precision", "f64"]);
     let stderr = String::from_utf8_lossy(&usage.stderr);

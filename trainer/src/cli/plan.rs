@@ -85,7 +85,8 @@ pub fn plan(cfg: &TrainConfig, max_steps: Option<u64>, selected: &Selected) -> R
         .open(cfg.run.seed)
         .with_context(|| format!("opening --data {}", d.source))?;
     let images = source.len();
-    let total = (cfg.schedule.epochs * steps_per_epoch(images, d.batch_size, 1)) as u64;
+    let total =
+        (cfg.schedule.epochs).saturating_mul(steps_per_epoch(images, d.batch_size, 1)) as u64;
     let steps = max_steps.map_or(total, |m| m.min(total));
     let mut plan = Plan {
         data: source.describe(),

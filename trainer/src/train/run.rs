@@ -526,8 +526,11 @@ fn preflight(
     Ok(())
 }
 
+/// The most steps a run's schedules may span (they hold a value per step).
+const MAX_SCHEDULE_STEPS: usize = 10_000_000;
+
 /// Opens the training data and this process's shard of it; refuses data smaller than one
-/// batch per process.
+/// batch per process, and schedules longer than [`MAX_SCHEDULE_STEPS`].
 fn open_data(cfg: &TrainConfig, world: &World) -> Result<RunData> {
     let d = &cfg.data;
     let source: Arc<dyn Source> = Arc::from(
@@ -545,6 +548,14 @@ fn open_data(cfg: &TrainConfig, world: &World) -> Result<RunData> {
         );
     }
     let iters_per_epoch = steps_per_epoch(source.len(), d.batch_size, world.size);
+    // The schedules hold a value per step: an absurd --epochs would allocate without bound.
+    let steps = cfg.schedule.epochs.checked_mul(iters_per_epoch);
+    if !steps.is_some_and(|s| s <= MAX_SCHEDULE_STEPS) {
+        bail!(
+            "--epochs {} of {iters_per_epoch} steps each is more than {MAX_SCHEDULE_STEPS} steps, about ten times the longest official schedule (DINOv3 trains past a million iterations); lower --epochs (schedule.epochs)",
+            cfg.schedule.epochs
+        );
+    }
     Ok(RunData {
         source,
         shard: Shard::of_this_process(),
