@@ -550,7 +550,7 @@ fn open_data(cfg: &TrainConfig, world: &World) -> Result<RunData> {
     let iters_per_epoch = steps_per_epoch(source.len(), d.batch_size, world.size);
     // The schedules hold a value per step: an absurd --epochs would allocate without bound.
     let steps = cfg.schedule.epochs.checked_mul(iters_per_epoch);
-    if !steps.is_some_and(|s| s <= MAX_SCHEDULE_STEPS) {
+    if steps.is_none_or(|s| s > MAX_SCHEDULE_STEPS) {
         bail!(
             "--epochs {} of {iters_per_epoch} steps each is more than {MAX_SCHEDULE_STEPS} steps, about ten times the longest official schedule (DINOv3 trains past a million iterations); lower --epochs (schedule.epochs)",
             cfg.schedule.epochs
