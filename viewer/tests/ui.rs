@@ -43,19 +43,26 @@ fn step_to(h: &mut Harness<'static, ViewerApp>, what: &str, done: impl Fn(&Viewe
     }
 }
 
-#[test]
-fn load_checkpoint_and_sample_then_switch_views_layers_and_threshold() {
+/// The viewer with the chelsea sample and the official DINO fixture opening at `resolution`
+/// (its first analysis still to come).
+fn with_official_model(resolution: u32) -> Harness<'static, ViewerApp> {
     let mut h = harness();
     h.get_by_label("chelsea").click();
     h.step();
     assert_eq!(h.state().images.len(), 1);
     let ctx = h.ctx.clone();
-    h.state_mut().resolution = 64;
+    h.state_mut().resolution = resolution;
     h.state_mut().open_checkpoint(
         &ctx,
         "official_checkpoint.pth".into(),
         fixture("official_checkpoint.pth"),
     );
+    h
+}
+
+#[test]
+fn load_checkpoint_and_sample_then_switch_views_layers_and_threshold() {
+    let mut h = with_official_model(64);
     step_until(&mut h, "the first analysis", |s| s.analysis.is_some());
     let a = h.state().analysis.clone().unwrap();
     assert_eq!((a.heads, a.grid_h, a.grid_w, a.request.layer), (2, 4, 4, 1));
@@ -132,17 +139,9 @@ fn bad_files_show_an_error_and_the_app_keeps_working() {
 /// analysis: a new block is computed while the message is still shown, undismissed.
 #[test]
 fn an_error_on_screen_does_not_stop_the_next_analysis() {
-    let mut h = harness();
-    h.get_by_label("chelsea").click();
-    h.step();
-    let ctx = h.ctx.clone();
-    h.state_mut().resolution = 64;
-    h.state_mut().open_checkpoint(
-        &ctx,
-        "official_checkpoint.pth".into(),
-        fixture("official_checkpoint.pth"),
-    );
+    let mut h = with_official_model(64);
     step_until(&mut h, "the first analysis", |s| s.analysis.is_some());
+    let ctx = h.ctx.clone();
     h.state_mut()
         .open_file(&ctx, "notes.txt".into(), b"just some text".to_vec());
     step_until(&mut h, "the file error", |s| s.error.is_some());
@@ -244,16 +243,7 @@ fn a_dinov3_model_shows_its_storage_tokens_in_the_registers_view() {
 
 #[test]
 fn a_new_image_or_block_shows_a_quick_preview_first_then_the_chosen_size() {
-    let mut h = harness();
-    h.get_by_label("chelsea").click();
-    h.step();
-    let ctx = h.ctx.clone();
-    h.state_mut().resolution = 320;
-    h.state_mut().open_checkpoint(
-        &ctx,
-        "official_checkpoint.pth".into(),
-        fixture("official_checkpoint.pth"),
-    );
+    let mut h = with_official_model(320);
     step_to(&mut h, "the first analysis", |s| s.analysis.is_some());
     let first = h.state().analysis.clone().unwrap();
     assert_eq!(first.request.resolution, dino_viewer::app::PREVIEW_PX);
