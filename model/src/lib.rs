@@ -4,7 +4,7 @@
 //!
 //! Floors, from the top: `import/` (foreign files) → `checkpoint` (our file) → `vit/` (the
 //! network and its weight table) → `cpu/` (kernels); beside them `attention` → `interp`,
-//! `preprocess`, and at the bottom `config`, `tensors`, `error`.
+//! `pil_resize`, `preprocess`, and at the bottom `config`, `tensors`, `error`.
 
 pub mod attention;
 pub mod checkpoint;
@@ -15,6 +15,7 @@ pub mod error;
 pub mod gpu;
 pub mod import;
 pub mod interp;
+pub mod pil_resize;
 pub mod preprocess;
 pub mod tensors;
 pub mod vit;

@@ -60,9 +60,10 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
-    /// Weighted k-NN classification with L2-normalised CLS features (eval_knn.py).
+    /// Weighted k-NN classification as eval_knn.py: Resize 256 + CenterCrop 224, L2-normalised
+    /// CLS features, k = 10 20 100 200 reported together.
     Knn {
-        /// Checkpoint to evaluate.
+        /// Checkpoint to evaluate (ours, an official release, or a Hugging Face file).
         #[arg(long)]
         checkpoint: PathBuf,
         /// Labelled training images (folder with class subfolders, CIFAR-10/STL-10 binaries, or `synthetic`).
@@ -71,18 +72,33 @@ enum Command {
         /// Labelled validation images.
         #[arg(long)]
         val: String,
-        /// Neighbours.
-        #[arg(long, default_value_t = 20)]
-        k: usize,
+        /// Neighbours; several values are evaluated from the same features.
+        #[arg(long, alias = "nb-knn", num_args = 1.., default_values_t = [10, 20, 100, 200])]
+        k: Vec<usize>,
         /// Temperature of the neighbour weights exp(sim / T).
         #[arg(long, default_value_t = 0.07)]
         temperature: f64,
-        /// Images are resized to this square size (default: the checkpoint's training size).
-        #[arg(long)]
+        /// Shorter side after the bicubic resize.
+        #[arg(long, default_value_t = 256)]
+        resize: u32,
+        /// Side of the centre crop the network sees.
+        #[arg(long, default_value_t = 224)]
+        crop: u32,
+        /// Shorthand for `--resize S --crop S` (small images, e.g. 32 px CIFAR at its own size).
+        #[arg(long, conflicts_with_all = ["resize", "crop"])]
         image_size: Option<u32>,
-        /// Use at most this many images of each set.
-        #[arg(long, default_value_t = 10000)]
-        limit: usize,
+        /// Keep at most this many images of each split, shared equally by the classes (default: all).
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Images per forward pass.
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+        /// Folder of the feature cache (default: the run folder of a training checkpoint, else the checkpoint's folder).
+        #[arg(long, conflicts_with = "no_cache")]
+        cache: Option<PathBuf>,
+        /// Neither read nor write cached features.
+        #[arg(long)]
+        no_cache: bool,
         /// Compute device.
         #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
         device: DeviceChoice,
@@ -251,19 +267,31 @@ fn run(cli: Cli) -> Result<()> {
             val,
             k,
             temperature,
+            resize,
+            crop,
             image_size,
             limit,
+            batch,
+            cache,
+            no_cache,
             device,
-        } => commands::knn(
-            &checkpoint,
-            &train,
-            &val,
-            k,
+        } => commands::knn(&commands::KnnArgs {
+            checkpoint,
+            train,
+            val,
+            ks: k,
             temperature,
-            image_size,
+            resize: image_size.unwrap_or(resize),
+            crop: image_size.unwrap_or(crop),
             limit,
+            batch,
+            cache: if no_cache {
+                commands::CacheChoice::Off
+            } else {
+                cache.map_or(commands::CacheChoice::Default, commands::CacheChoice::In)
+            },
             device,
-        ),
+        }),
         Command::EvalSeg {
             checkpoint,
             data,

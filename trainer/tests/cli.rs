@@ -1040,10 +1040,12 @@ fn synth_eval_seg_and_knn_commands() {
         val_dir.to_str().unwrap(),
         "--image-size",
         "32",
+        "--no-cache",
         "--device",
         "cpu",
     ]);
-    let v: serde_json::Value = serde_json::from_str(knn.lines().last().unwrap()).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(knn.lines().find(|l| l.starts_with('{')).unwrap()).unwrap();
     assert_eq!(v["classes"], 6);
     assert!((0.0..=100.0).contains(&v["knn_top1"].as_f64().unwrap()));
     fails(
@@ -1057,6 +1059,138 @@ fn synth_eval_seg_and_knn_commands() {
             "cpu",
         ],
         &["nope"],
+    );
+}
+
+/// The tiny labelled folder of `scripts/make_knn_fixtures.py`, drawn the same way.
+fn knn_fixture_folder(root: &Path) {
+    for (split, per_class, salt) in [("train", 10u32, 0u32), ("val", 17, 1)] {
+        for c in 0..6u32 {
+            let dir = root.join(split).join(format!("class{c}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            for i in 0..per_class {
+                let (w, h) = (
+                    20 + (i * 7 + c * 3 + salt) % 13,
+                    16 + (i * 5 + c + salt * 2) % 11,
+                );
+                let img = image::RgbImage::from_fn(w, h, |x, y| {
+                    image::Rgb(std::array::from_fn(|ch| {
+                        let ch = ch as u32;
+                        let stripes = (x * (c + 1) * 13 + y * (3 + c) * 7) % 256;
+                        let noise = (x * 31 + y * 17 + i * 101 + salt * 57 + ch * 43) % 61;
+                        ((stripes + noise + ch * 50 + c * 40) % 256) as u8
+                    }))
+                });
+                img.save(dir.join(format!("img{i:02}.png"))).unwrap();
+            }
+        }
+    }
+}
+
+/// `dino knn` against `eval_knn.py` run on the same folder and teacher weights
+/// (trainer/tests/fixtures/knn, from scripts/make_knn_fixtures.py): the same features
+/// (Resize 256 bicubic, CenterCrop 224 of images of several aspect ratios) and the same
+/// top-1 and top-5 for every k; a second run reads the cached features; `--limit`
+/// keeps every class and says so.
+#[test]
+fn knn_matches_eval_knn_py() {
+    let dir = tempfile::tempdir().unwrap();
+    knn_fixture_folder(dir.path());
+    let fixtures = format!("{}/tests/fixtures", env!("CARGO_MANIFEST_DIR"));
+    let cache = dir.path().join("cache");
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "knn",
+            "--checkpoint",
+            &format!("{fixtures}/train_initial.pth"),
+            "--train",
+            dir.path().join("train").to_str().unwrap(),
+            "--val",
+            dir.path().join("val").to_str().unwrap(),
+            "--k",
+            "1",
+            "5",
+            "10",
+            "20",
+            "--cache",
+            cache.to_str().unwrap(),
+            "--device",
+            "cpu",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let run = |extra: &[&str]| {
+        let a = args(extra);
+        ok(&a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let first = run(&[]);
+    assert!(first.contains("features saved to"), "{first}");
+    // The features themselves, from the cache file.
+    let cached = std::fs::read_dir(&cache)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let (_, ours) =
+        dino_model::checkpoint::read_safetensors(&std::fs::read(&cached).unwrap()).unwrap();
+    let (_, official) = dino_model::checkpoint::read_safetensors(
+        &std::fs::read(format!("{fixtures}/knn/knn.safetensors")).unwrap(),
+    )
+    .unwrap();
+    for name in [
+        "train_features",
+        "val_features",
+        "train_labels",
+        "val_labels",
+    ] {
+        let (a, b) = (&ours[name], &official[name]);
+        assert_eq!(a.shape, b.shape, "{name}");
+        let worst = a
+            .data
+            .iter()
+            .zip(&b.data)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max);
+        assert!(worst <= 1e-5, "{name}: largest difference {worst:e}");
+    }
+    let want: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{fixtures}/knn/knn.json")).unwrap())
+            .unwrap();
+    let got: serde_json::Value =
+        serde_json::from_str(first.lines().find(|l| l.starts_with('{')).unwrap()).unwrap();
+    for (g, w) in got["knn"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(want["results"].as_array().unwrap())
+    {
+        assert_eq!(g["k"], w["k"]);
+        let k = &w["k"];
+        for key in ["top1", "top5"] {
+            let (g, w) = (g[key].as_f64().unwrap(), w[key].as_f64().unwrap());
+            assert!(
+                (g - w).abs() < 1e-9,
+                "k = {k}: {key} {g} against eval_knn.py's {w}"
+            );
+        }
+    }
+    let second = run(&[]);
+    assert!(second.contains("features read from"), "{second}");
+    assert_eq!(
+        second.lines().find(|l| l.starts_with('{')),
+        first.lines().find(|l| l.starts_with('{'))
+    );
+    // 6 classes, a limit of 15: every class kept, and the account printed.
+    let limited = run(&["--limit", "15"]);
+    assert!(
+        limited.contains("train: kept 15 of 60 images: 2 to 3 of each of 6 classes")
+            && limited.contains("val: kept 15 of 102 images: 2 to 3 of each of 6 classes"),
+        "{limited}"
     );
 }
 

@@ -473,39 +473,208 @@ fn open_source(spec: &str) -> Result<Box<dyn crate::data::sources::Source>> {
     crate::data::sources::open(spec, 600, 128, 1).with_context(|| format!("opening {spec}"))
 }
 
-/// `dino knn`.
-#[allow(clippy::too_many_arguments)]
-pub fn knn(
-    checkpoint: &Path,
-    train: &str,
-    val: &str,
-    k: usize,
-    temperature: f64,
-    image_size: Option<u32>,
-    limit: usize,
-    device: DeviceChoice,
-) -> Result<()> {
-    let selected = select(device)?;
-    let imported = load_weights(checkpoint, LoadOptions::default())?;
-    let model = build_model(&imported, checkpoint, &selected.device)?;
-    let size = image_size.unwrap_or(imported.config.vit.img_size as u32);
-    let (train_src, val_src) = (open_source(train)?, open_source(val)?);
-    let classes = train_src.classes().len().max(val_src.classes().len());
-    let (ti, tl) = crate::eval::probes::labelled(train_src.as_ref(), limit)?;
-    let (vi, vl) = crate::eval::probes::labelled(val_src.as_ref(), limit)?;
-    let bar = work_bar((ti.len() + vi.len()) as u64, "CLS features");
-    let ft = crate::eval::probes::features(&model.backbone, &ti, size, &selected.device, &bar)?;
-    let fv = crate::eval::probes::features(&model.backbone, &vi, size, &selected.device, &bar)?;
-    bar.finish_and_clear();
-    let r = crate::eval::probes::knn(&ft, &tl, &fv, &vl, k, temperature, classes);
-    println!(
-        "{{\"knn_top1\": {:.2}, \"knn_top5\": {:.2}, \"chance\": {:.2}, \"k\": {k}, \"temperature\": {temperature}, \"train\": {}, \"val\": {}, \"classes\": {classes}}}",
-        r.top1,
-        r.top5,
-        r.chance,
-        ti.len(),
-        vi.len()
+/// Where `dino knn` keeps its features.
+#[derive(Debug, Clone)]
+pub enum CacheChoice {
+    /// The run folder of a training checkpoint (`<run>/checkpoints/…`), else the checkpoint's folder.
+    Default,
+    /// This folder.
+    In(PathBuf),
+    /// No cache.
+    Off,
+}
+
+/// The options of `dino knn`.
+#[derive(Debug, Clone)]
+pub struct KnnArgs {
+    /// Weights to evaluate.
+    pub checkpoint: PathBuf,
+    /// Labelled training split.
+    pub train: String,
+    /// Labelled validation split.
+    pub val: String,
+    /// Neighbour counts, all evaluated from one set of features.
+    pub ks: Vec<usize>,
+    /// Vote temperature.
+    pub temperature: f64,
+    /// Shorter side after resizing.
+    pub resize: u32,
+    /// Centre-crop side.
+    pub crop: u32,
+    /// At most this many images per split, shared by the classes.
+    pub limit: Option<usize>,
+    /// Images per forward.
+    pub batch: usize,
+    /// Feature cache.
+    pub cache: CacheChoice,
+    /// Compute device.
+    pub device: DeviceChoice,
+}
+
+/// What was kept of a split, for the user: "kept 60 of 900 images: 2 to 3 of each of 30 classes".
+fn kept_account(name: &str, labels: &[usize], kept: &[usize], classes: usize) -> String {
+    let mut per = vec![0usize; classes];
+    for &i in kept {
+        per[labels[i]] += 1;
+    }
+    let present: Vec<usize> = per.iter().copied().filter(|&n| n > 0).collect();
+    let (lo, hi) = (
+        present.iter().copied().min().unwrap_or(0),
+        present.iter().copied().max().unwrap_or(0),
     );
+    let range = if lo == hi {
+        format!("{lo}")
+    } else {
+        format!("{lo} to {hi}")
+    };
+    format!(
+        "{name}: kept {} of {} images: {range} of each of {} classes",
+        kept.len(),
+        labels.len(),
+        present.len()
+    )
+}
+
+/// `dino knn`.
+pub fn knn(args: &KnnArgs) -> Result<()> {
+    use crate::eval::knn::{
+        EvalTransform, FeatureCache, classify, extract, labels_of, select_per_class,
+    };
+    if args.ks.is_empty() {
+        bail!("--k needs at least one value");
+    }
+    let selected = select(args.device)?;
+    let imported = load_weights(&args.checkpoint, LoadOptions::default())?;
+    let model = build_model(&imported, &args.checkpoint, &selected.device)?;
+    let transform = EvalTransform {
+        resize: args.resize,
+        crop: args.crop,
+        norm: imported.config.vit.normalization(),
+    };
+    let (train_src, val_src) = (open_source(&args.train)?, open_source(&args.val)?);
+    let classes = train_src.classes().len().max(val_src.classes().len());
+    let (train_labels, val_labels) = (labels_of(train_src.as_ref())?, labels_of(val_src.as_ref())?);
+    let train_kept = select_per_class(&train_labels, classes, args.limit);
+    let val_kept = select_per_class(&val_labels, classes, args.limit);
+    eprintln!(
+        "{}",
+        kept_account("train", &train_labels, &train_kept, classes)
+    );
+    eprintln!("{}", kept_account("val", &val_labels, &val_kept, classes));
+    let cache_dir = match &args.cache {
+        CacheChoice::Off => None,
+        CacheChoice::In(dir) => Some(dir.clone()),
+        CacheChoice::Default => {
+            let parent = args
+                .checkpoint
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_default();
+            let base = if parent.file_name().is_some_and(|n| n == "checkpoints") {
+                parent.parent().map(Path::to_path_buf).unwrap_or(parent)
+            } else {
+                parent
+            };
+            Some(base.join("knn-features"))
+        }
+    };
+    let cache = cache_dir.map(|dir| {
+        FeatureCache::new(
+            &dir,
+            &args.checkpoint,
+            [
+                (train_src.as_ref(), &train_kept),
+                (val_src.as_ref(), &val_kept),
+            ],
+            &transform,
+        )
+    });
+    let (train, val) = match cache.as_ref().and_then(|c| c.load().map(|f| (c, f))) {
+        Some((c, features)) => {
+            eprintln!("features read from {}", c.path().display());
+            features
+        }
+        None => {
+            let bar = work_bar((train_kept.len() + val_kept.len()) as u64, "CLS features");
+            let go = |src: &dyn crate::data::sources::Source, kept: &[usize], labels: &[usize]| {
+                let picks: Vec<(usize, usize)> = kept.iter().map(|&i| (i, labels[i])).collect();
+                extract(
+                    &model.backbone,
+                    src,
+                    &picks,
+                    &transform,
+                    args.batch,
+                    &selected.device,
+                    &bar,
+                )
+            };
+            let train = go(train_src.as_ref(), &train_kept, &train_labels)?;
+            let val = go(val_src.as_ref(), &val_kept, &val_labels)?;
+            bar.finish_and_clear();
+            if let Some(c) = &cache {
+                match c.save(&train, &val) {
+                    Ok(()) => eprintln!("features saved to {}", c.path().display()),
+                    Err(e) => log::warn!(
+                        "could not cache the features ({e:#}); pass --cache DIR or --no-cache"
+                    ),
+                }
+            }
+            (train, val)
+        }
+    };
+    // eval_knn.py stops on a k larger than the training split; the other ks still say
+    // something, so only those are dropped, with a word.
+    let (ks, dropped): (Vec<usize>, Vec<usize>) = args.ks.iter().partition(|&&k| k <= train.len());
+    if ks.is_empty() {
+        bail!(
+            "every --k ({:?}) is larger than the {} training images; pass a smaller --k",
+            args.ks,
+            train.len()
+        );
+    }
+    if !dropped.is_empty() {
+        eprintln!(
+            "k = {dropped:?} skipped: the training split has only {} images",
+            train.len()
+        );
+    }
+    let results = classify(
+        &train,
+        &val,
+        &ks,
+        args.temperature,
+        classes,
+        &selected.device,
+    )?;
+    let chance = 100.0 / classes.max(1) as f64;
+    eprintln!(
+        "weighted k-NN, T = {}, Resize {} + CenterCrop {}, {} train / {} val images, {classes} classes (chance {chance:.2} %)",
+        args.temperature,
+        args.resize,
+        args.crop,
+        train.len(),
+        val.len()
+    );
+    eprintln!("{:>6} {:>8} {:>8}", "k", "top-1", "top-5");
+    for r in &results {
+        eprintln!("{:>6} {:>7.2}% {:>7.2}%", r.k, r.top1, r.top5);
+    }
+    // Scripts read one k: the paper's 20 when evaluated, else the first.
+    let main = results.iter().find(|r| r.k == 20).unwrap_or(&results[0]);
+    let json = serde_json::json!({
+        "knn": results,
+        "knn_k": main.k,
+        "knn_top1": main.top1,
+        "knn_top5": main.top5,
+        "chance": chance,
+        "temperature": args.temperature,
+        "resize": args.resize,
+        "crop": args.crop,
+        "train": train.len(),
+        "val": val.len(),
+        "classes": classes,
+    });
+    println!("{json}");
     Ok(())
 }
 

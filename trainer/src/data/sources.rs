@@ -38,6 +38,10 @@ pub trait Source: Send + Sync {
     }
     /// Sample `index` (< len). Errors name the file that failed.
     fn get(&self, index: usize) -> Result<Sample>;
+    /// The class of sample `index` (< len), without decoding it where the source can.
+    fn label(&self, index: usize) -> Result<Option<usize>> {
+        Ok(self.get(index)?.label)
+    }
     /// Class names in label order; empty when unlabelled.
     fn classes(&self) -> Vec<String>;
     /// A short description for logs.
@@ -215,6 +219,10 @@ impl Source for ImageFolder {
         })
     }
 
+    fn label(&self, index: usize) -> Result<Option<usize>> {
+        Ok(self.files[index].1)
+    }
+
     fn classes(&self) -> Vec<String> {
         self.classes.clone()
     }
@@ -315,6 +323,13 @@ impl Source for Cifar10 {
             label: Some(label),
             mask: None,
         })
+    }
+
+    fn label(&self, index: usize) -> Result<Option<usize>> {
+        match self.records[index * CIFAR_RECORD] as usize {
+            l @ 0..10 => Ok(Some(l)),
+            l => bail!("{}: record {index} has label {l}, expected 0-9", self.name),
+        }
     }
 
     fn classes(&self) -> Vec<String> {
@@ -418,6 +433,10 @@ impl Source for Stl10 {
             label: self.labels.as_ref().map(|l| l[index] as usize - 1),
             mask: None,
         })
+    }
+
+    fn label(&self, index: usize) -> Result<Option<usize>> {
+        Ok(self.labels.as_ref().map(|l| l[index] as usize - 1))
     }
 
     fn classes(&self) -> Vec<String> {

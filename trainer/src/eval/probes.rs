@@ -1,5 +1,5 @@
-//! Evaluation: weighted k-NN on CLS features (`eval_knn.py`) and the Jaccard of
-//! attention masks against ground-truth masks (the paper's segmentation probe).
+//! The in-training probes: CLS features of in-memory images for the k-NN monitor, and the
+//! Jaccard of attention masks against ground-truth masks (the paper's segmentation probe).
 
 use anyhow::{Context, Result, bail};
 use burn::tensor::{Device, Tensor, TensorData};
@@ -9,106 +9,47 @@ use dino_model::vit::VisionTransformer;
 use image::RgbImage;
 
 use crate::data::sources::Source;
+use crate::eval::knn::Features;
 
-/// L2-normalised CLS features of images resized to `size × size`, in batches.
+/// L2-normalised CLS features of in-memory images squashed to `size × size` (the
+/// in-training k-NN; `dino knn` runs the official transform through [`crate::eval::knn`]).
 pub fn features(
     backbone: &VisionTransformer,
     images: &[RgbImage],
+    labels: &[usize],
     size: u32,
     device: &Device,
-    progress: &indicatif::ProgressBar,
-) -> Result<Vec<Vec<f32>>> {
+) -> Result<Features> {
     let patch = backbone.patch_size();
-    let mut out = Vec::with_capacity(images.len());
+    let mut data = Vec::new();
+    let mut dim = 0;
     for chunk in images.chunks(32) {
         let prepared = chunk
             .iter()
             .map(|img| prepare(img, Resize::Square(size), patch))
             .collect::<Result<Vec<_>, _>>()?;
         let (h, w) = (prepared[0].height, prepared[0].width);
-        let data: Vec<f32> = prepared
+        let pixels: Vec<f32> = prepared
             .iter()
             .flat_map(|p| p.chw.iter().copied())
             .collect();
-        let x = Tensor::<4>::from_data(TensorData::new(data, [chunk.len(), 3, h, w]), device);
+        let x = Tensor::<4>::from_data(TensorData::new(pixels, [chunk.len(), 3, h, w]), device);
         let feats: Vec<f32> = backbone
             .forward(x)
             .into_data()
             .try_to_vec()
             .context("reading features")?;
-        let dim = feats.len() / chunk.len();
+        dim = feats.len() / chunk.len();
         for row in feats.chunks_exact(dim) {
             let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
-            out.push(row.iter().map(|v| v / norm).collect());
+            data.extend(row.iter().map(|v| v / norm));
         }
-        progress.inc(chunk.len() as u64);
     }
-    Ok(out)
-}
-
-/// Result of a k-NN evaluation.
-#[derive(Debug, Clone, Copy, serde::Serialize)]
-pub struct KnnResult {
-    /// Top-1 accuracy in percent.
-    pub top1: f64,
-    /// Top-5 accuracy in percent (equal to top-1 when there are fewer than 5 classes).
-    pub top5: f64,
-    /// Chance level in percent (100 / classes).
-    pub chance: f64,
-}
-
-/// `knn_classifier` of `eval_knn.py`: cosine similarity, top-k neighbours weighted by
-/// `exp(sim / T)`, votes summed per class.
-pub fn knn(
-    train: &[Vec<f32>],
-    train_labels: &[usize],
-    test: &[Vec<f32>],
-    test_labels: &[usize],
-    k: usize,
-    temperature: f64,
-    classes: usize,
-) -> KnnResult {
-    let k = k.min(train.len()).max(1);
-    let (mut top1, mut top5) = (0usize, 0usize);
-    for (f, &label) in test.iter().zip(test_labels) {
-        let mut sims: Vec<(f32, usize)> = train
-            .iter()
-            .zip(train_labels)
-            .map(|(t, &l)| (t.iter().zip(f).map(|(a, b)| a * b).sum::<f32>(), l))
-            .collect();
-        sims.sort_by(|a, b| b.0.total_cmp(&a.0));
-        let mut votes = vec![0.0f64; classes];
-        for (s, l) in sims.iter().take(k) {
-            votes[*l] += (*s as f64 / temperature).exp();
-        }
-        let mut order: Vec<usize> = (0..classes).collect();
-        order.sort_by(|a, b| votes[*b].total_cmp(&votes[*a]));
-        top1 += (order[0] == label) as usize;
-        top5 += order.iter().take(5).any(|&c| c == label) as usize;
-    }
-    let n = test.len().max(1) as f64;
-    KnnResult {
-        top1: 100.0 * top1 as f64 / n,
-        top5: 100.0 * top5 as f64 / n,
-        chance: 100.0 / classes.max(1) as f64,
-    }
-}
-
-/// Loads up to `limit` labelled images of a source.
-pub fn labelled(source: &dyn Source, limit: usize) -> Result<(Vec<RgbImage>, Vec<usize>)> {
-    let (mut images, mut labels) = (Vec::new(), Vec::new());
-    for i in 0..source.len().min(limit) {
-        let s = source.get(i)?;
-        let Some(l) = s.label else {
-            bail!(
-                "{} has no labels; k-NN needs class subfolders",
-                source.describe()
-            )
-        };
-        images.push(s.image);
-        labels.push(l);
-    }
-    Ok((images, labels))
+    Ok(Features {
+        data,
+        dim,
+        labels: labels.to_vec(),
+    })
 }
 
 /// Jaccard of attention masks against ground truth, averaged over images.
@@ -284,17 +225,5 @@ mod tests {
             let mean = r.per_head.iter().sum::<f64>() / r.per_head.len() as f64;
             assert!((r.mean_heads - mean).abs() < 1e-12);
         }
-    }
-
-    #[test]
-    fn knn_votes_by_weighted_neighbours() {
-        let train = vec![vec![1.0, 0.0], vec![0.9, 0.1], vec![0.0, 1.0]];
-        let labels = [0, 0, 1];
-        let test = vec![vec![1.0, 0.0], vec![0.0, 1.0]];
-        let r = knn(&train, &labels, &test, &[0, 1], 1, 0.07, 2);
-        assert_eq!(r.top1, 100.0);
-        let r = knn(&train, &labels, &test, &[1, 0], 1, 0.07, 2);
-        assert_eq!(r.top1, 0.0);
-        assert_eq!(r.chance, 50.0);
     }
 }

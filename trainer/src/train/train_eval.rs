@@ -189,14 +189,21 @@ pub fn evaluate(
     }
     if let Some(((bank, bank_labels), (queries, query_labels))) = eval.knn_sets() {
         let classes = eval.source.classes().len().max(1);
-        let quiet = indicatif::ProgressBar::hidden();
-        let fb = crate::eval::probes::features(&teacher.backbone, &bank, size, device, &quiet)?;
-        let fq = crate::eval::probes::features(&teacher.backbone, &queries, size, device, &quiet)?;
+        let fb =
+            crate::eval::probes::features(&teacher.backbone, &bank, &bank_labels, size, device)?;
+        let fq = crate::eval::probes::features(
+            &teacher.backbone,
+            &queries,
+            &query_labels,
+            size,
+            device,
+        )?;
         let knn =
-            crate::eval::probes::knn(&fb, &bank_labels, &fq, &query_labels, 20, 0.07, classes);
+            crate::eval::knn::classify(&fb, &fq, &[20.min(fb.len())], 0.07, classes, device)?[0];
         record["knn_top1"] = knn.top1.into();
-        record["knn_chance"] = knn.chance.into();
-        said += &format!(" k-NN top-1 {:.1}% (chance {:.1}%)", knn.top1, knn.chance);
+        let chance = 100.0 / classes as f64;
+        record["knn_chance"] = chance.into();
+        said += &format!(" k-NN top-1 {:.1}% (chance {chance:.1}%)", knn.top1);
     }
     writeln!(metrics, "{record}")?;
     log::info!("{said}");
