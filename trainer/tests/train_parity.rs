@@ -5,6 +5,8 @@
 //! warm-up, get_params_groups + AdamW, clip_gradients, cancel_gradients_last_layer, EMA
 //! teacher). We replay the same crops through `dino_step` and compare.
 
+mod common;
+
 use std::collections::BTreeMap;
 
 use burn::tensor::{Device, Tensor, TensorData};
@@ -351,5 +353,171 @@ fn sgd_and_lars_match_the_official_optimizers() {
             assert!(err < 1e-4, "{kind:?} {who}: {name} differs by {err}");
             assert!(cosine > 0.99999, "{kind:?} {who}: update cosine {cosine}");
         }
+    }
+}
+
+/// `eval_linear.py` replayed (tests/fixtures/linear from scripts/make_linear_fixtures.py): the
+/// same folder, teacher backbone, initial classifier, sampler order, crop boxes and flips;
+/// every step's loss, each epoch's learning rate and validation numbers, and the final
+/// weights match, for CLS tokens of two blocks (3 epochs) and for one block with the pooled
+/// patch token (1 epoch).
+#[test]
+fn linear_probe_matches_eval_linear_py() {
+    use dino_trainer::eval::knn::{EvalTransform, labels_of};
+    use dino_trainer::eval::linear::{Classifier, Probe, ProbeInput, View, Views, cosine_lr};
+
+    struct Replay(Vec<Vec<(usize, View)>>);
+    impl Views for Replay {
+        fn order(&self, epoch: usize, _n: usize) -> Vec<usize> {
+            self.0[epoch].iter().map(|(i, _)| *i).collect()
+        }
+        fn view(&self, epoch: usize, index: usize, _w: u32, _h: u32) -> View {
+            self.0[epoch].iter().find(|(i, _)| *i == index).unwrap().1
+        }
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    common::knn_fixture_folder(dir.path());
+    let device = Device::flex();
+    let weights = format!(
+        "{}/tests/fixtures/train_initial.pth",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let path = std::path::Path::new(&weights);
+    let imported = dino_trainer::io::weights::load_weights(path, Default::default()).unwrap();
+    let model = dino_trainer::io::weights::build_model(&imported, path, &device).unwrap();
+    let open = |split: &str| {
+        dino_trainer::data::sources::open(dir.path().join(split).to_str().unwrap(), 0, 0, 0)
+            .unwrap()
+    };
+    let (train, val) = (open("train"), open("val"));
+    let picks = |s: &dyn dino_trainer::data::sources::Source| -> Vec<(usize, usize)> {
+        labels_of(s).unwrap().into_iter().enumerate().collect()
+    };
+    let (train_picks, val_picks) = (picks(train.as_ref()), picks(val.as_ref()));
+    let val_labels: Vec<usize> = val_picks.iter().map(|p| p.1).collect();
+    let log: Value = serde_json::from_slice(&fixture("linear/linear.json")).unwrap();
+    let (_, tensors) = read_safetensors(&fixture("linear/linear.safetensors")).unwrap();
+    let rel = |a: f64, b: f64| (a - b).abs() / b.abs().max(1e-12);
+    for setting in ["blocks2", "avgpool"] {
+        let s = &log[setting];
+        let input = ProbeInput {
+            n_last_blocks: s["n_last_blocks"].as_u64().unwrap() as usize,
+            avgpool: s["avgpool"].as_bool().unwrap(),
+        };
+        let epochs = s["epochs"].as_u64().unwrap() as usize;
+        let (batch, lr) = (
+            s["batch"].as_u64().unwrap() as usize,
+            s["lr"].as_f64().unwrap(),
+        );
+        let probe = Probe {
+            backbone: &model.backbone,
+            input,
+            transform: EvalTransform::official(dino_model::Normalization::IMAGENET),
+            batch,
+            device: &device,
+        };
+        let width = input.width(&model.backbone);
+        let w0 = &tensors[&format!("{setting}.initial_weight")];
+        let b0 = &tensors[&format!("{setting}.initial_bias")];
+        let mut classifiers = vec![Classifier::from_values(
+            &w0.data, &b0.data, 6, width, lr, &device,
+        )];
+        let replay = Replay(
+            s["epochs_log"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| {
+                    e["views"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|v| {
+                            let n = |k: &str| v[k].as_u64().unwrap() as u32;
+                            (
+                                v["index"].as_u64().unwrap() as usize,
+                                (
+                                    (n("top"), n("left"), n("height"), n("width")),
+                                    v["flip"].as_bool().unwrap(),
+                                ),
+                            )
+                        })
+                        .collect()
+                })
+                .collect(),
+        );
+        let quiet = indicatif::ProgressBar::hidden();
+        let val_inputs = probe.val_inputs(val.as_ref(), &val_picks, &quiet).unwrap();
+        for (epoch, e) in s["epochs_log"].as_array().unwrap().iter().enumerate() {
+            let want_lr = e["lr"].as_f64().unwrap();
+            let got_lr = cosine_lr(lr * batch as f64 / 256.0, epoch, epochs);
+            assert!(
+                rel(got_lr, want_lr) < 1e-12,
+                "{setting} epoch {epoch}: lr {got_lr} against {want_lr}"
+            );
+            let losses = probe
+                .train_epoch(
+                    train.as_ref(),
+                    &train_picks,
+                    6,
+                    &mut classifiers,
+                    &replay,
+                    epoch,
+                    epochs,
+                    &quiet,
+                )
+                .unwrap();
+            let want: Vec<f64> = e["losses"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect();
+            assert_eq!(losses[0].len(), want.len());
+            for (step, (g, w)) in losses[0].iter().zip(&want).enumerate() {
+                assert!(
+                    rel(*g, *w) <= 1e-5,
+                    "{setting} epoch {epoch} step {step}: loss {g} against eval_linear.py's {w}"
+                );
+            }
+            let v = probe
+                .validate(&val_inputs, &val_labels, 6, &classifiers[0])
+                .unwrap();
+            assert_eq!(
+                v.acc1,
+                e["val_acc1"].as_f64().unwrap(),
+                "{setting} epoch {epoch}"
+            );
+            assert_eq!(v.acc5, e["val_acc5"].as_f64(), "{setting} epoch {epoch}");
+            assert!(
+                rel(v.loss, e["val_loss"].as_f64().unwrap()) <= 1e-5,
+                "{setting} epoch {epoch}: {v:?}"
+            );
+        }
+        let w: Vec<f32> = classifiers[0]
+            .weight
+            .clone()
+            .into_data()
+            .try_to_vec()
+            .unwrap();
+        let b: Vec<f32> = classifiers[0]
+            .bias
+            .clone()
+            .into_data()
+            .try_to_vec()
+            .unwrap();
+        let wf = &tensors[&format!("{setting}.final_weight")];
+        let bf = &tensors[&format!("{setting}.final_bias")];
+        assert!(
+            max_err(&w, &wf.data) <= 1e-5,
+            "{setting}: final weight off by {}",
+            max_err(&w, &wf.data)
+        );
+        assert!(
+            max_err(&b, &bf.data) <= 1e-5,
+            "{setting}: final bias off by {}",
+            max_err(&b, &bf.data)
+        );
     }
 }

@@ -852,6 +852,27 @@ impl VisionTransformer {
         layer_norm(&self.norm, x, self.norm_eps)
     }
 
+    /// The normalised tokens after each of the last `n` blocks, oldest first: the official
+    /// `get_intermediate_layers(x, n)` (DINO) and `get_intermediate_layers(x, n, norm=True)`
+    /// (DINOv2), which the linear evaluations read.
+    ///
+    /// # Shapes
+    /// `images`: `[batch, 3, h, w]` → `n` × `[batch, prefix + patches, dim]`.
+    pub fn last_blocks(&self, images: Tensor<4>, n: usize) -> Vec<Tensor<3>> {
+        let [_, _, h, w] = images.dims();
+        let rope = self.rope_tables(h / self.patch_size, w / self.patch_size);
+        let mut x = self.prepare_tokens_with_masks(images, None);
+        let first = self.blocks.len().saturating_sub(n);
+        let mut out = Vec::with_capacity(n);
+        for (i, block) in self.blocks.iter().enumerate() {
+            x = block.forward(x, rope.as_ref(), None, self.precision);
+            if i >= first {
+                out.push(layer_norm(&self.norm, x.clone(), self.norm_eps));
+            }
+        }
+        out
+    }
+
     /// CLS features, the official `forward` (`norm(x)[:, 0]`).
     ///
     /// # Shapes

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use burn::tensor::{Device, Tensor, TensorData};
 use dino_model::Normalization;
+use dino_model::pil_resize::{self, PilFilter};
 use dino_model::preprocess::normalize_chw_with;
 use dino_model::vit::VisionTransformer;
 use image::RgbImage;
@@ -65,7 +66,7 @@ impl EvalTransform {
                 self.resize,
             )
         };
-        let resized = dino_model::pil_resize::resize_bicubic(img, tw, th);
+        let resized = pil_resize::resize(img, tw, th, PilFilter::Bicubic);
         // torchvision's `center_crop` rounds the offset with Python's round (half to even).
         let top = round_half_even((th - self.crop) as f64 / 2.0);
         let left = round_half_even((tw - self.crop) as f64 / 2.0);
