@@ -103,6 +103,57 @@ enum Command {
         #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
         device: DeviceChoice,
     },
+    /// Linear probe on frozen features as eval_linear.py (resumable run folder, metrics, plot).
+    Linear {
+        /// Checkpoint to evaluate (ours, an official release, or a Hugging Face file).
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Labelled training images (folder with class subfolders, CIFAR-10/STL-10 binaries, or `synthetic`).
+        #[arg(long)]
+        train: String,
+        /// Labelled validation images.
+        #[arg(long)]
+        val: String,
+        /// Run folder; started again with the same settings, it resumes (default: linear/ in the checkpoint's run folder).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Epochs (eval_linear.py: 100).
+        #[arg(long, default_value_t = 100)]
+        epochs: usize,
+        /// Learning rate at batch size 256; several values train one classifier each on the same batches.
+        #[arg(long, num_args = 1.., default_values_t = [0.001])]
+        lr: Vec<f64>,
+        /// Train one classifier per learning rate of DINOv2's grid (1e-5 … 0.1) and report the best.
+        #[arg(long, conflicts_with = "lr")]
+        lr_grid: bool,
+        /// Images per step.
+        #[arg(long, default_value_t = 128)]
+        batch: usize,
+        /// CLS tokens of this many last blocks, concatenated (eval_linear.py: 4 for ViT-S, 1 for ViT-B).
+        #[arg(long, default_value_t = 4)]
+        n_last_blocks: usize,
+        /// Also the average of the patch tokens (eval_linear.py: with --n-last-blocks 1, for ViT-B).
+        #[arg(long)]
+        avgpool_patchtokens: bool,
+        /// Shorter side of the validation resize.
+        #[arg(long, default_value_t = 256)]
+        resize: u32,
+        /// Side of the training crops and the validation centre crop.
+        #[arg(long, default_value_t = 224)]
+        crop: u32,
+        /// Keep at most this many images of each split, shared equally by the classes (default: all).
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Seed of the crops, the order and the initial classifier.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Validate every this many epochs (and after the last).
+        #[arg(long, default_value_t = 1)]
+        val_freq: usize,
+        /// Compute device.
+        #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+        device: DeviceChoice,
+    },
     /// Jaccard between the 60 %-mass CLS-attention masks and ground-truth masks (<image>_mask.png).
     EvalSeg {
         /// Checkpoint to evaluate.
@@ -290,6 +341,46 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 cache.map_or(commands::CacheChoice::Default, commands::CacheChoice::In)
             },
+            device,
+        }),
+        Command::Linear {
+            checkpoint,
+            train,
+            val,
+            output,
+            epochs,
+            lr,
+            lr_grid,
+            batch,
+            n_last_blocks,
+            avgpool_patchtokens,
+            resize,
+            crop,
+            limit,
+            seed,
+            val_freq,
+            device,
+        } => dino_trainer::cli::linear::linear(&dino_trainer::cli::linear::LinearArgs {
+            checkpoint,
+            train,
+            val,
+            output,
+            epochs,
+            lrs: if lr_grid {
+                dino_trainer::cli::linear::DINOV2_LR_GRID.to_vec()
+            } else {
+                lr
+            },
+            batch,
+            input: dino_trainer::eval::linear::ProbeInput {
+                n_last_blocks,
+                avgpool: avgpool_patchtokens,
+            },
+            resize,
+            crop,
+            limit,
+            seed,
+            val_freq,
             device,
         }),
         Command::EvalSeg {

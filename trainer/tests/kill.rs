@@ -139,3 +139,106 @@ fn repeated_sigkill_then_resume_equals_an_uninterrupted_run() {
         );
     }
 }
+
+/// `dino linear` SIGKILLed again and again, then started again on the same folder each time:
+/// it resumes from the last finished epoch and ends with the classifiers and metrics of the
+/// uninterrupted run, bit for bit; other settings on that folder are refused.
+#[test]
+fn a_killed_linear_probe_resumes_to_the_uninterrupted_result() {
+    let dir = tempfile::tempdir().unwrap();
+    common::knn_fixture_folder(dir.path());
+    let weights = format!(
+        "{}/tests/fixtures/train_initial.pth",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let args = |out: &Path, epochs: &str| -> Vec<String> {
+        [
+            "linear",
+            "--checkpoint",
+            &weights,
+            "--train",
+            dir.path().join("train").to_str().unwrap(),
+            "--val",
+            dir.path().join("val").to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--epochs",
+            epochs,
+            "--batch",
+            "16",
+            "--lr",
+            "0.5",
+            "2",
+            "--n-last-blocks",
+            "2",
+            "--resize",
+            "32",
+            "--crop",
+            "32",
+            "--device",
+            "cpu",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let run = |a: &[String]| dino(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let (straight, killed) = (dir.path().join("straight"), dir.path().join("killed"));
+    assert!(run(&args(&straight, "150")).status().unwrap().success());
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut kills = 0;
+    for _ in 0..40 {
+        let mut child = run(&args(&killed, "150")).spawn().unwrap();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        std::thread::sleep(Duration::from_millis(30 + x % 300));
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        kills += 1;
+        if kills >= 12 {
+            break;
+        }
+    }
+    assert!(kills >= 8, "only {kills} kills before the probe finished");
+    let last = run(&args(&killed, "150"))
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(last.status.success());
+    assert!(
+        String::from_utf8_lossy(&last.stderr).contains("resuming"),
+        "{}",
+        String::from_utf8_lossy(&last.stderr)
+    );
+    let read = |p: &Path| {
+        dino_model::checkpoint::read_safetensors(
+            &std::fs::read(p.join("linear.safetensors")).unwrap(),
+        )
+        .unwrap()
+    };
+    let ((ma, ta), (mb, tb)) = (read(&straight), read(&killed));
+    assert_eq!(ma, mb);
+    assert_eq!(
+        ta, tb,
+        "the probe killed {kills} times differs from the straight one"
+    );
+    assert_eq!(
+        std::fs::read_to_string(straight.join("metrics.jsonl")).unwrap(),
+        std::fs::read_to_string(killed.join("metrics.jsonl")).unwrap()
+    );
+    let out = run(&args(&killed, "7"))
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("holds a linear probe of other weights, data or settings"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -414,7 +414,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
 }
 
 /// A bar with count, rate and ETA on stderr (hidden when stderr is not a terminal).
-fn work_bar(len: u64, what: &str) -> indicatif::ProgressBar {
+pub(crate) fn work_bar(len: u64, what: &str) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(len);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
@@ -512,7 +512,7 @@ pub struct KnnArgs {
 }
 
 /// What was kept of a split, for the user: "kept 60 of 900 images: 2 to 3 of each of 30 classes".
-fn kept_account(name: &str, labels: &[usize], kept: &[usize], classes: usize) -> String {
+pub(crate) fn kept_account(name: &str, labels: &[usize], kept: &[usize], classes: usize) -> String {
     let mut per = vec![0usize; classes];
     for &i in kept {
         per[labels[i]] += 1;
