@@ -258,3 +258,102 @@ fn dinov2_and_dinov3_objectives_agree_between_backends() {
         }
     }
 }
+
+/// `dino knn` and `dino linear` run on the wgpu backend (features, similarities, the probe's
+/// steps on the device) and give the CPU backend's numbers: the same k-NN accuracies, and the
+/// same probe losses and validation accuracy to rounding.
+#[test]
+fn knn_and_linear_agree_between_backends() {
+    if skipped_on_request() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    common::knn_fixture_folder(dir.path());
+    let weights = format!(
+        "{}/tests/fixtures/train_initial.pth",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let run = |args: &[&str], device: &str| -> serde_json::Value {
+        let out = Command::new(env!("CARGO_BIN_EXE_dino"))
+            .args(args)
+            .args([
+                "--checkpoint",
+                &weights,
+                "--train",
+                dir.path().join("train").to_str().unwrap(),
+                "--val",
+                dir.path().join("val").to_str().unwrap(),
+                "--device",
+                device,
+            ])
+            .env("CUBECL_AUTOTUNE_LEVEL", "minimal")
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?} on {device}:\n{stderr}");
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let knn = [
+        "knn",
+        "--image-size",
+        "32",
+        "--no-cache",
+        "--k",
+        "1",
+        "5",
+        "10",
+    ];
+    let (cpu, wgpu) = (run(&knn, "cpu"), run(&knn, "wgpu"));
+    assert_eq!(cpu["knn"], wgpu["knn"], "k-NN differs between backends");
+    let probe = |out: &str| -> Vec<String> {
+        [
+            "linear",
+            "-o",
+            out,
+            "--epochs",
+            "2",
+            "--batch",
+            "16",
+            "--lr",
+            "0.5",
+            "--n-last-blocks",
+            "2",
+            "--resize",
+            "32",
+            "--crop",
+            "32",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let (a, b) = (
+        dir.path().join("linear-cpu"),
+        dir.path().join("linear-wgpu"),
+    );
+    let pa = probe(a.to_str().unwrap());
+    let pb = probe(b.to_str().unwrap());
+    let (cpu, wgpu) = (
+        run(&pa.iter().map(String::as_str).collect::<Vec<_>>(), "cpu"),
+        run(&pb.iter().map(String::as_str).collect::<Vec<_>>(), "wgpu"),
+    );
+    assert_eq!(cpu["linear_top1"], wgpu["linear_top1"]);
+    let losses = |p: &std::path::Path| -> Vec<f64> {
+        std::fs::read_to_string(p.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["runs"][0]["train_loss"]
+                    .as_f64()
+                    .unwrap()
+            })
+            .collect()
+    };
+    for (x, y) in losses(&a).iter().zip(losses(&b)) {
+        assert!(
+            (x - y).abs() <= 1e-4 * x.abs(),
+            "probe losses differ: {x} vs {y}"
+        );
+    }
+}
