@@ -171,9 +171,9 @@ enum Command {
         /// Images are resized to this square size (default: the checkpoint's training size).
         #[arg(long)]
         image_size: Option<u32>,
-        /// Use at most this many images.
-        #[arg(long, default_value_t = 10000)]
-        limit: usize,
+        /// Use at most this many images, shared equally by the classes of a labelled set (default: all).
+        #[arg(long)]
+        limit: Option<usize>,
         /// Compute device.
         #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
         device: DeviceChoice,

@@ -997,7 +997,8 @@ fn synth_eval_seg_and_knn_commands() {
         "--device",
         "cpu",
     ]);
-    let v: serde_json::Value = serde_json::from_str(seg.lines().last().unwrap()).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(seg.lines().find(|l| l.starts_with('{')).unwrap()).unwrap();
     assert_eq!(v["images"], 12);
     assert_eq!(v["layer"], 1, "the last block by default");
     let first = ok(&[
@@ -1010,10 +1011,18 @@ fn synth_eval_seg_and_knn_commands() {
         "32",
         "--layer",
         "0",
+        "--limit",
+        "6",
         "--device",
         "cpu",
     ]);
     assert!(first.contains("\"layer\":0"), "{first}");
+    // A limit keeps every class, and says what it kept.
+    assert!(
+        first.contains("data: kept 6 of 12 images: 1 of each of 6 classes")
+            && first.contains("\"images\":6"),
+        "{first}"
+    );
     fails(
         &[
             "eval-seg",

@@ -685,7 +685,7 @@ pub fn eval_seg(
     threshold: f32,
     layer: Option<usize>,
     image_size: Option<u32>,
-    limit: usize,
+    limit: Option<usize>,
     device: DeviceChoice,
 ) -> Result<()> {
     if !(threshold > 0.0 && threshold <= 1.0) {
@@ -697,12 +697,26 @@ pub fn eval_seg(
     let size = image_size.unwrap_or(imported.config.vit.img_size as u32);
     let source = open_source(data)?;
     let layer = layer.unwrap_or(model.backbone.depth() - 1);
-    let bar = work_bar(source.len().min(limit) as u64, "attention masks");
+    // A limit is shared by the classes of a labelled set and spread evenly over any other,
+    // never the first files of a sorted folder.
+    let classes = source.classes().len();
+    let labels: Option<Vec<usize>> = (classes > 0)
+        .then(|| crate::eval::knn::labels_of(source.as_ref()))
+        .transpose()?;
+    let kept = match &labels {
+        Some(l) => crate::eval::knn::select_per_class(l, classes, limit),
+        None => crate::eval::knn::select_per_class(&vec![0; source.len()], 1, limit),
+    };
+    match &labels {
+        Some(l) => eprintln!("{}", kept_account("data", l, &kept, classes)),
+        None => eprintln!("data: kept {} of {} images", kept.len(), source.len()),
+    }
+    let bar = work_bar(kept.len() as u64, "attention masks");
     let r = crate::eval::probes::segmentation_at(
         &model.backbone,
         layer,
         source.as_ref(),
-        limit,
+        &kept,
         size,
         threshold,
         &selected.device,

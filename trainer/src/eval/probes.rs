@@ -77,11 +77,12 @@ pub fn segmentation(
     threshold: f32,
     device: &Device,
 ) -> Result<SegResult> {
+    let first: Vec<usize> = (0..source.len().min(limit)).collect();
     segmentation_at(
         backbone,
         backbone.depth() - 1,
         source,
-        limit,
+        &first,
         size,
         threshold,
         device,
@@ -89,14 +90,14 @@ pub fn segmentation(
     )
 }
 
-/// As [`segmentation`], for the CLS attention of block `layer`; `progress` advances by one
-/// per sample looked at.
+/// As [`segmentation`], for the CLS attention of block `layer` on the samples `indices`;
+/// `progress` advances by one per sample looked at.
 #[allow(clippy::too_many_arguments)]
 pub fn segmentation_at(
     backbone: &VisionTransformer,
     layer: usize,
     source: &dyn Source,
-    limit: usize,
+    indices: &[usize],
     size: u32,
     threshold: f32,
     device: &Device,
@@ -113,7 +114,7 @@ pub fn segmentation_at(
     let mut sums = vec![0.0f64; heads];
     let mut mean_sum = 0.0f64;
     let mut n = 0usize;
-    for i in 0..source.len().min(limit) {
+    for &i in indices {
         progress.inc(1);
         // An unreadable image is not evaluated, as training skips it.
         let Ok(s) = source.get(i) else { continue };
