@@ -3,7 +3,9 @@
 # get: rustup's target when the toolchain server answers (recipe A), else Debian's rustc-web
 # with build-std (recipe B). Usage: scripts/wasm-env.sh cargo <args…>
 # WASM_THREADS=1 builds for shared memory (atomics, for wasm-bindgen-rayon): std itself must
-# then be rebuilt with atomics, so it always takes recipe B, in its own target dir.
+# then be rebuilt with atomics (build-std), in its own target dir, from rustup's `rust-src`
+# component with the same compiler (recipe C: Linux, macOS, Windows alike), else from
+# Debian's rustc-web (recipe B).
 set -euo pipefail
 threads=${WASM_THREADS:-0}
 if [ "$threads" = 1 ]; then
@@ -20,8 +22,20 @@ else
 fi
 
 shift # drop the literal "cargo"
+# macOS has no `timeout`: there the toolchain server is waited for as long as it takes.
+limit() { if command -v timeout >/dev/null; then timeout "$@"; else shift; "$@"; fi; }
+if [ "$threads" = 1 ] && command -v rustup >/dev/null \
+   && { rustup component list --installed 2>/dev/null | grep -q '^rust-src' \
+        || limit 120 rustup component add rust-src >/dev/null 2>&1; } \
+   && { rustup target list --installed 2>/dev/null | grep -q wasm32-unknown-unknown \
+        || limit 120 rustup target add wasm32-unknown-unknown >/dev/null 2>&1; }; then
+  # build-std is unstable; RUSTC_BOOTSTRAP lets the stable compiler use it, as recipe B does.
+  export RUSTC_BOOTSTRAP=1
+  exec cargo "$@" -Zbuild-std=std,panic_abort
+fi
+[ "$threads" != 1 ] || echo "rustup could not add rust-src; using Debian's rustc-web with build-std" >&2
 if [ "$threads" != 1 ] && { rustup target list --installed 2>/dev/null | grep -q wasm32-unknown-unknown \
-   || timeout 120 rustup target add wasm32-unknown-unknown >/dev/null 2>&1; }; then
+   || limit 120 rustup target add wasm32-unknown-unknown >/dev/null 2>&1; }; then
   exec cargo "$@"
 fi
 [ "$threads" = 1 ] || echo "rustup could not add wasm32-unknown-unknown; using Debian's rustc-web with build-std" >&2

@@ -4,8 +4,9 @@
 # wasm-bindgen: Debian's wasm-opt 108 breaks wasm-bindgen's output otherwise), wasm-bindgen
 # --target web, then index.html and the demo checkpoint beside it. A second module,
 # pkg-threads/, is the compute worker for browsers without WebGPU on a cross-origin isolated
-# page: burn's CPU backend on every core (atomics + build-std, always Debian's rustc-web, see
-# scripts/wasm-env.sh). WEB_THREADS=0 skips it (the page then computes on one thread).
+# page: burn's CPU backend on every core (atomics + build-std from rustup's rust-src, or from
+# Debian's rustc-web where rustup cannot get it, see scripts/wasm-env.sh). WEB_THREADS=0 skips
+# it (the page then computes on one thread).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BINDGEN_VERSION=0.2.130

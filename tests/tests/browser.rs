@@ -211,6 +211,9 @@ fn chromium_with(webgpu: bool) -> (Driver, tempfile::TempDir) {
         // A name that is not localhost, for the same server: a page that is not a secure
         // context, as a class gets it over the network.
         "--host-resolver-rules=MAP classroom.test 127.0.0.1",
+        // `web/serve.py --https` signs its own certificate; a student accepts it once, which
+        // this flag stands in for.
+        "--ignore-certificate-errors",
     ];
     let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
     if webgpu {
@@ -380,7 +383,7 @@ impl Drop for ProjectServer {
     }
 }
 
-fn project_server() -> ProjectServer {
+fn project_server(extra: &[&str]) -> ProjectServer {
     let dist = repo().join("web/dist");
     assert!(
         dist.join("pkg-threads/dino-viewer-threads_bg.wasm")
@@ -393,6 +396,7 @@ fn project_server() -> ProjectServer {
         .arg(&dist)
         .arg("--models")
         .arg(repo().join("model/tests/fixtures"))
+        .args(extra)
         .stdout(Stdio::piped())
         .spawn()
         .expect("python3 not found: web/serve.py needs it");
@@ -456,13 +460,26 @@ fn web_viewer_without_webgpu_on_the_project_server_computes_on_a_thread_pool() {
         return;
     }
     let _one = BROWSER.lock().unwrap_or_else(|e| e.into_inner());
-    let server = project_server();
+    let server = project_server(&[]);
     let (driver, _profile) = chromium_with(false);
     driver.post(
         "/url",
         json!({"url": format!("{}/index.html?threads=2&checkpoint=/models/official_checkpoint.pth", server.site)}),
     );
     assert_cpu_maps(&driver, Some("headers"), "2 threads");
+    // The classroom: `--https` with its self-signed certificate, reached under a name that is
+    // not localhost, is a secure context again, threads included.
+    let tls = tempfile::tempdir().unwrap();
+    let https = project_server(&["--https", "--tls-dir", tls.path().to_str().unwrap()]);
+    let port = https.site.rsplit(':').next().unwrap();
+    assert!(https.site.starts_with("https://"), "{}", https.site);
+    driver.post(
+        "/url",
+        json!({"url": format!("https://classroom.test:{port}/index.html?threads=2&checkpoint=/models/official_checkpoint.pth")}),
+    );
+    assert_cpu_maps(&driver, Some("headers"), "2 threads");
+    let secure = driver.script("return document.body.getAttribute('data-secure')");
+    assert_eq!(secure, json!("true"));
 }
 
 #[test]
