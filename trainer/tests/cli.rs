@@ -1623,3 +1623,90 @@ fn a_version_1_config_json_resumes() {
         }
     }
 }
+
+/// `dino info facebook/…`-style names: the repository's weights and config.json come from the
+/// Hub (a local stand-in at HF_ENDPOINT) into the Hub cache (HF_HOME), are imported as the
+/// files would be, and a second call with HF_HUB_OFFLINE=1 and the server gone reads the cache.
+#[test]
+fn released_models_open_by_hub_name() {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let fam = format!(
+        "{}/../model/tests/fixtures/families/v2_hf",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let server = std::thread::spawn(move || {
+        // Three requests: model.safetensors, config.json, preprocessor_config.json.
+        for stream in listener.incoming().take(3) {
+            let mut stream = stream.unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            while {
+                let mut h = String::new();
+                reader.read_line(&mut h).unwrap() > 2
+            } {}
+            let path = line.split_whitespace().nth(1).unwrap().to_string();
+            let file = path
+                .strip_prefix("/org/tiny-v2/resolve/main/")
+                .unwrap_or("");
+            match std::fs::read(format!("{fam}/{file}")) {
+                Ok(body) if !file.is_empty() => {
+                    write!(
+                        stream,
+                        "HTTP/1.1 200 OK\r\nX-Repo-Commit: abc123\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    )
+                    .unwrap();
+                    stream.write_all(&body).unwrap();
+                }
+                _ => write!(
+                    stream,
+                    "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                )
+                .unwrap(),
+            }
+        }
+    });
+    let home = tempfile::tempdir().unwrap();
+    let info = |offline: bool| {
+        let out = Command::new(env!("CARGO_BIN_EXE_dino"))
+            .args(["info", "org/tiny-v2"])
+            .env("HF_HOME", home.path())
+            .env("HF_ENDPOINT", &endpoint)
+            .env("HF_HUB_OFFLINE", if offline { "1" } else { "0" })
+            .env_remove("HF_HUB_CACHE")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{text}");
+        text
+    };
+    let first = info(false);
+    server.join().unwrap();
+    assert!(
+        first.contains("Hugging Face Dinov2Model") && first.contains("DINOv2 ViT-32x3/14"),
+        "{first}"
+    );
+    let cached = home
+        .path()
+        .join("hub/models--org--tiny-v2/snapshots/abc123/model.safetensors");
+    assert!(cached.is_file() && cached.with_file_name("config.json").is_file());
+    assert!(info(true).contains("DINOv2 ViT-32x3/14"));
+    // A name the cache does not hold, offline: the error says what to do.
+    let out = Command::new(env!("CARGO_BIN_EXE_dino"))
+        .args(["info", "org/absent"])
+        .env("HF_HOME", home.path())
+        .env("HF_HUB_OFFLINE", "1")
+        .env_remove("HF_HUB_CACHE")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("org/absent is not in the Hub cache") && stderr.contains("HF_HUB_OFFLINE"),
+        "{stderr}"
+    );
+}

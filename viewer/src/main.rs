@@ -1,4 +1,4 @@
-//! `dino-viewer [--checkpoint <file>] [images…]`: the native viewer. The web build's entry
+//! `dino-viewer [--checkpoint <file or Hub name>] [images…]`: the native viewer. The web build's entry
 //! point is `web::start`.
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -19,7 +19,7 @@ fn main() -> eframe::Result {
             "--cpu" => cpu_only = true,
             "-h" | "--help" => {
                 println!(
-                    "usage: dino-viewer [--checkpoint <model.safetensors|.pth>] [--cpu] [image …]\n\
+                    "usage: dino-viewer [--checkpoint <model.safetensors|.pth|owner/name on the Hub>] [--cpu] [image …]\n\
                      Runs the network on the GPU through wgpu when a discrete or integrated GPU is present, else on the CPU."
                 );
                 return Ok(());
@@ -45,9 +45,17 @@ fn main() -> eframe::Result {
         Box::new(move |cc| {
             let mut app = ViewerApp::new(device, backend);
             app.gpu_overlay = dino_viewer::gpu_overlay::install(cc);
-            if let Some(path) = checkpoint {
-                match dino_viewer::files::read_file(path.as_ref()) {
-                    Ok(bytes) => app.open_checkpoint(&cc.egui_ctx, path.clone(), bytes),
+            if let Some(spec) = checkpoint {
+                match dino_viewer::files::checkpoint_files(&spec) {
+                    Ok(files) => {
+                        for (name, bytes) in files {
+                            if name.ends_with(".json") {
+                                app.open_file(&cc.egui_ctx, name, bytes);
+                            } else {
+                                app.open_checkpoint(&cc.egui_ctx, name, bytes);
+                            }
+                        }
+                    }
                     Err(e) => app.error = Some(e),
                 }
             }

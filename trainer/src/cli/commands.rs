@@ -565,17 +565,7 @@ pub fn knn(args: &KnnArgs) -> Result<()> {
         CacheChoice::Off => None,
         CacheChoice::In(dir) => Some(dir.clone()),
         CacheChoice::Default => {
-            let parent = args
-                .checkpoint
-                .parent()
-                .map(Path::to_path_buf)
-                .unwrap_or_default();
-            let base = if parent.file_name().is_some_and(|n| n == "checkpoints") {
-                parent.parent().map(Path::to_path_buf).unwrap_or(parent)
-            } else {
-                parent
-            };
-            Some(base.join("knn-features"))
+            Some(crate::cli::linear::run_folder_of(&args.checkpoint).join("knn-features"))
         }
     };
     let cache = cache_dir.map(|dir| {

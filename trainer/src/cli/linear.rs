@@ -62,8 +62,14 @@ pub struct LinearArgs {
 }
 
 /// The folder a checkpoint's evaluations go to: its run folder for `<run>/checkpoints/…`,
-/// else the checkpoint's own folder.
+/// `runs/<owner>--<name>` for a Hub repository, else the checkpoint's own folder.
 pub fn run_folder_of(checkpoint: &Path) -> PathBuf {
+    if let Some(repo) = checkpoint
+        .to_str()
+        .filter(|s| !checkpoint.exists() && dino_hub::is_repo_name(s))
+    {
+        return Path::new("runs").join(repo.replace('/', "--"));
+    }
     let parent = checkpoint
         .parent()
         .map(Path::to_path_buf)

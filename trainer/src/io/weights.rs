@@ -63,8 +63,12 @@ pub fn safetensors_metadata(path: &Path) -> Result<std::collections::BTreeMap<St
         .with_context(|| format!("reading the header of {}", path.display()))
 }
 
-/// Reads and imports any supported weight file, naming it in every error.
+/// Reads and imports any supported weight file, or a Hub repository by name, naming it in
+/// every error.
 pub fn load_weights(path: &Path, options: LoadOptions) -> Result<Imported> {
+    // A Hub name (`facebook/dinov2-small`) that is no file here is fetched into the Hub cache.
+    let fetched = dino_hub::local_or_fetch(path)?;
+    let path = fetched.as_path();
     let available = super::files::available_memory();
     // Reading holds the file, its tensors widened to f32 and then the model: refuse a file
     // that cannot fit before reading it (a DINOv3 7B is 27 GB), with what it needs.
