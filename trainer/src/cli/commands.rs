@@ -413,25 +413,12 @@ pub fn train(args: &TrainArgs) -> Result<()> {
     Ok(())
 }
 
-/// A bar with count, rate and ETA on stderr (hidden when stderr is not a terminal).
-pub(crate) fn work_bar(len: u64, what: &str) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::new(len);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg} ({per_sec}) ETA {eta}",
-        )
-        .expect("valid template"),
-    );
-    bar.set_message(what.to_string());
-    bar
-}
-
 /// `dino synth`.
 pub fn synth(output: &Path, n: usize, size: u32, seed: u64) -> Result<()> {
     if size < 16 {
         bail!("--size must be at least 16 pixels");
     }
-    let bar = work_bar(n as u64, "scenes");
+    let bar = crate::cli::progress::work_bar(n as u64, "scenes");
     for i in 0..n {
         let scene = crate::data::synth::scene(seed, i as u64, size);
         let dir = output.join(crate::data::synth::CLASSES[scene.label]);
@@ -511,30 +498,6 @@ pub struct KnnArgs {
     pub device: DeviceChoice,
 }
 
-/// What was kept of a split, for the user: "kept 60 of 900 images: 2 to 3 of each of 30 classes".
-pub(crate) fn kept_account(name: &str, labels: &[usize], kept: &[usize], classes: usize) -> String {
-    let mut per = vec![0usize; classes];
-    for &i in kept {
-        per[labels[i]] += 1;
-    }
-    let present: Vec<usize> = per.iter().copied().filter(|&n| n > 0).collect();
-    let (lo, hi) = (
-        present.iter().copied().min().unwrap_or(0),
-        present.iter().copied().max().unwrap_or(0),
-    );
-    let range = if lo == hi {
-        format!("{lo}")
-    } else {
-        format!("{lo} to {hi}")
-    };
-    format!(
-        "{name}: kept {} of {} images: {range} of each of {} classes",
-        kept.len(),
-        labels.len(),
-        present.len()
-    )
-}
-
 /// `dino knn`.
 pub fn knn(args: &KnnArgs) -> Result<()> {
     use crate::eval::knn::{
@@ -558,14 +521,17 @@ pub fn knn(args: &KnnArgs) -> Result<()> {
     let val_kept = select_per_class(&val_labels, classes, args.limit);
     eprintln!(
         "{}",
-        kept_account("train", &train_labels, &train_kept, classes)
+        crate::eval::knn::kept_account("train", &train_labels, &train_kept, classes)
     );
-    eprintln!("{}", kept_account("val", &val_labels, &val_kept, classes));
+    eprintln!(
+        "{}",
+        crate::eval::knn::kept_account("val", &val_labels, &val_kept, classes)
+    );
     let cache_dir = match &args.cache {
         CacheChoice::Off => None,
         CacheChoice::In(dir) => Some(dir.clone()),
         CacheChoice::Default => {
-            Some(crate::cli::linear::run_folder_of(&args.checkpoint).join("knn-features"))
+            Some(crate::train::run_dir::run_folder_of(&args.checkpoint).join("knn-features"))
         }
     };
     let cache = cache_dir.map(|dir| {
@@ -585,7 +551,10 @@ pub fn knn(args: &KnnArgs) -> Result<()> {
             features
         }
         None => {
-            let bar = work_bar((train_kept.len() + val_kept.len()) as u64, "CLS features");
+            let bar = crate::cli::progress::work_bar(
+                (train_kept.len() + val_kept.len()) as u64,
+                "CLS features",
+            );
             let go = |src: &dyn crate::data::sources::Source, kept: &[usize], labels: &[usize]| {
                 let picks: Vec<(usize, usize)> = kept.iter().map(|&i| (i, labels[i])).collect();
                 extract(
@@ -698,10 +667,13 @@ pub fn eval_seg(
         None => crate::eval::knn::select_per_class(&vec![0; source.len()], 1, limit),
     };
     match &labels {
-        Some(l) => eprintln!("{}", kept_account("data", l, &kept, classes)),
+        Some(l) => eprintln!(
+            "{}",
+            crate::eval::knn::kept_account("data", l, &kept, classes)
+        ),
         None => eprintln!("data: kept {} of {} images", kept.len(), source.len()),
     }
-    let bar = work_bar(kept.len() as u64, "attention masks");
+    let bar = crate::cli::progress::work_bar(kept.len() as u64, "attention masks");
     let r = crate::eval::probes::segmentation_at(
         &model.backbone,
         layer,

@@ -61,26 +61,6 @@ pub struct LinearArgs {
     pub device: DeviceChoice,
 }
 
-/// The folder a checkpoint's evaluations go to: its run folder for `<run>/checkpoints/…`,
-/// `runs/<owner>--<name>` for a Hub repository, else the checkpoint's own folder.
-pub fn run_folder_of(checkpoint: &Path) -> PathBuf {
-    if let Some(repo) = checkpoint
-        .to_str()
-        .filter(|s| !checkpoint.exists() && dino_hub::is_repo_name(s))
-    {
-        return Path::new("runs").join(repo.replace('/', "--"));
-    }
-    let parent = checkpoint
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
-    if parent.file_name().is_some_and(|n| n == "checkpoints") {
-        parent.parent().map(Path::to_path_buf).unwrap_or(parent)
-    } else {
-        parent
-    }
-}
-
 const CHECKPOINT: &str = "linear.safetensors";
 const SETTINGS_KEY: &str = "dino.linear_settings";
 const STATE_KEY: &str = "dino.linear_state";
@@ -311,14 +291,14 @@ pub fn linear(args: &LinearArgs) -> Result<()> {
         let kept: Vec<usize> = picks.iter().map(|p| p.0).collect();
         eprintln!(
             "{}",
-            crate::cli::commands::kept_account(name, labels, &kept, classes)
+            crate::eval::knn::kept_account(name, labels, &kept, classes)
         );
     }
 
     let out = args
         .output
         .clone()
-        .unwrap_or_else(|| run_folder_of(&args.checkpoint).join("linear"));
+        .unwrap_or_else(|| crate::train::run_dir::run_folder_of(&args.checkpoint).join("linear"));
     let run = RunDir { root: out.clone() };
     let lock = run.lock()?;
     run.remove_stale_temp_files(&lock);
@@ -362,12 +342,12 @@ pub fn linear(args: &LinearArgs) -> Result<()> {
     };
     let views = SeededViews { seed: args.seed };
     let val_only: Vec<usize> = val_picks.iter().map(|p| p.1).collect();
-    let bar = crate::cli::commands::work_bar(val_picks.len() as u64, "validation features");
+    let bar = crate::cli::progress::work_bar(val_picks.len() as u64, "validation features");
     let val_inputs = probe.val_inputs(val_src.as_ref(), &val_picks, &bar)?;
     bar.finish_and_clear();
     let mut last: Vec<Option<Validation>> = vec![None; args.lrs.len()];
     for epoch in state.epoch..args.epochs {
-        let bar = crate::cli::commands::work_bar(
+        let bar = crate::cli::progress::work_bar(
             train_picks.len() as u64,
             &format!("epoch {}/{}", epoch + 1, args.epochs),
         );

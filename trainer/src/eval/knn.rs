@@ -129,6 +129,30 @@ pub fn select_per_class(labels: &[usize], classes: usize, limit: Option<usize>) 
     out
 }
 
+/// What was kept of a split, for the user: "kept 60 of 900 images: 2 to 3 of each of 30 classes".
+pub fn kept_account(name: &str, labels: &[usize], kept: &[usize], classes: usize) -> String {
+    let mut per = vec![0usize; classes];
+    for &i in kept {
+        per[labels[i]] += 1;
+    }
+    let present: Vec<usize> = per.iter().copied().filter(|&n| n > 0).collect();
+    let (lo, hi) = (
+        present.iter().copied().min().unwrap_or(0),
+        present.iter().copied().max().unwrap_or(0),
+    );
+    let range = if lo == hi {
+        format!("{lo}")
+    } else {
+        format!("{lo} to {hi}")
+    };
+    format!(
+        "{name}: kept {} of {} images: {range} of each of {} classes",
+        kept.len(),
+        labels.len(),
+        present.len()
+    )
+}
+
 /// The labels of every sample of a labelled source; an error names a source without them.
 pub fn labels_of(source: &dyn Source) -> Result<Vec<usize>> {
     (0..source.len())

@@ -587,3 +587,23 @@ pub fn load_run_config(run: &RunDir) -> Result<TrainConfig> {
     })?;
     TrainConfig::from_json(&text).with_context(|| format!("parsing {}", path.display()))
 }
+
+/// The folder a checkpoint's evaluations go to: its run folder for `<run>/checkpoints/…`,
+/// `runs/<owner>--<name>` for a Hub repository, else the checkpoint's own folder.
+pub fn run_folder_of(checkpoint: &Path) -> PathBuf {
+    if let Some(repo) = checkpoint
+        .to_str()
+        .filter(|s| !checkpoint.exists() && dino_hub::is_repo_name(s))
+    {
+        return Path::new("runs").join(repo.replace('/', "--"));
+    }
+    let parent = checkpoint
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    if parent.file_name().is_some_and(|n| n == "checkpoints") {
+        parent.parent().map(Path::to_path_buf).unwrap_or(parent)
+    } else {
+        parent
+    }
+}
