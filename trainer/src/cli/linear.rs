@@ -390,13 +390,17 @@ pub fn linear(args: &LinearArgs) -> Result<()> {
             runs.push(r);
         }
         state.epoch = epoch + 1;
-        save(&ckpt, &settings, &state, &classifiers)?;
+        // The epoch's line first, then the checkpoint: a kill between the two leaves a line
+        // that the resume drops and writes again, never a finished epoch without its line.
         let mut f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&metrics_path)
             .with_context(|| format!("opening {}", metrics_path.display()))?;
         writeln!(f, "{}", serde_json::json!({ "epoch": epoch, "runs": runs }))?;
+        f.sync_data()
+            .with_context(|| format!("flushing {}", metrics_path.display()))?;
+        save(&ckpt, &settings, &state, &classifiers)?;
         plot(&out, &args.lrs)?;
         let best = state.best.iter().copied().fold(0.0, f64::max);
         eprintln!(
