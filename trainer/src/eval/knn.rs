@@ -225,17 +225,7 @@ pub fn extract(
             TensorData::new(pixels.concat(), [chunk.len(), 3, side, side]),
             device,
         );
-        let feats: Vec<f32> = backbone
-            .forward(x)
-            .into_data()
-            .try_to_vec()
-            .context("reading features")?;
-        dim = feats.len() / chunk.len();
-        // F.normalize(p=2): x / max(‖x‖, 1e-12).
-        for row in feats.chunks_exact(dim) {
-            let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
-            data.extend(row.iter().map(|v| v / norm));
-        }
+        dim = push_normalized_cls(backbone, x, &mut data)?;
         progress.inc(chunk.len() as u64);
     }
     Ok(Features {
@@ -243,6 +233,27 @@ pub fn extract(
         dim,
         labels: picks.iter().map(|&(_, l)| l).collect(),
     })
+}
+
+/// Appends the L2-normalised CLS features of a batch to `out` (`F.normalize(p=2)`:
+/// x / max(‖x‖, 1e-12)); returns their width.
+pub fn push_normalized_cls(
+    backbone: &VisionTransformer,
+    images: Tensor<4>,
+    out: &mut Vec<f32>,
+) -> Result<usize> {
+    let [batch, ..] = images.dims();
+    let feats: Vec<f32> = backbone
+        .forward(images)
+        .into_data()
+        .try_to_vec()
+        .context("reading features")?;
+    let dim = feats.len() / batch.max(1);
+    for row in feats.chunks_exact(dim) {
+        let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+        out.extend(row.iter().map(|v| v / norm));
+    }
+    Ok(dim)
 }
 
 /// One k's accuracies.

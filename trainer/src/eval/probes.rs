@@ -1,7 +1,7 @@
 //! The in-training probes: CLS features of in-memory images for the k-NN monitor, and the
 //! Jaccard of attention masks against ground-truth masks (the paper's segmentation probe).
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use burn::tensor::{Device, Tensor, TensorData};
 use dino_model::attention::{jaccard, mass_mask, mean_map, upsample_nearest};
 use dino_model::preprocess::{Resize, prepare};
@@ -34,16 +34,7 @@ pub fn features(
             .flat_map(|p| p.chw.iter().copied())
             .collect();
         let x = Tensor::<4>::from_data(TensorData::new(pixels, [chunk.len(), 3, h, w]), device);
-        let feats: Vec<f32> = backbone
-            .forward(x)
-            .into_data()
-            .try_to_vec()
-            .context("reading features")?;
-        dim = feats.len() / chunk.len();
-        for row in feats.chunks_exact(dim) {
-            let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
-            data.extend(row.iter().map(|v| v / norm));
-        }
+        dim = crate::eval::knn::push_normalized_cls(backbone, x, &mut data)?;
     }
     Ok(Features {
         data,
