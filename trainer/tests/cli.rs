@@ -442,6 +442,13 @@ fn tiny_training_run_learns_without_collapse_and_writes_a_run_dir() {
         ],
     );
     assert!(text.contains("trained to step 24"), "{text}");
+    // The run ends by reading its last evaluation against its random init's.
+    assert!(
+        text.contains(
+            "held-out evaluation, random init (step 0) -> step 24: best head's mask Jaccard"
+        ),
+        "{text}"
+    );
     let losses = common::losses(&run);
     assert_eq!(losses.len(), 24);
     // The DINO loss need not fall from its first value (the centred teacher flattens while

@@ -410,6 +410,12 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         run.teacher().display(),
         run.metrics().display()
     );
+    if let Some(said) = std::fs::read_to_string(run.metrics())
+        .ok()
+        .and_then(|t| crate::train::train_eval::against_init(&t))
+    {
+        println!("{said}");
+    }
     Ok(())
 }
 

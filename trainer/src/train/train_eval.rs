@@ -209,3 +209,68 @@ pub fn evaluate(
     log::info!("{said}");
     Ok(())
 }
+
+/// One line comparing a run's last evaluation with its step-0 one (the random
+/// initialisation) in `metrics.jsonl`'s text: what the run learned, as its own numbers show.
+pub fn against_init(metrics: &str) -> Option<String> {
+    let evals: Vec<serde_json::Value> = metrics
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["eval"].is_u64())
+        .collect();
+    let init = evals.iter().find(|v| v["eval"].as_u64() == Some(0))?;
+    let last = evals.last().filter(|v| v["eval"].as_u64() != Some(0))?;
+    let step = last["eval"].as_u64()?;
+    let mut parts = Vec::new();
+    if let (Some(a), Some(b)) = (
+        init["jaccard_best_head"].as_f64(),
+        last["jaccard_best_head"].as_f64(),
+    ) {
+        parts.push(format!(
+            "best head's mask Jaccard {a:.3} -> {b:.3} ({:.2}x)",
+            b / a
+        ));
+    }
+    if let (Some(a), Some(b), Some(chance)) = (
+        init["knn_top1"].as_f64(),
+        last["knn_top1"].as_f64(),
+        last["knn_chance"].as_f64(),
+    ) {
+        parts.push(format!(
+            "k-NN top-1 {a:.1}% -> {b:.1}% ({:.2}x chance, {chance:.1}%)",
+            b / chance
+        ));
+    }
+    (!parts.is_empty()).then(|| {
+        format!(
+            "held-out evaluation, random init (step 0) -> step {step}: {}",
+            parts.join("; ")
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::against_init;
+
+    #[test]
+    fn the_last_evaluation_is_read_against_step_zero() {
+        let text = r#"{"eval":0,"jaccard_best_head":0.2,"knn_top1":20.0,"knn_chance":16.666}
+{"step":0,"loss":8.0}
+{"eval":64,"jaccard_best_head":0.25,"knn_top1":25.0,"knn_chance":16.666}
+{"eval":128,"jaccard_best_head":0.3,"knn_top1":40.0,"knn_chance":16.666}"#;
+        let said = against_init(text).unwrap();
+        assert!(said.contains("step 128"), "{said}");
+        assert!(said.contains("0.200 -> 0.300 (1.50x)"), "{said}");
+        assert!(
+            said.contains("20.0% -> 40.0% (2.40x chance, 16.7%)"),
+            "{said}"
+        );
+        // A resumed run's file without its step-0 evaluation, or with only it, says nothing.
+        assert_eq!(
+            against_init(&text.lines().skip(1).collect::<Vec<_>>().join("\n")),
+            None
+        );
+        assert_eq!(against_init(text.lines().next().unwrap()), None);
+    }
+}
