@@ -426,6 +426,59 @@ fn bad_inputs_give_clear_errors() {
     assert!(!out.join("checkpoints").join("last.safetensors").exists());
 }
 
+/// A teacher as warm as its softmax can be (temperature 1, with centering) is uniform from
+/// the first step: the run warns after 20 steps, names the fix, writes the diagnostics and,
+/// with --stop-on-collapse, stops there with a checkpoint and exit code 1.
+#[test]
+fn a_collapsing_teacher_is_diagnosed_and_stops_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let mut args = vec!["train", "-o", run.to_str().unwrap()];
+    args.extend_from_slice(TINY);
+    args.extend_from_slice(&[
+        "--teacher-temp",
+        "1",
+        "--warmup-teacher-temp",
+        "1",
+        "--stop-on-collapse",
+    ]);
+    let out = dino(&args);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("nearly uniform"), "{text}");
+    assert!(text.contains("--teacher-temp 0.04"), "{text}");
+    assert!(
+        text.contains("stopped after step 20 because the teacher collapsed"),
+        "{text}"
+    );
+    assert!(run.join("checkpoints").join("last.safetensors").exists());
+    let last: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(run.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .last()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(last["step"], 19);
+    assert_eq!(last["collapse"], "uniform");
+    assert!(
+        last["teacher_entropy_ratio"].as_f64().unwrap() > 0.95,
+        "{last}"
+    );
+    assert!(
+        last["effective_prototypes"].as_f64().unwrap() > 200.0,
+        "{last}"
+    );
+    for key in ["kl_teacher_student", "center_norm"] {
+        assert!(last[key].as_f64().unwrap().is_finite(), "{key}: {last}");
+    }
+}
+
 #[test]
 fn tiny_training_run_learns_without_collapse_and_writes_a_run_dir() {
     let dir = tempfile::tempdir().unwrap();
@@ -448,6 +501,10 @@ fn tiny_training_run_learns_without_collapse_and_writes_a_run_dir() {
             "held-out evaluation, random init (step 0) -> step 24: best head's mask Jaccard"
         ),
         "{text}"
+    );
+    assert!(
+        !text.contains("for 20 steps"),
+        "a healthy run warned of collapse: {text}"
     );
     let losses = common::losses(&run);
     assert_eq!(losses.len(), 24);

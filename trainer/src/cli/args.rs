@@ -95,6 +95,17 @@ pub struct TrainArgs {
     /// Epochs of teacher temperature warm-up [default: 0]
     #[arg(long, alias = "warmup_teacher_temp_epochs")]
     pub warmup_teacher_temp_epochs: Option<usize>,
+    /// Momentum of the EMA of the teacher's centre; 1 keeps it at zero (no centering)
+    /// [default: 0.9]
+    #[arg(long, alias = "center_momentum")]
+    pub center_momentum: Option<f64>,
+    /// Student temperature [default: 0.1]
+    #[arg(long, alias = "student_temp")]
+    pub student_temp: Option<f64>,
+    /// Stop (with a checkpoint, exit code 1) when the teacher stays collapsed for 20 steps,
+    /// instead of only warning
+    #[arg(long)]
+    pub stop_on_collapse: bool,
     /// Number of local crops [default: 8]
     #[arg(long, alias = "local_crops_number")]
     pub local_crops: Option<usize>,
@@ -472,6 +483,18 @@ impl TrainArgs {
         );
         set!(
             g,
+            "center_momentum",
+            self.center_momentum,
+            c.objective.center_momentum
+        );
+        set!(
+            g,
+            "student_temp",
+            self.student_temp,
+            c.objective.student_temp
+        );
+        set!(
+            g,
             "synthetic_count",
             self.synthetic_count,
             c.data.synthetic_count
@@ -738,6 +761,19 @@ impl TrainArgs {
 /// below 1. Flags and config files both end here, after they are applied.
 pub fn check(cfg: &TrainConfig) -> Result<()> {
     let (patch, crops) = (cfg.model.patch_size, &cfg.data.crops);
+    let o = &cfg.objective;
+    if !(o.student_temp > 0.0 && o.student_temp.is_finite()) {
+        bail!(
+            "--student-temp {} must be a positive number (objective.student_temp; 0.1 official)",
+            o.student_temp
+        );
+    }
+    if !(0.0..=1.0).contains(&o.center_momentum) {
+        bail!(
+            "--center-momentum {} must be between 0 and 1 (objective.center_momentum; 0.9 official)",
+            o.center_momentum
+        );
+    }
     if let Some(size) = cfg.gram_crop_size()
         && !(size as usize).is_multiple_of(patch)
     {

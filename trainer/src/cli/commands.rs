@@ -384,10 +384,19 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         quiet: args.quiet,
         device_name: selected.name.clone(),
         allow_data_change: args.allow_data_change,
+        stop_on_collapse: args.stop_on_collapse,
     };
     let summary = train_run(cfg, (&run, lock.as_ref()), resume, &opts, &selected.device)?;
     if !world.is_main() {
         return Ok(());
+    }
+    if let Some(advice) = &summary.collapsed {
+        bail!(
+            "stopped after step {} because the teacher collapsed (--stop-on-collapse): {advice}. Checkpoint {}; fix the settings and start again, or continue anyway with `dino train --resume {}`",
+            summary.steps,
+            run.last().display(),
+            run.root.display()
+        );
     }
     if summary.interrupted {
         println!(

@@ -143,6 +143,40 @@ fn teacher_stats(q: Tensor<2>, out_dim: usize) -> TeacherStats {
     }
 }
 
+/// The collapse diagnostics of one step, from its DINO loss (the cross-entropy of the student
+/// to the teacher), the teacher statistics and the centre: each names a way DINO fails.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Diagnostics {
+    /// Teacher entropy over its maximum, `ln(out_dim)`: 1 is the uniform collapse.
+    pub entropy_ratio: f64,
+    /// KL(teacher ‖ student) = cross-entropy − H(teacher), averaged over the loss's pairs:
+    /// near 0 while the entropy is high means both sit on the same flat output.
+    pub kl: f64,
+    /// exp(entropy of the batch-mean teacher distribution): how many prototypes the batch
+    /// uses; 1 is the one-prototype collapse.
+    pub effective_prototypes: f64,
+    /// L2 norm of the centre.
+    pub center_norm: f64,
+}
+
+impl Diagnostics {
+    /// The diagnostics of a step whose DINO cross-entropy was `loss`.
+    pub fn of(loss: f64, stats: &TeacherStats, out_dim: usize, center: &[f32]) -> Self {
+        Self {
+            entropy_ratio: stats.entropy / (out_dim as f64).ln(),
+            // Every teacher crop enters the same number of pairs, so the mean of the pairs'
+            // H(teacher) is the mean teacher entropy.
+            kl: loss - stats.entropy,
+            effective_prototypes: stats.mean_entropy.exp(),
+            center_norm: center
+                .iter()
+                .map(|&c| f64::from(c) * f64::from(c))
+                .sum::<f64>()
+                .sqrt(),
+        }
+    }
+}
+
 /// A collapse verdict from the teacher statistics, as a fraction of the maximum entropy.
 pub fn collapse_indicator(stats: &TeacherStats, out_dim: usize) -> &'static str {
     let max = (out_dim as f64).ln();
@@ -158,6 +192,40 @@ pub fn collapse_indicator(stats: &TeacherStats, out_dim: usize) -> &'static str 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn diagnostics_are_kl_effective_prototypes_and_centre_norm() {
+        let device = Device::flex();
+        // Batch 1: the teacher's two global crops q0 = (0.5, 0.5) and q1 = (0.9, 0.1), three
+        // student crops; the loss's CE minus the mean teacher entropy is the mean KL.
+        let q = Tensor::<2>::from_data(
+            TensorData::new(vec![0.5f32, 0.5, 0.9, 0.1], [2, 2]),
+            &device,
+        );
+        let s = Tensor::<2>::from_data(
+            TensorData::new(vec![0.3f32, -0.2, 0.1, 0.4, -0.5, 0.2], [3, 2]),
+            &device,
+        );
+        let loss = DinoLoss::new(2, 0.1, 0.9);
+        let (l, stats) = loss.forward_with_targets(s, q, 3);
+        let ce = l.into_data().try_to_vec::<f32>().unwrap()[0] as f64;
+        let d = Diagnostics::of(ce, &stats, 2, &[3.0, 4.0]);
+        let p = |a: f64, b: f64| {
+            let (ea, eb) = ((a / 0.1).exp(), (b / 0.1).exp());
+            [ea / (ea + eb), eb / (ea + eb)]
+        };
+        let kl = |q: [f64; 2], p: [f64; 2]| (0..2).map(|i| q[i] * (q[i] / p[i]).ln()).sum::<f64>();
+        let (q0, q1) = ([0.5, 0.5], [0.9, 0.1]);
+        let (s0, s1, s2) = (p(0.3, -0.2), p(0.1, 0.4), p(-0.5, 0.2));
+        // Pairs: teacher crop 0 with student crops 1 and 2, teacher crop 1 with 0 and 2.
+        let want = (kl(q0, s1) + kl(q0, s2) + kl(q1, s0) + kl(q1, s2)) / 4.0;
+        assert!((d.kl - want).abs() < 1e-5, "{} vs {want}", d.kl);
+        let h = |q: [f64; 2]| -(q[0] * q[0].ln() + q[1] * q[1].ln());
+        let mean_h = (h(q0) + h(q1)) / 2.0;
+        assert!((d.entropy_ratio - mean_h / 2f64.ln()).abs() < 1e-6);
+        assert!((d.effective_prototypes - h([0.7, 0.3]).exp()).abs() < 1e-5);
+        assert_eq!(d.center_norm, 5.0);
+    }
 
     #[test]
     fn loss_matches_a_hand_computation() {

@@ -16,7 +16,7 @@ use crate::data::masking::MaskingGenerator;
 use crate::data::pipeline::{Batch, Loader, Shard, steps_per_epoch};
 use crate::data::sources::Source;
 use crate::distributed::{self, World};
-use crate::loss::dino::collapse_indicator;
+use crate::loss::dino::{Diagnostics, collapse_indicator};
 use crate::loss::gram::GramSchedule;
 use crate::optim::schedule::Schedules;
 
@@ -50,6 +50,31 @@ pub struct RunOptions {
     pub device_name: String,
     /// Resume even when the training data's fingerprint changed (`--allow-data-change`).
     pub allow_data_change: bool,
+    /// Stop with a checkpoint when the teacher stays collapsed (`--stop-on-collapse`).
+    pub stop_on_collapse: bool,
+}
+
+/// Consecutive collapsed steps after which `dino train` warns (and `--stop-on-collapse`
+/// stops): long enough to pass over a noisy step or two, short enough to save the run.
+pub const COLLAPSE_STEPS: u32 = 20;
+
+/// What to tell a user whose teacher has stayed collapsed, by verdict: the signal and the
+/// remedies the official code's defaults embody.
+fn collapse_advice(verdict: &str) -> String {
+    match verdict {
+        "uniform" => format!(
+            "the teacher's outputs have been nearly uniform (entropy above 95 % of ln K) for {COLLAPSE_STEPS} steps: \
+             centering is winning over sharpening. Sharpen the teacher (--teacher-temp 0.04, the official value; a warmer \
+             one is reached gradually, from --warmup-teacher-temp 0.04 over --warmup-teacher-temp-epochs 30), keep \
+             the teacher momentum near 1 (--momentum-teacher 0.996) and use a larger --batch-size if you can"
+        ),
+        _ => format!(
+            "every image's teacher output has sat on the same prototype (batch-mean entropy below 5 % of ln K) for \
+             {COLLAPSE_STEPS} steps: sharpening is winning over centering. Keep centering on (--center-momentum 0.9, \
+             the official value; 1 turns it off), keep the teacher colder than the student (--teacher-temp 0.04 \
+             against --student-temp 0.1), or use Sinkhorn-Knopp targets (--method dinov2)"
+        ),
+    }
 }
 
 /// What a finished (or stopped) run reports.
@@ -67,6 +92,8 @@ pub struct Summary {
     pub collapse: String,
     /// Whether a SIGINT or SIGTERM stopped the run early (with its checkpoint written).
     pub interrupted: bool,
+    /// Why `--stop-on-collapse` stopped the run (with its checkpoint written).
+    pub collapsed: Option<String>,
 }
 
 impl Summary {
@@ -79,6 +106,7 @@ impl Summary {
             images_per_sec: 0.0,
             collapse: "n/a".into(),
             interrupted: false,
+            collapsed: None,
         }
     }
 }
@@ -97,6 +125,10 @@ struct Tally {
     collapse: String,
     /// Steps whose f16 update was skipped.
     skipped: u64,
+    /// Consecutive steps with a collapsed verdict, up to now.
+    collapsed_steps: u32,
+    /// Whether the collapse warning was given.
+    warned: bool,
 }
 
 impl Tally {
@@ -108,7 +140,22 @@ impl Tally {
             losses: (f64::NAN, f64::NAN),
             collapse: "ok".into(),
             skipped: 0,
+            collapsed_steps: 0,
+            warned: false,
         }
+    }
+
+    /// The advice to give when the teacher has just stayed collapsed for
+    /// [`COLLAPSE_STEPS`] steps (once per stretch), else `None`.
+    fn collapse_alarm(&mut self) -> Option<String> {
+        if self.collapse == "ok" {
+            self.collapsed_steps = 0;
+            self.warned = false;
+            return None;
+        }
+        self.collapsed_steps += 1;
+        (self.collapsed_steps >= COLLAPSE_STEPS && !std::mem::replace(&mut self.warned, true))
+            .then(|| collapse_advice(&self.collapse))
     }
 
     /// Counts a finite step that started at `t0`; returns its images per second.
@@ -130,7 +177,7 @@ impl Tally {
         nets: &Networks,
         unreadable: usize,
         end_step: u64,
-        interrupted: bool,
+        (interrupted, collapsed): (bool, Option<String>),
     ) -> Summary {
         if self.skipped > 0 {
             log::info!(
@@ -153,6 +200,7 @@ impl Tally {
             images_per_sec: images / self.started.elapsed().as_secs_f64(),
             collapse: self.collapse,
             interrupted,
+            collapsed,
         }
     }
 }
@@ -370,6 +418,7 @@ pub fn train(
     )?;
     let mut tally = Tally::new(global_batch);
     let mut stopped_at = None;
+    let mut collapsed = None;
     for step in start_step..end_step {
         distributed::set_step(step);
         let t0 = Instant::now();
@@ -396,6 +445,10 @@ pub fn train(
             w.commit().inspect_err(|_| bar.abandon())?;
         }
         let img_per_sec = tally.add(&out, cfg.model.out_dim, t0);
+        let alarm = tally.collapse_alarm();
+        if let Some(advice) = &alarm {
+            bar.suspend(|| log::warn!("step {step}: {advice}"));
+        }
         let record = step_record(&cfg, &out, &hyper, step, epoch, img_per_sec, gram_weight);
         if let Some(w) = writer.as_mut() {
             w.record(&record)?;
@@ -412,7 +465,8 @@ pub fn train(
         bar.set_message(said);
         let done = step + 1;
         let epoch_end = done.is_multiple_of(data.iters_per_epoch as u64);
-        let stop = stop_requested(&interrupt, &world)?;
+        let collapse_stop = alarm.filter(|_| opts.stop_on_collapse);
+        let stop = stop_requested(&interrupt, &world)? || collapse_stop.is_some();
         let saving =
             done % opts.checkpoint_every.max(1) == 0 || epoch_end || done == end_step || stop;
         if saving && world.size > 1 {
@@ -445,6 +499,7 @@ pub fn train(
         }
         if stop {
             stopped_at = Some(done);
+            collapsed = collapse_stop;
             break;
         }
     }
@@ -458,7 +513,7 @@ pub fn train(
         &nets,
         unreadable,
         stopped_at.unwrap_or(end_step),
-        stopped_at.is_some(),
+        (stopped_at.is_some() && collapsed.is_none(), collapsed),
     ))
 }
 
@@ -738,6 +793,14 @@ fn step_record(
         "teacher_entropy": stats.entropy, "teacher_batch_entropy": stats.mean_entropy,
         "collapse": collapse_indicator(stats, cfg.model.out_dim),
     });
+    let d = Diagnostics::of(out.loss, stats, cfg.model.out_dim, &out.nets.loss.center);
+    record["teacher_entropy_ratio"] = d.entropy_ratio.into();
+    record["effective_prototypes"] = d.effective_prototypes.into();
+    record["center_norm"] = d.center_norm.into();
+    // The loss is DINO's cross-entropy alone only without DINOv2's other terms.
+    if cfg.objective.dinov2.is_none() {
+        record["kl_teacher_student"] = d.kl.into();
+    }
     if cfg.objective.dinov2.is_some() {
         for (name, v) in &out.terms {
             record[*name] = (*v).into();
