@@ -200,7 +200,8 @@ enum Command {
         #[arg(long)]
         half: bool,
     },
-    /// Redraw a run's loss.png and eval.png (Jaccard and k-NN over training) from metrics.jsonl.
+    /// Redraw a run's loss.png, eval.png (Jaccard and k-NN over training) and collapse.png
+    /// (the collapse diagnostics) from metrics.jsonl.
     Plot {
         /// The run directory.
         run: PathBuf,
@@ -417,7 +418,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Plot { run } => {
             let run = dino_trainer::train::run_dir::RunDir { root: run };
             dino_trainer::train::run_dir::plot_metrics(&run)?;
-            for f in ["loss.png", "eval.png"] {
+            for f in ["loss.png", "eval.png", "collapse.png"] {
                 let p = run.root.join(f);
                 if p.exists() {
                     println!("wrote {}", p.display());

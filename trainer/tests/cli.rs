@@ -531,6 +531,7 @@ fn tiny_training_run_learns_without_collapse_and_writes_a_run_dir() {
         "config.json",
         "loss.png",
         "eval.png",
+        "collapse.png",
         "attention/latest.png",
         "checkpoints/last.safetensors",
         "checkpoints/teacher.safetensors",

@@ -447,8 +447,8 @@ pub fn read_training_checkpoint(
     })
 }
 
-/// Draws `loss.png` (the loss per step, and each DINOv2 term beside the total) and, when
-/// evaluations ran, `eval.png` (Jaccard and k-NN).
+/// Draws `loss.png` (the loss per step, and each DINOv2 term beside the total), when
+/// evaluations ran `eval.png` (Jaccard and k-NN), and `collapse.png` (the diagnostics).
 pub fn plot_metrics(run: &RunDir) -> Result<()> {
     let text = std::fs::read_to_string(run.metrics())
         .with_context(|| format!("reading {}", run.metrics().display()))?;
@@ -456,12 +456,28 @@ pub fn plot_metrics(run: &RunDir) -> Result<()> {
     let (mut dino, mut ibot, mut koleo, mut gram) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut best, mut mean_map, mut knn) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut ratio, mut used, mut kl) = (Vec::new(), Vec::new(), Vec::new());
     for line in text.lines() {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
         };
         if let (Some(s), Some(l)) = (v["step"].as_f64(), v["loss"].as_f64()) {
             loss.push((s, l));
+            // Every diagnostic as a fraction of its collapsed extreme: ln K and K, where
+            // ln K = entropy / ratio.
+            if let (Some(r), Some(h), Some(e)) = (
+                v["teacher_entropy_ratio"].as_f64(),
+                v["teacher_entropy"].as_f64(),
+                v["effective_prototypes"].as_f64(),
+            ) && r > 0.0
+            {
+                let ln_k = h / r;
+                ratio.push((s, r));
+                used.push((s, e / ln_k.exp()));
+                if let Some(d) = v["kl_teacher_student"].as_f64() {
+                    kl.push((s, (d / ln_k).clamp(0.0, 1.0)));
+                }
+            }
             for (key, series) in [
                 ("ibot_loss", &mut ibot),
                 ("koleo_loss", &mut koleo),
@@ -548,6 +564,24 @@ pub fn plot_metrics(run: &RunDir) -> Result<()> {
         }
         legend(&mut png, &entries);
         save_png(&png, &run.root.join("eval.png"))?;
+    }
+    if !ratio.is_empty() {
+        let (red, green, blue) = ([200, 40, 30], [30, 150, 60], [30, 90, 200]);
+        let mut png = line_plot_in(
+            &[(&ratio, red), (&used, green), (&kl, blue)],
+            640,
+            360,
+            Some((0.0, 1.0)),
+        );
+        legend(
+            &mut png,
+            &[
+                ("teacher entropy / ln K (1: uniform)", red),
+                ("prototypes used / K (1/K: one)", green),
+                ("KL teacher to student / ln K", blue),
+            ],
+        );
+        save_png(&png, &run.root.join("collapse.png"))?;
     }
     Ok(())
 }
