@@ -831,6 +831,12 @@ fn resumed_dinov2_run_equals_the_straight_run() {
             (total - (dino + ibot + 0.1 * koleo)).abs() < 1e-4 * total.abs().max(1.0),
             "loss {total} is not dino + ibot + 0.1 koleo: {r}"
         );
+        // The KL diagnostic comes from the DINO term, not the total.
+        let kl = dino - term("teacher_entropy");
+        assert!(
+            (term("kl_teacher_student") - kl).abs() < 1e-9 && kl >= -1e-4,
+            "{r}"
+        );
         masked_steps += usize::from(ibot > 0.0);
     }
     assert!(

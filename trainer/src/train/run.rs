@@ -793,12 +793,20 @@ fn step_record(
         "teacher_entropy": stats.entropy, "teacher_batch_entropy": stats.mean_entropy,
         "collapse": collapse_indicator(stats, cfg.model.out_dim),
     });
-    let d = Diagnostics::of(out.loss, stats, cfg.model.out_dim, &out.nets.loss.center);
+    // The DINO cross-entropy: the loss itself, or DINOv2's unweighted DINO term.
+    let ce = match cfg.objective.dinov2 {
+        None => out.loss,
+        Some(_) => out
+            .terms
+            .iter()
+            .find(|(name, _)| *name == "dino_loss")
+            .map_or(f64::NAN, |t| t.1),
+    };
+    let d = Diagnostics::of(ce, stats, cfg.model.out_dim, &out.nets.loss.center);
     record["teacher_entropy_ratio"] = d.entropy_ratio.into();
     record["effective_prototypes"] = d.effective_prototypes.into();
     record["center_norm"] = d.center_norm.into();
-    // The loss is DINO's cross-entropy alone only without DINOv2's other terms.
-    if cfg.objective.dinov2.is_none() {
+    if d.kl.is_finite() {
         record["kl_teacher_student"] = d.kl.into();
     }
     if cfg.objective.dinov2.is_some() {
