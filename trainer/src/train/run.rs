@@ -466,7 +466,7 @@ pub fn train(
         let done = step + 1;
         let epoch_end = done.is_multiple_of(data.iters_per_epoch as u64);
         let collapse_stop = alarm.filter(|_| opts.stop_on_collapse);
-        let stop = stop_requested(&interrupt, &world)? || collapse_stop.is_some();
+        let stop = stop_requested(&interrupt, collapse_stop.is_some(), &world)?;
         let saving =
             done % opts.checkpoint_every.max(1) == 0 || epoch_end || done == end_step || stop;
         if saving && world.size > 1 {
@@ -517,10 +517,13 @@ pub fn train(
     ))
 }
 
-/// Whether a SIGINT or SIGTERM asks this run to stop after the current step; on several
-/// ranks, whether any rank got one (all stop at the same step).
-fn stop_requested(interrupt: &Interrupt, world: &World) -> Result<bool> {
-    let mine = interrupt.requested();
+/// Whether a SIGINT or SIGTERM (or, with `collapsed`, --stop-on-collapse) asks this run to
+/// stop after the current step; on several ranks, whether any rank asks (all stop at the
+/// same step).
+fn stop_requested(interrupt: &Interrupt, collapsed: bool, world: &World) -> Result<bool> {
+    // Each rank judges collapse on its own share of the batch: the stop goes through the
+    // same collective as a signal, so no rank waits for one that stopped.
+    let mine = interrupt.requested() || collapsed;
     if world.size == 1 {
         return Ok(mine);
     }
